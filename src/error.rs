@@ -1,0 +1,232 @@
+//! The error type of the layer's own failures.
+
+use http::StatusCode;
+use std::{error::Error as StdError, fmt, sync::Arc, time::Duration};
+
+/// A failure of [`AuthLayer`](crate::AuthLayer) itself: the login, its answer, or the
+/// layer's configuration.
+///
+/// The service's error type is [`tower::BoxError`]; errors of the wrapped service pass through
+/// it unchanged, and the layer's own failures are this type, which callers get back with
+/// `downcast_ref`:
+///
+/// ```
+/// use patchworks_auth::Error;
+///
+/// fn explain(err: &tower::BoxError) -> &'static str {
+///     match err.downcast_ref::<Error>() {
+///         Some(e) if e.is_rejected() => "fix the credentials",
+///         Some(e) if e.is_timeout() => "the login endpoint is slow or unreachable",
+///         Some(_) => "the Patchworks login failed",
+///         None => "the request itself failed",
+///     }
+/// }
+/// # let err: tower::BoxError = "connection reset".into();
+/// # assert_eq!(explain(&err), "the request itself failed");
+/// ```
+///
+/// An `Error` is cheap to clone: every request that waited on one failed login gets a clone of
+/// the same error. Its `Display` says what happened and what to do; neither `Display` nor
+/// `Debug` ever shows the password or the token.
+#[derive(Clone)]
+pub struct Error {
+    kind: Kind,
+    source: Option<Arc<dyn StdError + Send + Sync>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// The login endpoint refused the credentials (401, 403 or 422).
+    Rejected(StatusCode),
+    /// The login endpoint answered another non-success status.
+    Status(StatusCode),
+    /// No answer within the login timeout.
+    Timeout(Duration),
+    /// The answer was not a usable login answer.
+    Malformed(&'static str),
+    /// The token cannot be sent as a header value.
+    InvalidToken,
+    /// The wrapped service or the answer's body failed during the login.
+    Transport,
+    /// The layer's configuration is unusable.
+    Config(String),
+    /// The login was abandoned without an answer (its runtime shut down).
+    Abandoned,
+    /// A request body kept for a replay was longer than its size hint said.
+    RequestBody,
+}
+
+impl Error {
+    pub(crate) fn new(kind: Kind) -> Self {
+        Error { kind, source: None }
+    }
+
+    pub(crate) fn with_source(kind: Kind, source: impl Into<tower::BoxError>) -> Self {
+        Error {
+            kind,
+            source: Some(Arc::from(source.into())),
+        }
+    }
+
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        Error::new(Kind::Config(message.into()))
+    }
+
+    /// Returns `true` if the login endpoint rejected the credentials (HTTP 401, 403 or 422).
+    ///
+    /// Retrying will not help until the credentials are fixed; the layer backs off (growing
+    /// from 5 seconds to 5 minutes) before it tries them again.
+    pub fn is_rejected(&self) -> bool {
+        matches!(self.kind, Kind::Rejected(_))
+    }
+
+    /// Returns `true` if the login did not complete within the
+    /// [login timeout](crate::AuthLayer::login_timeout).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.kind, Kind::Timeout(_))
+    }
+
+    /// Returns `true` if the login endpoint's answer could not be used: not JSON, no token, an
+    /// unusable expiry, or larger than the size cap.
+    pub fn is_malformed(&self) -> bool {
+        matches!(self.kind, Kind::Malformed(_))
+    }
+
+    /// Returns `true` if the login endpoint issued a token that is not a valid bearer token
+    /// (control characters, spaces, CR/LF, an empty string): it was never sent.
+    pub fn is_invalid_token(&self) -> bool {
+        matches!(self.kind, Kind::InvalidToken)
+    }
+
+    /// Returns `true` if the wrapped service failed to deliver the login request or its answer
+    /// (connection refused, reset, TLS failure, ...). The cause is the [`source`](StdError::source).
+    pub fn is_transport(&self) -> bool {
+        matches!(self.kind, Kind::Transport)
+    }
+
+    /// Returns `true` if the layer is configured in a way it refuses to use (a plain-text
+    /// `http://` login URL to another host than loopback, a relative login URL) or
+    /// [`Credentials::from_env`](crate::Credentials::from_env) found no credentials.
+    pub fn is_config(&self) -> bool {
+        matches!(self.kind, Kind::Config(_))
+    }
+
+    /// The HTTP status of the login answer, when the login failed because of it.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self.kind {
+            Kind::Rejected(status) | Kind::Status(status) => Some(status),
+            _ => None,
+        }
+    }
+
+    /// Whether the failure may go away by itself (the endpoint was down, slow or overloaded),
+    /// as opposed to one that needs a fix (credentials, configuration, a broken answer).
+    pub(crate) fn is_transient(&self) -> bool {
+        match self.kind {
+            Kind::Timeout(_) | Kind::Transport | Kind::Abandoned => true,
+            Kind::Status(status) => {
+                status.is_server_error()
+                    || status == StatusCode::TOO_MANY_REQUESTS
+                    || status == StatusCode::REQUEST_TIMEOUT
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::Rejected(status) => write!(
+                f,
+                "Patchworks login rejected the credentials (HTTP {}): check the email and \
+                 password (PATCHWORKS_EMAIL / PATCHWORKS_PASSWORD); the login is retried after \
+                 a back-off",
+                status.as_u16()
+            ),
+            Kind::Status(status) => write!(
+                f,
+                "Patchworks login failed with HTTP {}: the login endpoint is unavailable or the \
+                 login URL is wrong; the login is retried after a back-off",
+                status.as_u16()
+            ),
+            Kind::Timeout(after) => write!(
+                f,
+                "Patchworks login timed out after {after:?}: the login endpoint did not answer; \
+                 check connectivity or raise AuthLayer::login_timeout"
+            ),
+            Kind::Malformed(what) => write!(
+                f,
+                "Patchworks login answer is unusable: {what}; check that the login URL points \
+                 at the Patchworks login endpoint"
+            ),
+            Kind::InvalidToken => f.write_str(
+                "Patchworks login issued a token that is not a valid bearer token (empty, or \
+                 with spaces or control characters); it was not sent",
+            ),
+            Kind::Transport => f.write_str(
+                "Patchworks login request failed before an answer arrived: the login endpoint \
+                 is unreachable; the login is retried after a back-off",
+            ),
+            Kind::Config(message) => write!(f, "patchworks-auth is misconfigured: {message}"),
+            Kind::Abandoned => f.write_str(
+                "Patchworks login was abandoned before it answered (its Tokio runtime shut \
+                 down); the next request logs in again",
+            ),
+            Kind::RequestBody => f.write_str(
+                "the request body is longer than its size hint said; the request was not sent",
+            ),
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `Kind` and the source carry no secret: the credentials live only in `Credentials`
+        // and the token only in the cache.
+        let mut d = f.debug_struct("patchworks_auth::Error");
+        d.field("kind", &self.kind);
+        if let Some(source) = &self.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|source| source as &(dyn StdError + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn predicates_match_kinds() {
+        let rejected = Error::new(Kind::Rejected(StatusCode::UNAUTHORIZED));
+        assert!(rejected.is_rejected() && !rejected.is_transient());
+        assert_eq!(rejected.status(), Some(StatusCode::UNAUTHORIZED));
+
+        let unavailable = Error::new(Kind::Status(StatusCode::SERVICE_UNAVAILABLE));
+        assert!(!unavailable.is_rejected() && unavailable.is_transient());
+
+        let not_found = Error::new(Kind::Status(StatusCode::NOT_FOUND));
+        assert!(!not_found.is_transient());
+
+        let timeout = Error::new(Kind::Timeout(Duration::from_secs(30)));
+        assert!(timeout.is_timeout() && timeout.is_transient());
+        assert!(timeout.to_string().contains("30s"));
+    }
+
+    #[test]
+    fn source_is_kept_and_boxed_error_downcasts() {
+        let err = Error::with_source(Kind::Transport, "connection refused");
+        assert_eq!(err.source().unwrap().to_string(), "connection refused");
+        let boxed: tower::BoxError = err.into();
+        assert!(boxed.downcast_ref::<Error>().unwrap().is_transport());
+    }
+}

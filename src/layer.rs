@@ -1,0 +1,172 @@
+//! The layer and its configuration.
+
+use crate::{cache::Cache, credentials::Credentials, error::Error, scope::Scope, service::Auth};
+use http::Uri;
+use std::{fmt, sync::Arc, time::Duration};
+use tower_layer::Layer;
+
+/// The production login endpoint.
+pub const DEFAULT_LOGIN_URL: &str = "https://svc-fabric.pwks.co/api/v1/login";
+
+/// [`Layer`] that logs in to Patchworks and adds `Authorization: Bearer <token>` to requests
+/// for the Patchworks API.
+///
+/// Building the layer does no I/O: the first request that needs a token logs in, through the
+/// wrapped service itself, and every later request reuses the token until it is renewed. See
+/// the [crate documentation](crate) for what happens on expiry, on a 401 and when a login fails.
+///
+/// Every service this layer makes, and every clone of them, shares one token: a layer used for
+/// several clients logs in once for all of them. Builder methods start a new, empty cache.
+///
+/// # Example
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Request, Response, StatusCode};
+/// use http_body_util::Full;
+/// use patchworks_auth::{test_util::FakePatchworks, AuthLayer, Credentials};
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower::BoxError> {
+/// // A fake Patchworks on loopback; in production, leave `login_url` at its default.
+/// let patchworks = FakePatchworks::start().await?;
+/// let client = ServiceBuilder::new()
+///     .layer(AuthLayer::new(Credentials::new("ops@example.com", "secret"))
+///         .login_url(patchworks.login_url()))
+///     .service(patchworks.client());
+///
+/// let request = Request::get(patchworks.uri("/api/v1/flows")).body(Full::<Bytes>::default())?;
+/// let response = client.clone().oneshot(request).await?;
+/// assert_eq!(response.status(), StatusCode::OK);
+/// assert_eq!(patchworks.logins(), 1);
+///
+/// let request = Request::get(patchworks.uri("/api/v1/flows")).body(Full::default())?;
+/// client.oneshot(request).await?;
+/// assert_eq!(patchworks.logins(), 1); // the token was reused
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct AuthLayer {
+    cache: Arc<Cache>,
+}
+
+/// What the layer was built with. Cloned only by the builder methods.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) credentials: Credentials,
+    pub(crate) login_url: Uri,
+    /// Which requests get the token; an error if the login URL is refused.
+    pub(crate) scope: Result<Scope, Error>,
+    pub(crate) refresh_before: Duration,
+    pub(crate) login_timeout: Duration,
+    pub(crate) replay_body_limit: usize,
+}
+
+impl AuthLayer {
+    /// Default for [`refresh_before`](Self::refresh_before): 5 minutes.
+    pub const DEFAULT_REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
+    /// Default for [`login_timeout`](Self::login_timeout): 30 seconds.
+    pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Default for [`replay_body_limit`](Self::replay_body_limit): 64 KiB.
+    pub const DEFAULT_REPLAY_BODY_LIMIT: usize = 64 * 1024;
+
+    /// A layer that logs in with `credentials` at the production login endpoint
+    /// (`https://svc-fabric.pwks.co/api/v1/login`).
+    pub fn new(credentials: Credentials) -> Self {
+        let login_url = Uri::from_static(DEFAULT_LOGIN_URL);
+        AuthLayer::from_config(Config {
+            credentials,
+            scope: Scope::new(&login_url),
+            login_url,
+            refresh_before: Self::DEFAULT_REFRESH_BEFORE,
+            login_timeout: Self::DEFAULT_LOGIN_TIMEOUT,
+            replay_body_limit: Self::DEFAULT_REPLAY_BODY_LIMIT,
+        })
+    }
+
+    fn from_config(config: Config) -> Self {
+        AuthLayer {
+            cache: Arc::new(Cache::new(config)),
+        }
+    }
+
+    fn map_config(self, f: impl FnOnce(&mut Config)) -> Self {
+        let mut config = self.cache.config.clone();
+        f(&mut config);
+        AuthLayer::from_config(config)
+    }
+
+    /// Logs in at another endpoint: staging, a self-hosted gateway, a local test server.
+    ///
+    /// The login URL's origin is trusted with the token, besides the Patchworks hosts.
+    ///
+    /// The URL must be absolute and `https`, or `http` to a loopback host (`127.0.0.0/8`, `::1`,
+    /// `localhost`) for tests and local development, so that the password never crosses a
+    /// network unencrypted. Any other URL makes every request fail with an [`Error`] for which
+    /// [`is_config`](Error::is_config) is `true`.
+    pub fn login_url(self, login_url: Uri) -> Self {
+        self.map_config(|config| {
+            config.scope = Scope::new(&login_url);
+            config.login_url = login_url;
+        })
+    }
+
+    /// How long before its expiry a token is renewed. Default: 5 minutes.
+    ///
+    /// Renewal runs in the background: requests go on with the still-valid token meanwhile. The
+    /// window is capped at half the token's lifetime, so a short-lived token is renewed at most
+    /// once per half-lifetime, never on every request.
+    pub fn refresh_before(self, refresh_before: Duration) -> Self {
+        self.map_config(|config| config.refresh_before = refresh_before)
+    }
+
+    /// The longest one login may take, from sending the request to reading the answer.
+    /// Default: 30 seconds.
+    ///
+    /// The timeout belongs to the login, not to the request that started it: a caller that
+    /// gives up (or a `tower::timeout` around the layer) does not abort a login others wait on.
+    pub fn login_timeout(self, login_timeout: Duration) -> Self {
+        self.map_config(|config| config.login_timeout = login_timeout)
+    }
+
+    /// The largest request body kept so that the request can be replayed after a 401.
+    /// Default: 64 KiB.
+    ///
+    /// Bodies with a known size up to this limit are read before the request is sent and kept
+    /// until its response arrives; larger or streaming bodies are sent as they are, and if one
+    /// meets a 401 that 401 is returned once the token has been renewed. `0` keeps no body, so
+    /// only requests without one are replayed.
+    pub fn replay_body_limit(self, limit: usize) -> Self {
+        self.map_config(|config| config.replay_body_limit = limit)
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Auth::new(inner, self.cache.clone())
+    }
+}
+
+impl fmt::Debug for AuthLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthLayer")
+            .field("cache", &self.cache)
+            .finish()
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("credentials", &self.credentials)
+            .field("login_url", &self.login_url)
+            .field("refresh_before", &self.refresh_before)
+            .field("login_timeout", &self.login_timeout)
+            .field("replay_body_limit", &self.replay_body_limit)
+            .finish()
+    }
+}

@@ -1,0 +1,289 @@
+//! The login request and the reading of its answer.
+//!
+//! Everything here handles bytes the network sent, so nothing here may panic: every oddity of
+//! the answer becomes an [`Error`].
+
+use crate::{
+    credentials::Credentials,
+    error::{Error, Kind},
+};
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body::Body;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The largest login answer read; a larger one is refused. A real answer is about 1 KiB.
+pub(crate) const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// The lifetime assumed when the answer gives neither `expires_in` nor a JWT `exp`.
+pub(crate) const DEFAULT_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
+/// Shorter lifetimes are refused: such a token would expire on its way to the API.
+pub(crate) const MIN_LIFETIME: Duration = Duration::from_secs(1);
+/// Longer lifetimes are cut to this, so that no instant arithmetic can overflow.
+pub(crate) const MAX_LIFETIME: Duration = Duration::from_secs(366 * 24 * 60 * 60);
+
+/// A token the login endpoint issued, ready to attach.
+#[derive(Debug)]
+pub(crate) struct Issued {
+    /// `Bearer <token>`, marked sensitive.
+    pub(crate) header: HeaderValue,
+    /// How long the token lives, counted from when the login request was sent.
+    pub(crate) lifetime: Duration,
+}
+
+#[derive(Serialize)]
+struct LoginBody<'a> {
+    email: &'a str,
+    password: &'a str,
+}
+
+/// The login request: `POST <url>` with `{"email", "password"}`.
+pub(crate) fn request<B: From<Bytes>>(url: &Uri, credentials: &Credentials) -> Request<B> {
+    let body = LoginBody {
+        email: &credentials.email,
+        password: &credentials.password,
+    };
+    // Serializing two strings into a Vec cannot fail.
+    let json = serde_json::to_vec(&body).unwrap_or_default();
+    let mut request = Request::new(B::from(Bytes::from(json)));
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = url.clone();
+    let headers = request.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+    request
+}
+
+/// Reads a login answer: its status, then at most [`MAX_ANSWER_BYTES`] of its body.
+pub(crate) async fn read_answer<B>(response: Response<B>) -> Result<Issued, Error>
+where
+    B: Body,
+    B::Error: Into<tower::BoxError>,
+{
+    let status = response.status();
+    if status != StatusCode::OK {
+        // The body of a failed login is not read: nothing in it is needed, and a hostile
+        // server could echo the password there.
+        return Err(match status {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::UNPROCESSABLE_ENTITY => {
+                Error::new(Kind::Rejected(status))
+            }
+            _ => Error::new(Kind::Status(status)),
+        });
+    }
+    let body = response.into_body();
+    if body.size_hint().lower() > MAX_ANSWER_BYTES as u64 {
+        return Err(too_large());
+    }
+    let bytes = match Limited::new(body, MAX_ANSWER_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) if err.is::<LengthLimitError>() => return Err(too_large()),
+        Err(err) => return Err(Error::with_source(Kind::Transport, err)),
+    };
+    parse_answer(&bytes, SystemTime::now())
+}
+
+fn too_large() -> Error {
+    Error::new(Kind::Malformed("it is larger than 64 KiB"))
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    #[serde(default)]
+    token: Option<serde_json::Value>,
+    #[serde(default)]
+    expires_in: Option<serde_json::Value>,
+}
+
+/// Parses the body of a `200` login answer. `now` is the wall clock, for a JWT's `exp`.
+pub(crate) fn parse_answer(body: &[u8], now: SystemTime) -> Result<Issued, Error> {
+    let answer: Answer = serde_json::from_slice(body)
+        .map_err(|_| Error::new(Kind::Malformed("it is not a JSON object")))?;
+    let token = match answer.token {
+        Some(serde_json::Value::String(token)) => token,
+        _ => return Err(Error::new(Kind::Malformed("it has no \"token\" string"))),
+    };
+    let header = bearer(&token)?;
+    let lifetime = match answer.expires_in {
+        None | Some(serde_json::Value::Null) => match jwt_exp(&token) {
+            Some(exp) => seconds_until(exp, now)?,
+            None => DEFAULT_LIFETIME,
+        },
+        Some(serde_json::Value::Number(n)) => lifetime_from_secs(n.as_f64())?,
+        Some(_) => {
+            return Err(Error::new(Kind::Malformed(
+                "\"expires_in\" is not a number",
+            )))
+        }
+    };
+    Ok(Issued { header, lifetime })
+}
+
+/// `Bearer <token>` as a sensitive header value, if the token is an RFC 6750 `b64token`:
+/// no spaces, no control characters, nothing a header could be split or smuggled with.
+pub(crate) fn bearer(token: &str) -> Result<HeaderValue, Error> {
+    let body = token.trim_end_matches('=');
+    let valid = !body.is_empty()
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        });
+    if !valid {
+        return Err(Error::new(Kind::InvalidToken));
+    }
+    let mut value = HeaderValue::from_maybe_shared(Bytes::from(format!("Bearer {token}")))
+        .map_err(|_| Error::new(Kind::InvalidToken))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+fn lifetime_from_secs(secs: Option<f64>) -> Result<Duration, Error> {
+    match secs {
+        Some(secs) if secs.is_finite() && secs >= MIN_LIFETIME.as_secs_f64() => Ok(
+            Duration::from_secs_f64(secs.min(MAX_LIFETIME.as_secs_f64())),
+        ),
+        Some(secs) if secs.is_finite() => Err(Error::new(Kind::Malformed(
+            "the token expires in less than one second",
+        ))),
+        _ => Err(Error::new(Kind::Malformed(
+            "\"expires_in\" is not a number",
+        ))),
+    }
+}
+
+fn seconds_until(exp: f64, now: SystemTime) -> Result<Duration, Error> {
+    let now = now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    lifetime_from_secs(Some(exp - now))
+}
+
+/// The `exp` claim (seconds since the Unix epoch) of a JWT, read without verifying the
+/// signature: the layer only needs to know when to renew, and the API checks the token anyway.
+///
+/// Hand-written rather than a JWT crate: those verify signatures with keys we do not have, and
+/// reading one claim is a split and a base64 decode.
+pub(crate) fn jwt_exp(token: &str) -> Option<f64> {
+    const ENGINE: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::URL_SAFE,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    #[derive(Deserialize)]
+    struct Claims {
+        exp: Option<serde_json::Value>,
+    }
+    let mut parts = token.split('.');
+    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let claims: Claims = serde_json::from_slice(&ENGINE.decode(payload).ok()?).ok()?;
+    claims.exp?.as_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt(claims: &str) -> String {
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.sig",
+            engine.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
+            engine.encode(claims)
+        )
+    }
+
+    fn parse(body: &str) -> Result<Issued, Error> {
+        parse_answer(body.as_bytes(), UNIX_EPOCH + Duration::from_secs(1_000_000))
+    }
+
+    #[test]
+    fn reads_token_and_expires_in() {
+        let issued = parse(r#"{"message":"ok","token":"abc.def.ghi","expires_in":86400}"#).unwrap();
+        assert_eq!(issued.header, "Bearer abc.def.ghi");
+        assert!(issued.header.is_sensitive());
+        assert_eq!(issued.lifetime, Duration::from_secs(86400));
+    }
+
+    #[test]
+    fn falls_back_to_jwt_exp_then_to_a_day() {
+        let token = jwt(r#"{"sub":"x","exp":1003600}"#);
+        let issued = parse(&format!(r#"{{"token":"{token}"}}"#)).unwrap();
+        assert_eq!(issued.lifetime, Duration::from_secs(3600));
+
+        let issued = parse(&format!(r#"{{"token":"{token}","expires_in":null}}"#)).unwrap();
+        assert_eq!(issued.lifetime, Duration::from_secs(3600));
+
+        let issued = parse(r#"{"token":"opaque-token"}"#).unwrap();
+        assert_eq!(issued.lifetime, DEFAULT_LIFETIME);
+
+        let expired = jwt(r#"{"exp":999000}"#);
+        assert!(parse(&format!(r#"{{"token":"{expired}"}}"#))
+            .unwrap_err()
+            .is_malformed());
+    }
+
+    #[test]
+    fn refuses_unusable_expiries() {
+        for expires_in in ["0", "-5", "0.5", "\"86400\"", "true", "1e400"] {
+            let body = format!(r#"{{"token":"t","expires_in":{expires_in}}}"#);
+            assert!(parse(&body).unwrap_err().is_malformed(), "{expires_in}");
+        }
+        let huge = parse(r#"{"token":"t","expires_in":1e300}"#).unwrap();
+        assert_eq!(huge.lifetime, MAX_LIFETIME);
+        let fractional = parse(r#"{"token":"t","expires_in":1.5}"#).unwrap();
+        assert_eq!(fractional.lifetime, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn refuses_header_hostile_tokens() {
+        for token in [
+            "",
+            "a b",
+            "a\\r\\nX-Evil: 1",
+            "tab\\there",
+            "caf\u{e9}",
+            "=",
+            "a=b",
+        ] {
+            let body = format!(r#"{{"token":"{token}","expires_in":60}}"#);
+            assert!(parse(&body).unwrap_err().is_invalid_token(), "{token:?}");
+        }
+        assert!(parse(r#"{"token":"YWJj==","expires_in":60}"#).is_ok());
+    }
+
+    #[test]
+    fn refuses_what_is_not_an_answer() {
+        for body in [
+            "",
+            "null",
+            "[]",
+            "{",
+            "\u{0}",
+            r#"{"token":5}"#,
+            r#"{"message":"hi"}"#,
+        ] {
+            assert!(parse(body).unwrap_err().is_malformed(), "{body:?}");
+        }
+        let deep = "[".repeat(100_000);
+        assert!(parse(&deep).unwrap_err().is_malformed());
+        assert!(parse_answer(&[0xff, 0xfe, 0x00], SystemTime::now()).is_err());
+    }
+
+    #[test]
+    fn jwt_exp_ignores_what_is_not_a_jwt() {
+        assert_eq!(jwt_exp("opaque"), None);
+        assert_eq!(jwt_exp("a.b"), None);
+        assert_eq!(jwt_exp("a.!!!.c"), None);
+        assert_eq!(jwt_exp("a.b.c.d"), None);
+        assert_eq!(jwt_exp(&jwt(r#"{"exp":"soon"}"#)), None);
+        assert_eq!(jwt_exp(&jwt(r#"{"exp":42}"#)), Some(42.0));
+    }
+}

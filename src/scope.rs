@@ -1,0 +1,171 @@
+//! Which requests get the token: the origin rules.
+
+use crate::error::Error;
+use http::{uri::Scheme, Uri};
+use std::net::IpAddr;
+
+/// The host suffixes of the Patchworks API, trusted over `https` only.
+const PATCHWORKS_DOMAINS: [&str; 2] = [".wearepatchworks.com", ".pwks.co"];
+
+/// The origins the token may be sent to: Patchworks hosts over `https`, and the login URL's
+/// origin.
+#[derive(Clone, Debug)]
+pub(crate) struct Scope {
+    login: Origin,
+}
+
+#[derive(Clone, Debug)]
+struct Origin {
+    https: bool,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    fn of(uri: &Uri) -> Option<Origin> {
+        let https = match uri.scheme() {
+            Some(scheme) if *scheme == Scheme::HTTPS => true,
+            Some(scheme) if *scheme == Scheme::HTTP => false,
+            _ => return None,
+        };
+        Some(Origin {
+            https,
+            host: normalize(uri.host()?).to_ascii_lowercase(),
+            port: uri.port_u16().unwrap_or(if https { 443 } else { 80 }),
+        })
+    }
+
+    fn matches(&self, uri: &Uri, https: bool, host: &str) -> bool {
+        self.https == https
+            && self.host.eq_ignore_ascii_case(host)
+            && self.port == uri.port_u16().unwrap_or(if https { 443 } else { 80 })
+    }
+}
+
+impl Scope {
+    /// The scope for this login URL, if the URL is one the layer may send a password to: an
+    /// absolute `https` URL, or `http` to a loopback host.
+    pub(crate) fn new(login_url: &Uri) -> Result<Scope, Error> {
+        let login = Origin::of(login_url).ok_or_else(|| {
+            Error::config(format!(
+                "the login URL {login_url} is not an absolute http(s) URL; use \
+                 https://host/api/v1/login"
+            ))
+        })?;
+        if !login.https && !is_loopback(&login.host) {
+            return Err(Error::config(format!(
+                "the login URL {login_url} is plain-text HTTP to a host that is not loopback, \
+                 which would send the password unencrypted; use https://"
+            )));
+        }
+        Ok(Scope { login })
+    }
+
+    /// Whether a request to `uri` gets the token: a relative URI, a Patchworks host over
+    /// `https`, or the login URL's origin.
+    pub(crate) fn contains(&self, uri: &Uri) -> bool {
+        let Some(host) = uri.host() else {
+            // Relative: resolved against a base the caller chose, below this layer.
+            return uri.scheme().is_none();
+        };
+        let host = normalize(host);
+        let https = match uri.scheme() {
+            Some(scheme) if *scheme == Scheme::HTTPS => true,
+            Some(scheme) if *scheme == Scheme::HTTP => false,
+            _ => return false,
+        };
+        (https
+            && PATCHWORKS_DOMAINS
+                .iter()
+                .any(|domain| ends_with_ignore_case(host, domain)))
+            || self.login.matches(uri, https, host)
+    }
+}
+
+/// A host without the trailing dot of a fully qualified name.
+fn normalize(host: &str) -> &str {
+    host.strip_suffix('.').unwrap_or(host)
+}
+
+fn ends_with_ignore_case(host: &str, suffix: &str) -> bool {
+    host.len() > suffix.len()
+        && host.as_bytes()[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+}
+
+fn is_loopback(host: &str) -> bool {
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || ip.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope(login: &str) -> Result<Scope, Error> {
+        Scope::new(&login.parse().unwrap())
+    }
+
+    fn contains(scope: &Scope, uri: &str) -> bool {
+        scope.contains(&uri.parse().unwrap())
+    }
+
+    #[test]
+    fn login_url_must_be_https_or_loopback() {
+        assert!(scope("https://svc-fabric.pwks.co/api/v1/login").is_ok());
+        assert!(scope("http://127.0.0.1:8080/api/v1/login").is_ok());
+        assert!(scope("http://127.9.9.9/login").is_ok());
+        assert!(scope("http://localhost:3000/login").is_ok());
+        assert!(scope("http://[::1]:3000/login").is_ok());
+        for bad in [
+            "http://svc-fabric.pwks.co/api/v1/login",
+            "http://10.0.0.1/login",
+            "http://localhost.evil.com/login",
+            "http://127.0.0.1.nip.io/login",
+            "/api/v1/login",
+            "ftp://svc-fabric.pwks.co/login",
+        ] {
+            let err = scope(bad).unwrap_err();
+            assert!(err.is_config(), "{bad}");
+            assert!(err.to_string().contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn patchworks_hosts_over_https_only() {
+        let scope = scope("https://svc-fabric.pwks.co/api/v1/login").unwrap();
+        for yes in [
+            "https://core.wearepatchworks.com/api/v1/flows",
+            "https://START.WeArePatchworks.com/x",
+            "https://app.wearepatchworks.com./x",
+            "https://core.wearepatchworks.com:8443/x",
+            "https://svc-fabric.pwks.co/api/v1/anything",
+            "/api/v1/flows",
+        ] {
+            assert!(contains(&scope, yes), "{yes}");
+        }
+        for no in [
+            "http://core.wearepatchworks.com/api/v1/flows",
+            "https://wearepatchworks.com.evil.com/x",
+            "https://evilwearepatchworks.com/x",
+            "https://wearepatchworks.com/x",
+            "https://example.com/x",
+            "https://user@example.com/x",
+            "https://pwks.co.example.com/x",
+        ] {
+            assert!(!contains(&scope, no), "{no}");
+        }
+    }
+
+    #[test]
+    fn the_login_origin_is_trusted_with_its_port() {
+        let scope = scope("http://127.0.0.1:4000/api/v1/login").unwrap();
+        assert!(contains(&scope, "http://127.0.0.1:4000/api/v1/flows"));
+        assert!(!contains(&scope, "http://127.0.0.1:4001/api/v1/flows"));
+        assert!(!contains(&scope, "https://127.0.0.1:4000/api/v1/flows"));
+        assert!(!contains(&scope, "http://localhost:4000/api/v1/flows"));
+
+        let scope = self::scope("https://auth.example.com/login").unwrap();
+        assert!(contains(&scope, "https://auth.example.com:443/api"));
+        assert!(!contains(&scope, "http://auth.example.com/api"));
+    }
+}

@@ -1,0 +1,123 @@
+//! The service: decides per request whether and with what token it is sent.
+
+use crate::{
+    cache::{Cache, Phase},
+    future::ResponseFuture,
+};
+use bytes::Bytes;
+use http::{header::AUTHORIZATION, Request, Response};
+use http_body::Body;
+use std::{
+    fmt,
+    sync::Arc,
+    task::{Context, Poll},
+};
+use tower::BoxError;
+use tower_service::Service;
+
+/// Middleware that logs in to Patchworks and attaches the bearer token to requests for the
+/// Patchworks API.
+///
+/// Made by [`AuthLayer`](crate::AuthLayer); see there and the [crate documentation](crate)
+/// for its behaviour. Clones share one token cache.
+///
+/// A request with a fresh cached token costs one atomic load of the cache, one of the token's
+/// state, the token header's clone, and a copy of the request's method, URI and headers kept
+/// until the response arrives, so that the request can be replayed after a 401.
+pub struct Auth<S> {
+    inner: S,
+    cache: Arc<Cache>,
+}
+
+impl<S> Auth<S> {
+    pub(crate) fn new(inner: S, cache: Arc<Cache>) -> Self {
+        Auth { inner, cache }
+    }
+
+    /// Gets a reference to the underlying service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Gets a mutable reference to the underlying service.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the underlying service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone> Clone for Auth<S> {
+    fn clone(&self) -> Self {
+        Auth {
+            inner: self.inner.clone(),
+            cache: self.cache.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Auth<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Auth")
+            .field("inner", &self.inner)
+            .field("cache", &self.cache)
+            .finish()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Auth<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ReqBody: Body + From<Bytes> + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, ReqBody>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let scope = match &self.cache.config.scope {
+            Ok(scope) => scope,
+            Err(error) => return ResponseFuture::failed(error.clone()),
+        };
+        if request.headers().contains_key(AUTHORIZATION) || !scope.contains(request.uri()) {
+            // The caller's own credentials, or not a Patchworks origin: not ours to touch.
+            return ResponseFuture::passthrough(self.inner.call(request));
+        }
+        let token = self.cache.load();
+        let Some(token) = token.as_ref() else {
+            return ResponseFuture::cold(self.inner.clone(), self.cache.clone(), request);
+        };
+        match token.phase() {
+            Phase::Fresh | Phase::Renewing => {}
+            Phase::Due => {
+                if token.advance(Phase::Due, Phase::Renewing) {
+                    self.cache.renew(token, &self.inner);
+                }
+            }
+            Phase::Expired => {
+                return ResponseFuture::cold(self.inner.clone(), self.cache.clone(), request);
+            }
+        }
+        let (header, generation) = (token.header.clone(), token.generation);
+        // `call` may rely on `poll_ready`: the ready service goes with the request, and a clone
+        // (not ready) stays for the next one.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::warm(inner, self.cache.clone(), request, header, generation)
+    }
+}

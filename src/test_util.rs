@@ -1,0 +1,512 @@
+//! A fake Patchworks on loopback, for tests: yours and ours.
+//!
+//! [`FakePatchworks`] is a real HTTP/1 server on `127.0.0.1:0`, reached over TCP. It issues
+//! JWT-shaped tokens at `/api/v1/login`, answers every other path as an API endpoint that
+//! checks the bearer token, and lets a test change its behaviour (token lifetime, slow, hung or
+//! failing logins, revocation, an API that refuses everything) and read what it saw.
+//!
+//! It keeps time with Tokio's clock, so under [`tokio::time::pause`] its tokens expire in
+//! paused time, like the layer's. See [`hold_clock`] for doing I/O with a paused clock.
+//!
+//! Requires the `test-util` feature.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::{Request, StatusCode};
+//! use http_body_util::Full;
+//! use patchworks_auth::{test_util::FakePatchworks, AuthLayer};
+//! use std::time::Duration;
+//! use tower::{Layer, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! let patchworks = FakePatchworks::start().await?;
+//! patchworks.set_token_lifetime(Duration::from_secs(3600));
+//! let client = AuthLayer::new(patchworks.credentials())
+//!     .login_url(patchworks.login_url())
+//!     .layer(patchworks.client());
+//!
+//! let get = || Request::get(patchworks.uri("/api/v1/flows")).body(Full::<Bytes>::default());
+//! assert_eq!(client.clone().oneshot(get()?).await?.status(), StatusCode::OK);
+//!
+//! patchworks.revoke_tokens(); // the next call gets a 401, logs in again and is replayed
+//! assert_eq!(client.oneshot(get()?).await?.status(), StatusCode::OK);
+//! assert_eq!(patchworks.logins(), 2);
+//! assert_eq!(patchworks.api_calls(), 3);
+//! assert_eq!(patchworks.unauthorized(), 1);
+//! # Ok(())
+//! # }
+//! ```
+
+use crate::Credentials;
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioIo},
+};
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    future::Future,
+    io,
+    net::SocketAddr,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+use tokio::{net::TcpListener, task::JoinHandle, time::Instant};
+
+/// The login path of the fake Patchworks, as in production.
+pub const LOGIN_PATH: &str = "/api/v1/login";
+
+/// The email the fake Patchworks accepts.
+pub const EMAIL: &str = "ops@example.com";
+
+/// The password the fake Patchworks accepts.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// A hyper-util client for plain HTTP, the kind the examples and tests wrap.
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// How the fake Patchworks answers a login with the right credentials.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LoginAnswer {
+    /// `200` with `{"message", "token", "expires_in"}`: the real answer.
+    Token,
+    /// `200` with `{"message", "token"}`: the expiry is only in the JWT's `exp` claim.
+    TokenWithoutExpiresIn,
+    /// `200` with this token and `expires_in`, whatever it contains.
+    RawToken(String),
+    /// This status, with a JSON `{"message"}` body.
+    Status(StatusCode),
+    /// `200` with this body, whatever it contains.
+    Body(Bytes),
+    /// Never answers.
+    Hang,
+}
+
+/// A request the fake Patchworks received, login or API call.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    /// The request method.
+    pub method: Method,
+    /// The request path.
+    pub path: String,
+    /// The `Authorization` header, if any.
+    pub authorization: Option<String>,
+    /// The request body.
+    pub body: Bytes,
+}
+
+/// A fake Patchworks: an HTTP/1 server on `127.0.0.1:0` that issues tokens and checks them.
+///
+/// Started on the current Tokio runtime; stops when dropped. Defaults: it accepts
+/// [`EMAIL`] and [`PASSWORD`], issues tokens that live 24 hours, answers logins at once, and
+/// answers every valid API call `200` with `{"method", "path", "body_bytes"}`. See the
+/// [module documentation](self) for an example.
+#[derive(Debug)]
+pub struct FakePatchworks {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    server: JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<FakeState>,
+    /// `true` while logins are held back by [`FakePatchworks::hold_logins`].
+    gate: tokio::sync::watch::Sender<bool>,
+}
+
+#[derive(Debug)]
+struct FakeState {
+    credentials: (String, String),
+    lifetime: Duration,
+    login_answer: LoginAnswer,
+    login_delay: Duration,
+    api_status: Option<StatusCode>,
+    /// token -> when it expires.
+    tokens: HashMap<String, Instant>,
+    issued: u64,
+    logins: usize,
+    api_calls: usize,
+    unauthorized: usize,
+    expired_seen: usize,
+    seen: Vec<Seen>,
+}
+
+/// At most this many requests are kept for [`FakePatchworks::seen`], so a long test stays small.
+const SEEN_CAP: usize = 10_000;
+
+impl FakePatchworks {
+    /// Starts a fake Patchworks on `127.0.0.1` at a port the system picks.
+    ///
+    /// # Errors
+    ///
+    /// If the listener cannot be bound.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime.
+    pub async fn start() -> io::Result<Self> {
+        let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(FakeState {
+                credentials: (EMAIL.to_owned(), PASSWORD.to_owned()),
+                lifetime: Duration::from_secs(24 * 60 * 60),
+                login_answer: LoginAnswer::Token,
+                login_delay: Duration::ZERO,
+                api_status: None,
+                tokens: HashMap::new(),
+                issued: 0,
+                logins: 0,
+                api_calls: 0,
+                unauthorized: 0,
+                expired_seen: 0,
+                seen: Vec::new(),
+            }),
+            gate: tokio::sync::watch::Sender::new(false),
+        });
+        let server = tokio::spawn(serve(listener, shared.clone()));
+        Ok(FakePatchworks {
+            addr,
+            shared,
+            server,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:<port>/api/v1/login`, for [`AuthLayer::login_url`](crate::AuthLayer::login_url).
+    pub fn login_url(&self) -> Uri {
+        self.uri(LOGIN_PATH)
+    }
+
+    /// The absolute URI of `path` (which starts with `/`) on this server.
+    ///
+    /// # Panics
+    ///
+    /// If `path` is not a valid URI path.
+    pub fn uri(&self, path: &str) -> Uri {
+        format!("http://{}{}", self.addr, path)
+            .parse()
+            .expect("FakePatchworks::uri takes a path such as /api/v1/flows")
+    }
+
+    /// The credentials it accepts.
+    pub fn credentials(&self) -> Credentials {
+        let state = self.state();
+        Credentials::new(state.credentials.0.clone(), state.credentials.1.clone())
+    }
+
+    /// A new hyper-util client for plain HTTP, with its own connection pool.
+    pub fn client(&self) -> HttpClient {
+        Client::builder(TokioExecutor::new()).build_http()
+    }
+
+    /// How long tokens issued from now on live (the `expires_in` it answers, rounded up to a
+    /// whole second). Default: 24 hours.
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        self.state().lifetime = lifetime;
+    }
+
+    /// How it answers logins with the right credentials. Default: [`LoginAnswer::Token`].
+    pub fn set_login_answer(&self, answer: LoginAnswer) {
+        self.state().login_answer = answer;
+    }
+
+    /// How long it waits before answering a login. Default: none.
+    pub fn set_login_delay(&self, delay: Duration) {
+        self.state().login_delay = delay;
+    }
+
+    /// Holds back the answers to logins (received ones and new ones) until
+    /// [`release_logins`](Self::release_logins): a login in flight, for as long as a test needs.
+    pub fn hold_logins(&self) {
+        self.shared.gate.send_replace(true);
+    }
+
+    /// Lets held-back logins answer.
+    pub fn release_logins(&self) {
+        self.shared.gate.send_replace(false);
+    }
+
+    /// Makes the API answer `status` to every call with a valid token (for instance `401`, as an
+    /// API does to an account without permission), or, with `None`, answer normally again.
+    pub fn set_api_status(&self, status: Option<StatusCode>) {
+        self.state().api_status = status;
+    }
+
+    /// Revokes every token issued so far: the API answers `401` to them.
+    pub fn revoke_tokens(&self) {
+        self.state().tokens.clear();
+    }
+
+    /// Login requests received, whatever their outcome.
+    pub fn logins(&self) -> usize {
+        self.state().logins
+    }
+
+    /// API requests received (every request but logins), whatever their outcome.
+    pub fn api_calls(&self) -> usize {
+        self.state().api_calls
+    }
+
+    /// API requests answered `401` because their token was missing, unknown, revoked or expired.
+    pub fn unauthorized(&self) -> usize {
+        self.state().unauthorized
+    }
+
+    /// API requests that carried one of its tokens after that token had expired.
+    pub fn expired_tokens_seen(&self) -> usize {
+        self.state().expired_seen
+    }
+
+    /// The requests received so far, oldest first (the first 10,000).
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state().seen.clone()
+    }
+
+    fn state(&self) -> MutexGuard<'_, FakeState> {
+        self.shared.state()
+    }
+}
+
+impl Drop for FakePatchworks {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, FakeState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Runs `future` with a paused Tokio clock held still.
+///
+/// A paused clock jumps to the next timer whenever the runtime has nothing to run, and a task
+/// waiting on a socket counts as nothing to run: a login timeout would fire while the fake
+/// server is answering. Holding the clock (Tokio does so while a `spawn_blocking` task runs)
+/// lets real I/O finish in zero paused time; move time with `tokio::time::sleep` outside.
+pub async fn hold_clock<F: Future>(future: F) -> F::Output {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let holder = tokio::task::spawn_blocking(move || {
+        let _ = released.recv();
+    });
+    let output = future.await;
+    drop(release);
+    let _ = holder.await;
+    output
+}
+
+async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    // Connection tasks live in the set, so dropping the server (aborting this task) ends them.
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        while connections.try_join_next().is_some() {}
+        let shared = shared.clone();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(handle(&shared, request).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = request.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let authorization = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let path = parts.uri.path().to_owned();
+    {
+        let mut state = shared.state();
+        if state.seen.len() < SEEN_CAP {
+            state.seen.push(Seen {
+                method: parts.method.clone(),
+                path: path.clone(),
+                authorization: authorization.clone(),
+                body: body.clone(),
+            });
+        }
+    }
+    if path == LOGIN_PATH && parts.method == Method::POST {
+        login(shared, &body).await
+    } else {
+        api(
+            shared,
+            &parts.method,
+            &path,
+            authorization.as_deref(),
+            body.len(),
+        )
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct LoginBody {
+    email: String,
+    password: String,
+}
+
+async fn login(shared: &Shared, body: &[u8]) -> Response<Full<Bytes>> {
+    let (delay, answer) = {
+        let mut state = shared.state();
+        state.logins += 1;
+        (state.login_delay, state.login_answer.clone())
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let _ = shared.gate.subscribe().wait_for(|held| !held).await;
+    let Ok(login) = serde_json::from_slice::<LoginBody>(body) else {
+        return json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            serde_json::json!({"message": "The given data was invalid.", "errors": {}}),
+        );
+    };
+    let answered = answer_login(&mut shared.state(), login, answer);
+    match answered {
+        Some(response) => response,
+        None => std::future::pending().await,
+    }
+}
+
+/// The answer to a login, or `None` to hang.
+fn answer_login(
+    state: &mut FakeState,
+    login: LoginBody,
+    answer: LoginAnswer,
+) -> Option<Response<Full<Bytes>>> {
+    if answer == LoginAnswer::Hang {
+        return None;
+    }
+    if (login.email.as_str(), login.password.as_str())
+        != (state.credentials.0.as_str(), state.credentials.1.as_str())
+    {
+        return Some(json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"message": "Invalid credentials."}),
+        ));
+    }
+    let lifetime = state.lifetime;
+    let expires_in = lifetime.as_secs() + u64::from(lifetime.subsec_nanos() > 0);
+    state.issued += 1;
+    let token = jwt(&login.email, expires_in, state.issued);
+    let message = "You have successfully logged in.";
+    Some(match answer {
+        LoginAnswer::Token => {
+            state
+                .tokens
+                .insert(token.clone(), Instant::now() + lifetime);
+            json(
+                StatusCode::OK,
+                serde_json::json!({"message": message, "token": token, "expires_in": expires_in}),
+            )
+        }
+        LoginAnswer::TokenWithoutExpiresIn => {
+            state
+                .tokens
+                .insert(token.clone(), Instant::now() + lifetime);
+            json(
+                StatusCode::OK,
+                serde_json::json!({"message": message, "token": token}),
+            )
+        }
+        LoginAnswer::RawToken(raw) => {
+            state.tokens.insert(raw.clone(), Instant::now() + lifetime);
+            json(
+                StatusCode::OK,
+                serde_json::json!({"message": message, "token": raw, "expires_in": expires_in}),
+            )
+        }
+        LoginAnswer::Status(status) => {
+            json(status, serde_json::json!({"message": "Login failed."}))
+        }
+        LoginAnswer::Body(body) => Response::new(Full::new(body)),
+        LoginAnswer::Hang => return None,
+    })
+}
+
+fn api(
+    shared: &Shared,
+    method: &Method,
+    path: &str,
+    authorization: Option<&str>,
+    body_bytes: usize,
+) -> Response<Full<Bytes>> {
+    let mut state = shared.state();
+    state.api_calls += 1;
+    let token = authorization.and_then(|value| value.strip_prefix("Bearer "));
+    let valid = match token.and_then(|token| state.tokens.get(token)) {
+        Some(expires_at) if Instant::now() < *expires_at => true,
+        Some(_) => {
+            state.expired_seen += 1;
+            false
+        }
+        None => false,
+    };
+    if !valid {
+        state.unauthorized += 1;
+        return json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"message": "Unauthenticated."}),
+        );
+    }
+    if let Some(status) = state.api_status {
+        return json(status, serde_json::json!({"message": "Refused."}));
+    }
+    json(
+        StatusCode::OK,
+        serde_json::json!({"method": method.as_str(), "path": path, "body_bytes": body_bytes}),
+    )
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// A JWT-shaped token (unsigned) whose `exp` claim matches `expires_in`.
+fn jwt(email: &str, expires_in: u64, serial: u64) -> String {
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let header = engine.encode(r#"{"alg":"none","typ":"JWT"}"#);
+    let claims = serde_json::json!({"sub": email, "exp": now + expires_in, "jti": serial});
+    let payload = engine.encode(claims.to_string());
+    format!("{header}.{payload}.fake-signature-{serial}")
+}
