@@ -560,9 +560,11 @@ async fn age(token: Weak<Token>, renew_at: Instant, expire_at: Instant) {
         }
     }
     let _guard = ExpireOnDrop(token.clone());
-    sleep_until(renew_at).await;
-    if let Some(token) = token.upgrade() {
-        token.advance(Phase::Fresh, Phase::Due);
+    if renew_at < expire_at {
+        sleep_until(renew_at).await;
+        if let Some(token) = token.upgrade() {
+            token.advance(Phase::Fresh, Phase::Due);
+        }
     }
     sleep_until(expire_at).await;
 }

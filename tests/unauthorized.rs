@@ -1,0 +1,167 @@
+//! 401: discard the token once, log in again, replay once; never a login storm.
+
+mod support;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
+use patchworks_auth::test_util::{hold_clock, FakePatchworks};
+use std::time::Duration;
+use support::*;
+use tower::Layer;
+
+#[tokio::test]
+async fn a_revoked_token_is_renewed_and_the_request_replayed() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let client = client(&fake);
+    assert_eq!(
+        status(&client, &fake, "/api/v1/flows").await,
+        StatusCode::OK
+    );
+    let first = last_api_authorization(&fake).unwrap();
+
+    fake.revoke_tokens();
+    let response = send(&client, get(fake.uri("/api/v1/flows?page=2")))
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "the caller sees the replay's answer"
+    );
+    assert!(body_string(response).await.contains("/api/v1/flows"));
+    assert_eq!(fake.logins(), 2);
+    assert_eq!(fake.unauthorized(), 1);
+    let second = last_api_authorization(&fake).unwrap();
+    assert_ne!(first, second);
+}
+
+#[tokio::test]
+async fn many_401s_on_one_revoked_token_give_one_login() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let client = client(&fake);
+    assert_eq!(status(&client, &fake, "/warm").await, StatusCode::OK);
+    fake.revoke_tokens();
+    fake.set_login_delay(Duration::from_millis(50));
+
+    let requests: Vec<_> = (0..50)
+        .map(|i| {
+            let (client, uri) = (client.clone(), fake.uri(&format!("/api/v1/flows/{i}")));
+            tokio::spawn(async move { send(&client, get(uri)).await.map(|r| r.status()) })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap().unwrap(), StatusCode::OK);
+    }
+    assert_eq!(fake.logins(), 2, "one login, then exactly one re-login");
+    assert!(fake.unauthorized() >= 1 && fake.unauthorized() <= 50);
+    assert_eq!(fake.api_calls(), 1 + 50 + fake.unauthorized());
+}
+
+#[tokio::test]
+async fn a_replayed_post_carries_the_same_body() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let client = client(&fake);
+    assert_eq!(status(&client, &fake, "/warm").await, StatusCode::OK);
+    fake.revoke_tokens();
+
+    let body = Bytes::from_static(br#"{"name":"nightly sync","enabled":true}"#);
+    let request = Request::post(fake.uri("/api/v1/flows"))
+        .header("content-type", "application/json")
+        .header("x-request-id", "42")
+        .body(Full::new(body.clone()))
+        .unwrap();
+    let response = send(&client, request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let posts: Vec<_> = fake
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == Method::POST && s.path == "/api/v1/flows")
+        .collect();
+    assert_eq!(posts.len(), 2, "sent, then replayed once");
+    assert_eq!(posts[0].body, body);
+    assert_eq!(posts[1].body, body);
+    assert_ne!(posts[0].authorization, posts[1].authorization);
+}
+
+#[tokio::test]
+async fn a_body_too_large_to_keep_gets_its_401_after_the_token_is_renewed() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let client = layer(&fake).replay_body_limit(8).layer(fake.client());
+    assert_eq!(status(&client, &fake, "/warm").await, StatusCode::OK);
+    fake.revoke_tokens();
+
+    let request = Request::put(fake.uri("/api/v1/flows/1"))
+        .body(Full::new(Bytes::from_static(b"more than eight bytes")))
+        .unwrap();
+    let response = send(&client, request).await.unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::UNAUTHORIZED,
+        "returned as is"
+    );
+    assert_eq!(
+        fake.logins(),
+        2,
+        "the token was renewed before the 401 was returned"
+    );
+    let calls = fake.api_calls();
+    assert_eq!(
+        status(&client, &fake, "/api/v1/flows").await,
+        StatusCode::OK
+    );
+    assert_eq!(fake.api_calls(), calls + 1);
+    assert_eq!(fake.logins(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_api_that_refuses_everything_does_not_cause_a_login_per_request() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let client = client(&fake);
+    let attempt = || hold_clock(status(&client, &fake, "/api/v1/forbidden"));
+    assert_eq!(attempt().await, StatusCode::OK);
+    fake.set_api_status(Some(StatusCode::UNAUTHORIZED));
+
+    for _ in 0..100 {
+        assert_eq!(attempt().await, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        fake.logins(),
+        2,
+        "one re-login, then the 401s are the API's answer"
+    );
+
+    // A minute of requests, ten a second: the layer blames the token again at 1, 2, 4, 8, ...
+    // second intervals, not on every request.
+    for _ in 0..600 {
+        assert_eq!(attempt().await, StatusCode::UNAUTHORIZED);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(fake.logins() <= 9, "{} logins", fake.logins());
+
+    // Once the API accepts the token again, nothing is left over.
+    fake.set_api_status(None);
+    assert_eq!(attempt().await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_caller_authorization_header_is_left_alone() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let client = client(&fake);
+    let request = Request::get(fake.uri("/api/v1/flows"))
+        .header("authorization", "Bearer caller-chose-this")
+        .body(Full::default())
+        .unwrap();
+    let response = send(&client, request).await.unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::UNAUTHORIZED,
+        "no 401 handling"
+    );
+    assert_eq!(fake.logins(), 0);
+    assert_eq!(
+        last_api_authorization(&fake).as_deref(),
+        Some("Bearer caller-chose-this")
+    );
+}
