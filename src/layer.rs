@@ -32,7 +32,7 @@ pub const DEFAULT_LOGIN_URL: &str = "https://svc-fabric.pwks.co/api/v1/login";
 /// // A fake Patchworks on loopback; in production, leave `login_url` at its default.
 /// let patchworks = FakePatchworks::start().await?;
 /// let client = ServiceBuilder::new()
-///     .layer(AuthLayer::new(Credentials::new("ops@example.com", "secret"))
+///     .layer(AuthLayer::new(Credentials::new("ops@example.com", "correct horse battery staple"))
 ///         .login_url(patchworks.login_url()))
 ///     .service(patchworks.client());
 ///

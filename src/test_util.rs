@@ -5,10 +5,12 @@
 //! checks the bearer token, and lets a test change its behaviour (token lifetime, slow, hung or
 //! failing logins, revocation, an API that refuses everything) and read what it saw.
 //!
-//! It keeps time with Tokio's clock, so under [`tokio::time::pause`] its tokens expire in
+//! It keeps time with Tokio's clock, so under [`tokio::time::pause`][pause] its tokens expire in
 //! paused time, like the layer's. See [`hold_clock`] for doing I/O with a paused clock.
 //!
 //! Requires the `test-util` feature.
+//!
+//! [pause]: https://docs.rs/tokio/1/tokio/time/fn.pause.html
 //!
 //! ```
 //! use bytes::Bytes;

@@ -186,7 +186,8 @@ async fn a_login_endpoint_that_was_down_recovers_within_two_seconds() {
 #[tokio::test]
 async fn malformed_and_hostile_login_answers_are_errors() {
     let fake = FakePatchworks::start().await.unwrap();
-    let cases: Vec<(LoginAnswer, fn(&patchworks_auth::Error) -> bool)> = vec![
+    type Check = fn(&patchworks_auth::Error) -> bool;
+    let cases: Vec<(LoginAnswer, Check)> = vec![
         (
             LoginAnswer::Body(Bytes::from_static(b"<html>gateway</html>")),
             |e| e.is_malformed(),
