@@ -12,11 +12,11 @@ use crate::{
     error::{Error, Kind},
     layer::Config,
     login,
+    service::{HttpService, ResponseBody},
 };
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response};
-use http_body::Body;
+use http::HeaderValue;
 use std::{
     fmt,
     future::Future,
@@ -31,7 +31,7 @@ use tokio::{
     task::AbortHandle,
     time::{sleep_until, Instant},
 };
-use tower::{BoxError, Service, ServiceExt};
+use tower::ServiceExt;
 
 /// The outcome of one login, shared with every request that waited on it.
 type Outcome = Option<Result<Arc<Token>, Error>>;
@@ -219,13 +219,9 @@ impl Cache {
         inner: &S,
     ) -> impl Future<Output = Result<Arc<Token>, Error>> + Send + 'static
     where
-        S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
+        S: HttpService<B, RB>,
         B: From<Bytes> + Send + 'static,
-        RB: Body + Send + 'static,
-        RB::Data: Send,
-        RB::Error: Into<BoxError>,
+        RB: ResponseBody,
     {
         let lookup = self.lookup(inner);
         async move {
@@ -243,13 +239,9 @@ impl Cache {
         inner: &S,
     ) -> Result<Result<Arc<Token>, watch::Receiver<Outcome>>, Error>
     where
-        S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
+        S: HttpService<B, RB>,
         B: From<Bytes> + Send + 'static,
-        RB: Body + Send + 'static,
-        RB::Data: Send,
-        RB::Error: Into<BoxError>,
+        RB: ResponseBody,
     {
         let mut state = self.lock();
         if let Some(token) = self.current.load_full() {
@@ -278,13 +270,9 @@ impl Cache {
     /// that moved the token from `Due` to `Renewing`.
     pub(crate) fn renew<S, B, RB>(self: &Arc<Self>, token: &Arc<Token>, inner: &S)
     where
-        S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
+        S: HttpService<B, RB>,
         B: From<Bytes> + Send + 'static,
-        RB: Body + Send + 'static,
-        RB::Data: Send,
-        RB::Error: Into<BoxError>,
+        RB: ResponseBody,
     {
         let mut state = self.lock();
         if state.inflight.is_some() {
@@ -311,13 +299,9 @@ impl Cache {
         inner: &S,
     ) -> Result<Unauthorized, Error>
     where
-        S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
+        S: HttpService<B, RB>,
         B: From<Bytes> + Send + 'static,
-        RB: Body + Send + 'static,
-        RB::Data: Send,
-        RB::Error: Into<BoxError>,
+        RB: ResponseBody,
     {
         let mut state = self.lock();
         let current = self.current.load_full();
@@ -373,13 +357,9 @@ impl Cache {
         unauthorized_streak: u32,
     ) -> Result<watch::Receiver<Outcome>, Error>
     where
-        S: Service<Request<B>, Response = Response<RB>> + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
+        S: HttpService<B, RB>,
         B: From<Bytes> + Send + 'static,
-        RB: Body + Send + 'static,
-        RB::Data: Send,
-        RB::Error: Into<BoxError>,
+        RB: ResponseBody,
     {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::config("a login needs a Tokio runtime; call the service from within one")
@@ -402,11 +382,9 @@ impl Cache {
     /// token and when its request was sent.
     async fn login<S, B, RB>(&self, mut inner: S) -> Result<(login::Issued, Instant), Error>
     where
-        S: Service<Request<B>, Response = Response<RB>>,
-        S::Error: Into<BoxError>,
+        S: HttpService<B, RB>,
         B: From<Bytes>,
-        RB: Body,
-        RB::Error: Into<BoxError>,
+        RB: ResponseBody,
     {
         let config = &self.config;
         let attempt = async {

@@ -7,6 +7,7 @@
 use crate::{
     cache::{Cache, Unauthorized},
     error::{Error, Kind},
+    service::{HttpService, RequestBody, ResponseBody},
 };
 use bytes::{Buf, Bytes, BytesMut};
 use http::{
@@ -18,7 +19,7 @@ use pin_project_lite::pin_project;
 use std::{
     fmt,
     future::Future,
-    pin::{pin, Pin},
+    pin::Pin,
     sync::Arc,
     task::{ready, Context, Poll},
 };
@@ -141,17 +142,13 @@ impl Keep {
     }
 }
 
+// The constructors are crate-private; the crate-private bounds say what they need in one word.
+#[allow(private_bounds)]
 impl<S, ReqBody, ResBody> ResponseFuture<S, ReqBody>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    ReqBody: Body + From<Bytes> + Send + 'static,
-    ReqBody::Data: Send,
-    ReqBody::Error: Into<BoxError>,
-    ResBody: Body + Send + 'static,
-    ResBody::Data: Send,
-    ResBody::Error: Into<BoxError>,
+    S: HttpService<ReqBody, ResBody> + Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ReqBody: RequestBody,
+    ResBody: ResponseBody,
 {
     pub(crate) fn passthrough(future: S::Future) -> Self {
         Self::new(State::Passthrough { future })
@@ -308,55 +305,14 @@ async fn cold<S, ReqBody, ResBody>(
     request: Request<ReqBody>,
 ) -> Result<Response<ResBody>, BoxError>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    ReqBody: Body + From<Bytes> + Send + 'static,
-    ReqBody::Data: Send,
-    ReqBody::Error: Into<BoxError>,
-    ResBody: Body + Send + 'static,
-    ResBody::Data: Send,
-    ResBody::Error: Into<BoxError>,
+    S: HttpService<ReqBody, ResBody> + Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ReqBody: RequestBody,
+    ResBody: ResponseBody,
 {
     let token = cache.token(&inner).await?;
-    let (mut request, replay) = match Keep::for_body(request.body(), cache.config.replay_body_limit)
-    {
-        Keep::Empty => {
-            let replay = Replay::copy(&request, Bytes::new());
-            (request, Some(replay))
-        }
-        Keep::Buffer => {
-            let (parts, body) = request.into_parts();
-            let limit = cache.config.replay_body_limit;
-            let mut body = pin!(body);
-            let mut buffer = BodyBuffer::Empty;
-            let bytes =
-                std::future::poll_fn(|cx| buffer.poll_fill(body.as_mut(), limit, cx)).await?;
-            let request = Request::from_parts(parts, ReqBody::from(bytes.clone()));
-            let replay = Replay::copy(&request, bytes);
-            (request, Some(replay))
-        }
-        Keep::Nothing => (request, None),
-    };
-    request
-        .headers_mut()
-        .insert(AUTHORIZATION, token.header.clone());
-    let response = inner
-        .ready()
-        .await
-        .map_err(Into::into)?
-        .call(request)
-        .await
-        .map_err(Into::into)?;
-    if response.status() != StatusCode::UNAUTHORIZED {
-        return Ok(response);
-    }
-    let ctx = Ctx {
-        inner,
-        cache,
-        generation: token.generation,
-    };
-    recover(ctx, replay, response).await
+    inner.ready().await.map_err(Into::into)?;
+    let header = token.header.clone();
+    ResponseFuture::warm(inner, cache, request, header, token.generation).await
 }
 
 /// A 401 to a request that carried the token: renew the token (once for every request that
@@ -367,13 +323,9 @@ async fn recover<S, ReqBody, ResBody>(
     unauthorized: Response<ResBody>,
 ) -> Result<Response<ResBody>, BoxError>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
+    S: HttpService<ReqBody, ResBody>,
     ReqBody: From<Bytes> + Send + 'static,
-    ResBody: Body + Send + 'static,
-    ResBody::Data: Send,
-    ResBody::Error: Into<BoxError>,
+    ResBody: ResponseBody,
 {
     let Ctx {
         mut inner,

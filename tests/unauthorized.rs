@@ -123,6 +123,13 @@ async fn an_api_that_refuses_everything_does_not_cause_a_login_per_request() {
     assert_eq!(attempt().await, StatusCode::OK);
     fake.set_api_status(Some(StatusCode::UNAUTHORIZED));
 
+    let calls = fake.api_calls();
+    assert_eq!(attempt().await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        fake.api_calls(),
+        calls + 2,
+        "sent, replayed once, and no more"
+    );
     for _ in 0..100 {
         assert_eq!(attempt().await, StatusCode::UNAUTHORIZED);
     }
