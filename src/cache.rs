@@ -102,6 +102,7 @@ pub(crate) struct Token {
 }
 
 impl Token {
+    #[inline]
     pub(crate) fn phase(&self) -> Phase {
         match self.phase.load(Ordering::Acquire) {
             0 => Phase::Fresh,
@@ -188,18 +189,12 @@ struct Failure {
 }
 
 impl Cache {
-    pub(crate) fn new(config: Config) -> Cache {
-        Cache {
+    pub(crate) fn new(config: Config) -> Arc<Cache> {
+        Arc::new(Cache {
             config,
             current: ArcSwapOption::empty(),
             state: Mutex::new(State::default()),
-        }
-    }
-
-    /// The current token, for the request path.
-    #[inline]
-    pub(crate) fn load(&self) -> arc_swap::Guard<Option<Arc<Token>>> {
-        self.current.load()
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -268,6 +263,8 @@ impl Cache {
 
     /// Starts a background renewal for a token in its refresh window. Called by the one request
     /// that moved the token from `Due` to `Renewing`.
+    #[cold]
+    #[inline(never)]
     pub(crate) fn renew<S, B, RB>(self: &Arc<Self>, token: &Arc<Token>, inner: &S)
     where
         S: HttpService<B, RB>,
@@ -474,6 +471,19 @@ impl Cache {
         let margin = (lifetime / 10).min(Duration::from_secs(5));
         let window = self.config.refresh_before.min(lifetime / 2);
         (sent_at + (lifetime - window), sent_at + (lifetime - margin))
+    }
+}
+
+/// The current token of a cache, for [`arc_swap::Cache`]: each service keeps its own handle, so
+/// that a request with a fresh token reads one pointer instead of doing a full `ArcSwap` load.
+#[derive(Clone)]
+pub(crate) struct Current(pub(crate) Arc<Cache>);
+
+impl std::ops::Deref for Current {
+    type Target = ArcSwapOption<Token>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0.current
     }
 }
 

@@ -88,7 +88,7 @@ impl AuthLayer {
 
     fn from_config(config: Config) -> Self {
         AuthLayer {
-            cache: Arc::new(Cache::new(config)),
+            cache: Cache::new(config),
         }
     }
 

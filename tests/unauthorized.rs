@@ -37,6 +37,20 @@ async fn a_revoked_token_is_renewed_and_the_request_replayed() {
 }
 
 #[tokio::test]
+async fn a_request_recovers_even_when_it_consumed_the_last_service() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let client = client(&fake);
+    assert_eq!(status(&client, &fake, "/warm").await, StatusCode::OK);
+    fake.revoke_tokens();
+    // `oneshot` consumes the only handle to the layer while the request is in flight.
+    let response = tower::ServiceExt::oneshot(client, get(fake.uri("/api/v1/flows")))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(fake.logins(), 2);
+}
+
+#[tokio::test]
 async fn many_401s_on_one_revoked_token_give_one_login() {
     let fake = FakePatchworks::start().await.unwrap();
     let client = client(&fake);

@@ -1,0 +1,464 @@
+//! What the layer costs, next to the floor (the inner service alone) and the physical limit for
+//! an auth layer (tower-http's `AddAuthorization`, one static header insert).
+//!
+//! ```text
+//! cargo bench --bench auth
+//! python3 benches/report.py    # medians and ratios as a Markdown table
+//! ```
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use http::{header::AUTHORIZATION, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use patchworks_auth::{test_util::FakePatchworks, AuthLayer, Credentials};
+use std::{
+    convert::Infallible,
+    future::{poll_fn, Future},
+    pin::{pin, Pin},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    task::{Context, Poll, Waker},
+    time::{Duration, Instant},
+};
+use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
+use tower_http::auth::AddAuthorization;
+
+const API: &str = "https://core.wearepatchworks.com/api/v1/flows";
+const LOGIN_PATH: &str = "/api/v1/login";
+const TOKEN_ANSWER: &str =
+    r#"{"message":"ok","token":"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJvcHMifQ.c2ln","expires_in":86400}"#;
+
+type Body = Full<Bytes>;
+
+fn request() -> Request<Body> {
+    Request::get(API).body(Body::default()).unwrap()
+}
+
+fn response(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response
+}
+
+type Ready = std::future::Ready<Result<Response<Body>, Infallible>>;
+type Inner = tower::util::ServiceFn<fn(Request<Body>) -> Ready>;
+
+/// The floor: answers 200 at once (and a login, for the layer's first request).
+fn inner() -> Inner {
+    fn answer(request: Request<Body>) -> Ready {
+        std::future::ready(Ok(if request.uri().path() == LOGIN_PATH {
+            response(StatusCode::OK, TOKEN_ANSWER)
+        } else {
+            response(StatusCode::OK, "")
+        }))
+    }
+    service_fn(answer as fn(Request<Body>) -> Ready)
+}
+
+/// Polls a future that must be ready at once (every service here answers without waiting).
+fn now<F: Future>(future: F) -> F::Output {
+    match pin!(future).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("the warm path must not wait"),
+    }
+}
+
+fn call<S>(service: &mut S, request: Request<Body>) -> S::Response
+where
+    S: Service<Request<Body>>,
+    S::Error: std::fmt::Debug,
+{
+    now(poll_fn(|cx| service.poll_ready(cx))).unwrap();
+    now(service.call(request)).unwrap()
+}
+
+fn credentials() -> Credentials {
+    Credentials::new("ops@example.com", "hunter2")
+}
+
+/// What a user would write instead: a token behind an async mutex, checked on every request.
+#[derive(Clone)]
+struct Naive<S> {
+    inner: S,
+    token: Arc<tokio::sync::Mutex<Option<(HeaderValue, Instant)>>>,
+}
+
+impl<S> Naive<S> {
+    fn new(inner: S) -> Self {
+        Naive {
+            inner,
+            token: Arc::new(tokio::sync::Mutex::new(None)),
+        }
+    }
+}
+
+impl<S> Service<Request<Body>> for Naive<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        let token = self.token.clone();
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let header = {
+                let mut cached = token.lock().await;
+                match &*cached {
+                    Some((header, expires_at)) if Instant::now() < *expires_at => header.clone(),
+                    _ => {
+                        let login =
+                            Request::post(format!("https://svc-fabric.pwks.co{LOGIN_PATH}"))
+                                .body(Body::default())?;
+                        inner.clone().oneshot(login).await?;
+                        let header = HeaderValue::from_static("Bearer naive");
+                        *cached =
+                            Some((header.clone(), Instant::now() + Duration::from_secs(86400)));
+                        header
+                    }
+                }
+            };
+            request.headers_mut().insert(AUTHORIZATION, header);
+            Ok(inner.call(request).await?)
+        })
+    }
+}
+
+/// The four contenders, each ready for warm requests (the layers have logged in).
+fn contenders(runtime: &tokio::runtime::Runtime) -> Contenders {
+    let _guard = runtime.enter();
+    let mut auth = AuthLayer::new(credentials()).layer(inner());
+    let mut naive = Naive::new(inner());
+    runtime.block_on(async {
+        assert_eq!(
+            auth.ready()
+                .await
+                .unwrap()
+                .call(request())
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        assert_eq!(
+            naive
+                .ready()
+                .await
+                .unwrap()
+                .call(request())
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    });
+    Contenders {
+        auth,
+        naive,
+        add_authorization: AddAuthorization::bearer(
+            inner(),
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJvcHMifQ.c2ln",
+        ),
+    }
+}
+
+struct Contenders {
+    auth: patchworks_auth::Auth<Inner>,
+    naive: Naive<Inner>,
+    add_authorization: AddAuthorization<Inner>,
+}
+
+fn warm_path(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let Contenders {
+        mut auth,
+        mut naive,
+        mut add_authorization,
+    } = contenders(&runtime);
+    let mut inner = inner();
+    let mut group = c.benchmark_group("warm");
+    group.bench_function("inner", |b| {
+        b.iter_batched(request, |r| call(&mut inner, r), BatchSize::SmallInput)
+    });
+    group.bench_function("static", |b| {
+        b.iter_batched(
+            request,
+            |r| call(&mut add_authorization, r),
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("auth", |b| {
+        b.iter_batched(request, |r| call(&mut auth, r), BatchSize::SmallInput)
+    });
+    group.bench_function("naive", |b| {
+        b.iter_batched(request, |r| call(&mut naive, r), BatchSize::SmallInput)
+    });
+    group.finish();
+}
+
+/// The same four, driven by `threads` tasks on a two-worker runtime, each with its own clone.
+fn contended(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let Contenders {
+        auth,
+        naive,
+        add_authorization,
+    } = contenders(&runtime);
+    let mut group = c.benchmark_group("contended");
+    for threads in [1, 2] {
+        drive(&mut group, &runtime, threads, "inner", inner());
+        drive(
+            &mut group,
+            &runtime,
+            threads,
+            "static",
+            add_authorization.clone(),
+        );
+        drive(&mut group, &runtime, threads, "auth", auth.clone());
+        drive(&mut group, &runtime, threads, "naive", naive.clone());
+    }
+    group.finish();
+}
+
+fn drive<S>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    runtime: &tokio::runtime::Runtime,
+    threads: u64,
+    name: &str,
+    service: S,
+) where
+    S: Service<Request<Body>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Debug,
+{
+    group.throughput(criterion::Throughput::Elements(1));
+    group.bench_function(format!("{threads} thread/{name}"), |b| {
+        b.iter_custom(|iters| {
+            let per_task = iters.div_ceil(threads);
+            runtime.block_on(async {
+                let start = Instant::now();
+                let tasks: Vec<_> = (0..threads)
+                    .map(|_| {
+                        let mut service = service.clone();
+                        tokio::spawn(async move {
+                            for _ in 0..per_task {
+                                let response = service.ready().await.unwrap().call(request()).await;
+                                std::hint::black_box(response.unwrap());
+                            }
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    task.await.unwrap();
+                }
+                start.elapsed()
+            })
+        })
+    });
+}
+
+/// An inner service whose login takes 5 ms, and that accepts only the latest token. API calls
+/// answer at once, without allocating, so that the burst measures the layer.
+#[derive(Clone)]
+struct Slow {
+    logins: Arc<AtomicUsize>,
+    current: Arc<arc_swap::ArcSwap<HeaderValue>>,
+}
+
+impl Slow {
+    fn new() -> Self {
+        Slow {
+            logins: Arc::new(AtomicUsize::new(0)),
+            current: Arc::new(arc_swap::ArcSwap::from_pointee(HeaderValue::from_static(
+                "none",
+            ))),
+        }
+    }
+
+    /// Revokes every token issued so far.
+    fn revoke(&self) {
+        self.current
+            .store(Arc::new(HeaderValue::from_static("revoked")));
+    }
+}
+
+type SlowFuture = futures_util::future::Either<
+    Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>,
+    Ready,
+>;
+
+impl Service<Request<Body>> for Slow {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = SlowFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        if request.uri().path() != LOGIN_PATH {
+            let authorized = request.headers().get(AUTHORIZATION) == Some(&**self.current.load());
+            let status = if authorized {
+                StatusCode::OK
+            } else {
+                StatusCode::UNAUTHORIZED
+            };
+            return futures_util::future::Either::Right(std::future::ready(Ok(response(
+                status, "",
+            ))));
+        }
+        let (logins, current) = (self.logins.clone(), self.current.clone());
+        futures_util::future::Either::Left(Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let n = logins.fetch_add(1, Ordering::SeqCst) + 1;
+            let token = format!("tok{n}");
+            current.store(Arc::new(
+                HeaderValue::try_from(format!("Bearer {token}")).unwrap(),
+            ));
+            let body = format!(r#"{{"token":"{token}","expires_in":86400}}"#);
+            Ok(Response::new(Full::new(Bytes::from(body))))
+        }))
+    }
+}
+
+/// Sends `n` requests at once through `service`; the time until the last response.
+async fn burst<S>(service: &S, n: usize) -> Duration
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    use futures_util::StreamExt;
+    // Requests and service clones are made before the clock starts: the burst is their sending.
+    let calls: Vec<_> = (0..n).map(|_| (service.clone(), request())).collect();
+    let start = Instant::now();
+    let mut responses: futures_util::stream::FuturesUnordered<_> = calls
+        .into_iter()
+        .map(|(service, request)| service.oneshot(request))
+        .collect();
+    let mut ok = 0;
+    while let Some(response) = responses.next().await {
+        ok += usize::from(response.unwrap().status() == StatusCode::OK);
+    }
+    let elapsed = start.elapsed();
+    assert_eq!(ok, n, "every request succeeds");
+    elapsed
+}
+
+/// 10,000 first requests at once against a login that takes 5 ms; and 1,000 requests meeting
+/// one revoked token. Each next to one request that needs one login, its floor.
+fn stampede(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("stampede");
+    group.sample_size(10);
+    for (name, n, revoked) in [
+        ("cold/1", 1, false),
+        ("cold/10000", 10_000, false),
+        ("401/1", 1, true),
+        ("401/1000", 1_000, true),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                runtime.block_on(async {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let slow = Slow::new();
+                        let service = AuthLayer::new(credentials()).layer(slow.clone());
+                        if revoked {
+                            burst(&service, 1).await;
+                            slow.revoke();
+                        }
+                        let before = slow.logins.load(Ordering::SeqCst);
+                        total += burst(&service, n).await;
+                        assert_eq!(
+                            slow.logins.load(Ordering::SeqCst),
+                            before + 1,
+                            "exactly one login"
+                        );
+                    }
+                    total
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+/// A hyper-util client over loopback TCP to an in-process hyper server.
+fn end_to_end(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (fake, auth, add_authorization) = runtime.block_on(async {
+        let fake = FakePatchworks::start().await.unwrap();
+        let auth = AuthLayer::new(fake.credentials())
+            .login_url(fake.login_url())
+            .layer(fake.client());
+        let warm = auth.clone().oneshot(
+            Request::get(fake.uri("/api/v1/flows"))
+                .body(Body::default())
+                .unwrap(),
+        );
+        assert_eq!(warm.await.unwrap().status(), StatusCode::OK);
+        let token = fake.seen()[1].authorization.clone().unwrap();
+        let token = token.strip_prefix("Bearer ").unwrap().to_owned();
+        let add_authorization = AddAuthorization::bearer(fake.client(), &token);
+        (fake, auth, add_authorization)
+    });
+    let uri = fake.uri("/api/v1/flows");
+    let mut group = c.benchmark_group("end_to_end");
+    group.bench_function("static", |b| {
+        b.to_async(&runtime).iter(|| {
+            let request = Request::get(uri.clone()).body(Body::default()).unwrap();
+            let response = add_authorization.clone().oneshot(request);
+            async move { assert_eq!(response.await.unwrap().status(), StatusCode::OK) }
+        })
+    });
+    group.bench_function("auth", |b| {
+        b.to_async(&runtime).iter(|| {
+            let request = Request::get(uri.clone()).body(Body::default()).unwrap();
+            let response = auth.clone().oneshot(request);
+            async move { assert_eq!(response.await.unwrap().status(), StatusCode::OK) }
+        })
+    });
+    group.finish();
+    assert_eq!(fake.logins(), 1);
+    assert_eq!(fake.unauthorized(), 0);
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(40);
+    targets = warm_path, contended, stampede, end_to_end
+}
+criterion_main!(benches);
