@@ -98,10 +98,18 @@ struct Pending<S> {
 }
 
 /// Everything of a request but its token, to send it again.
+///
+/// Kept small for the common request (no headers, no extensions, no body yet): those go in a
+/// box only when there are some, so that a bare GET carries about 140 bytes of replay, not 270.
 struct Replay {
     method: Method,
-    uri: UriCopy,
     version: Version,
+    uri: UriCopy,
+    rest: Option<Box<Rest>>,
+}
+
+/// The parts of a request that are often empty.
+struct Rest {
     headers: HeaderMap,
     extensions: Extensions,
     body: Bytes,
@@ -111,31 +119,42 @@ impl Replay {
     /// Copies a request that does not carry the token yet.
     #[inline]
     fn copy<B>(request: &Request<B>, body: Bytes) -> Replay {
+        let (headers, extensions) = (request.headers(), request.extensions());
+        let rest = (!headers.is_empty() || !extensions.is_empty() || !body.is_empty()).then(|| {
+            Box::new(Rest {
+                headers: headers.clone(),
+                extensions: extensions.clone(),
+                body,
+            })
+        });
         Replay {
             method: request.method().clone(),
-            uri: UriCopy::of(request.uri()),
             version: request.version(),
-            // Most requests have no headers or extensions yet: skip the clone machinery.
-            headers: match request.headers() {
-                headers if headers.is_empty() => HeaderMap::new(),
-                headers => headers.clone(),
-            },
-            extensions: match request.extensions() {
-                extensions if extensions.is_empty() => Extensions::new(),
-                extensions => extensions.clone(),
-            },
-            body,
+            uri: UriCopy::of(request.uri()),
+            rest,
         }
     }
 
     /// The request again, with `header` for its token; `None` if its URI cannot be rebuilt.
     fn into_request<B: From<Bytes>>(self, header: HeaderValue) -> Option<Request<B>> {
-        let mut request = Request::new(B::from(self.body));
+        let uri = self.uri.into_uri()?;
+        let mut request = match self.rest {
+            Some(rest) => {
+                let Rest {
+                    headers,
+                    extensions,
+                    body,
+                } = *rest;
+                let mut request = Request::new(B::from(body));
+                *request.headers_mut() = headers;
+                *request.extensions_mut() = extensions;
+                request
+            }
+            None => Request::new(B::from(Bytes::new())),
+        };
         *request.method_mut() = self.method;
-        *request.uri_mut() = self.uri.into_uri()?;
+        *request.uri_mut() = uri;
         *request.version_mut() = self.version;
-        *request.headers_mut() = self.headers;
-        *request.extensions_mut() = self.extensions;
         request.headers_mut().insert(AUTHORIZATION, header);
         Some(request)
     }
