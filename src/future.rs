@@ -135,8 +135,8 @@ impl Replay {
         }
     }
 
-    /// The request again, with `header` for its token; `None` if its URI cannot be rebuilt.
-    fn into_request<B: From<Bytes>>(self, header: HeaderValue) -> Option<Request<B>> {
+    /// The request again, without a token yet; `None` if its URI cannot be rebuilt.
+    fn into_request<B: From<Bytes>>(self) -> Option<Request<B>> {
         let uri = self.uri.into_uri()?;
         let mut request = match self.rest {
             Some(rest) => {
@@ -155,7 +155,6 @@ impl Replay {
         *request.method_mut() = self.method;
         *request.uri_mut() = uri;
         *request.version_mut() = self.version;
-        request.headers_mut().insert(AUTHORIZATION, header);
         Some(request)
     }
 }
@@ -471,6 +470,11 @@ where
     if cache.unauthorized(generation, &inner)? == Unauthorized::Keep {
         return Ok(unauthorized);
     }
+    let Some(mut request) = replay.into_request::<ReqBody>() else {
+        // Not seen for a URI that `http` parsed, which prints as it parses; but if it happens,
+        // the caller gets the answer it would have had without the layer.
+        return Ok(unauthorized);
+    };
     drop(unauthorized);
     let token = cache.token(&inner).await?;
     tracing::debug!(
@@ -478,10 +482,9 @@ where
         generation = token.generation,
         "replaying the request that got 401 with the new token"
     );
-    let Some(request) = replay.into_request(token.header.clone()) else {
-        // Not reachable for a URI that `http` parsed, which prints as it parses.
-        return Err(Error::new(Kind::Malformed("the request's URI could not be rebuilt")).into());
-    };
+    request
+        .headers_mut()
+        .insert(AUTHORIZATION, token.header.clone());
     let response = inner
         .ready()
         .await
