@@ -555,3 +555,35 @@ impl BodyBuffer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_copies_give_the_same_uri_back() {
+        let long = format!(
+            "https://core.wearepatchworks.com/api/v1/{}",
+            "x".repeat(200)
+        );
+        for (uri, inline) in [
+            (
+                "https://core.wearepatchworks.com/api/v1/flows?page=2&sort=name",
+                true,
+            ),
+            ("https://core.wearepatchworks.com", true),
+            ("http://127.0.0.1:8080/api/v1/login", true),
+            ("https://[::1]:8443/x?y", true),
+            ("/api/v1/flows?page=2", true),
+            ("*", true),
+            (long.as_str(), false),
+        ] {
+            let original: Uri = uri.parse().unwrap();
+            let copy = UriCopy::of(&original);
+            assert_eq!(matches!(copy, UriCopy::Inline(_)), inline, "{uri}");
+            let back = copy.into_uri().unwrap();
+            assert_eq!(back, original, "{uri}");
+            assert_eq!(back.to_string(), original.to_string(), "{uri}");
+        }
+    }
+}
