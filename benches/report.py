@@ -48,6 +48,8 @@ for kind, n in (("cold", 10000), ("401", 1000)):
     many = median("stampede", f"{kind}_{n}")
     print(f"| {kind}, 1 request | {show(one)} | 1.00 |")
     print(f"| {kind}, {n} requests | {show(many)} | {many / one:.2f} |")
+warm = median("stampede", "warm_10000")
+print(f"| warm, 10000 requests (the harness: 10,000 tasks, no login) | {show(warm)} | - |")
 
 e2e = {n: median("end_to_end", n) for n in ("static", "auth")}
 print("\n| end to end (hyper-util over loopback) | median / request | vs static |")

@@ -181,6 +181,15 @@ struct State {
     logins: u64,
 }
 
+impl State {
+    /// The login in flight. One whose task ended without an answer (its runtime shut down) does
+    /// not count: waiting on it would fail at once, forever.
+    fn live_inflight(&self) -> Option<watch::Receiver<Outcome>> {
+        let inflight = self.inflight.as_ref()?;
+        inflight.has_changed().is_ok().then(|| inflight.clone())
+    }
+}
+
 struct Failure {
     error: Error,
     retry_at: Instant,
@@ -244,8 +253,8 @@ impl Cache {
                 return Ok(Ok(token));
             }
         }
-        if let Some(inflight) = &state.inflight {
-            return Ok(Err(inflight.clone()));
+        if let Some(inflight) = state.live_inflight() {
+            return Ok(Err(inflight));
         }
         if let Some(failure) = &state.failure {
             if Instant::now() < failure.retry_at {
@@ -272,7 +281,7 @@ impl Cache {
         RB: ResponseBody,
     {
         let mut state = self.lock();
-        if state.inflight.is_some() {
+        if state.live_inflight().is_some() {
             return; // whatever is in flight replaces the token
         }
         if let Some(failure) = &state.failure {
@@ -333,7 +342,7 @@ impl Cache {
             generation,
             "API answered 401: token discarded, logging in again"
         );
-        if state.inflight.is_none() {
+        if state.live_inflight().is_none() {
             if let Some(failure) = &state.failure {
                 if Instant::now() < failure.retry_at {
                     return Err(failure.error.clone());
