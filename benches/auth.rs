@@ -213,10 +213,11 @@ fn warm_path(c: &mut Criterion) {
     group.finish();
 }
 
-/// The same four, driven by `threads` tasks on a two-worker runtime, each with its own clone.
+/// The same four, driven from `threads` OS threads at once, each with its own clone of one
+/// service and a runtime of its own, so that the threads really run in parallel.
 fn contended(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
@@ -226,24 +227,18 @@ fn contended(c: &mut Criterion) {
         add_authorization,
     } = contenders(&runtime);
     let mut group = c.benchmark_group("contended");
+    group.throughput(criterion::Throughput::Elements(1));
     for threads in [1, 2] {
-        drive(&mut group, &runtime, threads, "inner", inner());
-        drive(
-            &mut group,
-            &runtime,
-            threads,
-            "static",
-            add_authorization.clone(),
-        );
-        drive(&mut group, &runtime, threads, "auth", auth.clone());
-        drive(&mut group, &runtime, threads, "naive", naive.clone());
+        drive(&mut group, threads, "inner", inner());
+        drive(&mut group, threads, "static", add_authorization.clone());
+        drive(&mut group, threads, "auth", auth.clone());
+        drive(&mut group, threads, "naive", naive.clone());
     }
     group.finish();
 }
 
 fn drive<S>(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
-    runtime: &tokio::runtime::Runtime,
     threads: u64,
     name: &str,
     service: S,
@@ -252,28 +247,31 @@ fn drive<S>(
     S::Future: Send,
     S::Error: std::fmt::Debug,
 {
-    group.throughput(criterion::Throughput::Elements(1));
     group.bench_function(format!("{threads} thread/{name}"), |b| {
         b.iter_custom(|iters| {
-            let per_task = iters.div_ceil(threads);
-            runtime.block_on(async {
-                let start = Instant::now();
-                let tasks: Vec<_> = (0..threads)
-                    .map(|_| {
-                        let mut service = service.clone();
-                        tokio::spawn(async move {
-                            for _ in 0..per_task {
+            let per_thread = iters.div_ceil(threads);
+            let start = std::sync::Barrier::new(threads as usize + 1);
+            // The scope returns once every thread is done: time from the start to there.
+            let began = std::thread::scope(|scope| {
+                for _ in 0..threads {
+                    let (mut service, start) = (service.clone(), &start);
+                    scope.spawn(move || {
+                        let runtime = tokio::runtime::Builder::new_current_thread()
+                            .build()
+                            .unwrap();
+                        start.wait();
+                        runtime.block_on(async {
+                            for _ in 0..per_thread {
                                 let response = service.ready().await.unwrap().call(request()).await;
                                 std::hint::black_box(response.unwrap());
                             }
-                        })
-                    })
-                    .collect();
-                for task in tasks {
-                    task.await.unwrap();
+                        });
+                    });
                 }
-                start.elapsed()
-            })
+                start.wait();
+                Instant::now()
+            });
+            began.elapsed()
         })
     });
 }
