@@ -1,20 +1,29 @@
 #!/usr/bin/env python3
-"""Prints the medians of the last `cargo bench --bench auth` run, and their ratios, as Markdown.
+"""Prints the medians of `cargo bench --bench auth`, and their ratios, as Markdown.
 
     cargo bench --bench auth && python3 benches/report.py
+
+With folders as arguments (copies of target/criterion from several runs), each figure is the
+median of the runs' medians: on a shared, noisy machine one run can meet a busy neighbour.
 """
 import json
 import pathlib
+import statistics
 import sys
 
-root = pathlib.Path(__file__).resolve().parent.parent / "target" / "criterion"
+roots = [pathlib.Path(arg) for arg in sys.argv[1:]] or [
+    pathlib.Path(__file__).resolve().parent.parent / "target" / "criterion"
+]
 
 
 def median(group, name):
-    path = root / group / name / "new" / "estimates.json"
-    if not path.exists():
-        sys.exit(f"no result at {path}: run `cargo bench --bench auth` first")
-    return json.loads(path.read_text())["median"]["point_estimate"]
+    values = []
+    for root in roots:
+        path = root / group / name / "new" / "estimates.json"
+        if not path.exists():
+            sys.exit(f"no result at {path}: run `cargo bench --bench auth` first")
+        values.append(json.loads(path.read_text())["median"]["point_estimate"])
+    return statistics.median(values)
 
 
 def show(ns):
