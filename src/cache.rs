@@ -9,6 +9,7 @@
 //! never touches while a token is fresh.
 
 use crate::{
+    credentials::Secret,
     error::{Error, Kind},
     layer::Config,
     login,
@@ -95,6 +96,8 @@ pub(crate) struct Token {
     phase: AtomicU8,
     /// When the login request that obtained it was sent.
     obtained_at: Instant,
+    /// When it expires; `None` for an API key.
+    expires_at: Option<Instant>,
     /// How many 401-triggered logins in quick succession led to this token.
     unauthorized_streak: u32,
     /// The timer task that ages this token; aborted when the token is dropped.
@@ -198,12 +201,54 @@ struct Failure {
 }
 
 impl Cache {
-    pub(crate) fn new(config: Config) -> Arc<Cache> {
+    pub(crate) fn new(mut config: Config) -> Arc<Cache> {
+        let current = match &config.credentials.secret {
+            Secret::Login { .. } => None,
+            // An API key is the token: in place from the start, never aged, never renewed.
+            Secret::ApiKey(key) => match api_key_header(key) {
+                Some(header) => Some(Arc::new(Token {
+                    header,
+                    generation: 0,
+                    phase: AtomicU8::new(Phase::Fresh as u8),
+                    obtained_at: Instant::now(),
+                    expires_at: None,
+                    unauthorized_streak: 0,
+                    timer: OnceLock::new(),
+                })),
+                None => {
+                    config.scope = Err(Error::config(
+                        "the API key is not a valid header value (empty, or with control \
+                         characters); check the key",
+                    ));
+                    None
+                }
+            },
+        };
         Arc::new(Cache {
             config,
-            current: ArcSwapOption::empty(),
+            current: ArcSwapOption::new(current),
             state: Mutex::new(State::default()),
         })
+    }
+
+    /// What is known of the token, without the token.
+    pub(crate) fn state(&self) -> TokenState {
+        let state = self.lock();
+        let current = self.current.load_full();
+        let api_key = matches!(self.config.credentials.secret, Secret::ApiKey(_));
+        TokenState {
+            obtained_at: current
+                .as_ref()
+                .filter(|_| !api_key)
+                .map(|token| token.obtained_at.into_std()),
+            expires_at: current
+                .as_ref()
+                .and_then(|token| token.expires_at)
+                .map(Instant::into_std),
+            usable: current.is_some_and(|token| token.phase() != Phase::Expired),
+            logins: state.logins,
+            last_error: state.failure.as_ref().map(|failure| failure.error.clone()),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -309,6 +354,9 @@ impl Cache {
         B: From<Bytes> + Send + 'static,
         RB: ResponseBody,
     {
+        if matches!(self.config.credentials.secret, Secret::ApiKey(_)) {
+            return Ok(Unauthorized::Keep); // nothing to renew: the API refuses the key
+        }
         let mut state = self.lock();
         let current = self.current.load_full();
         let Some(token) = current.filter(|token| token.generation == generation) else {
@@ -393,10 +441,13 @@ impl Cache {
         RB: ResponseBody,
     {
         let config = &self.config;
+        let Secret::Login { email, password } = &config.credentials.secret else {
+            return Err(Error::config("an API key needs no login"));
+        };
         let attempt = async {
             let transport = |err: S::Error| Error::with_source(Kind::Transport, err);
             let inner = inner.ready().await.map_err(transport)?;
-            let request = login::request(&config.login_url, &config.credentials);
+            let request = login::request(&config.login_url, email, password);
             let sent_at = Instant::now();
             let response = inner.call(request).await.map_err(transport)?;
             Ok((login::read_answer(response).await?, sent_at))
@@ -425,6 +476,7 @@ impl Cache {
                     generation: state.generation,
                     phase: AtomicU8::new(Phase::Fresh as u8),
                     obtained_at: sent_at,
+                    expires_at: Some(sent_at + issued.lifetime),
                     unauthorized_streak,
                     timer: OnceLock::new(),
                 });
@@ -564,6 +616,35 @@ async fn age(token: Weak<Token>, renew_at: Instant, expire_at: Instant) {
         }
     }
     sleep_until(expire_at).await;
+}
+
+/// An API key as a sensitive header value, if it is one.
+fn api_key_header(key: &str) -> Option<HeaderValue> {
+    let mut value = HeaderValue::from_str(key)
+        .ok()
+        .filter(|_| !key.trim().is_empty())?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+/// What the layer knows of its token, without the token: for health checks and dashboards.
+///
+/// Read with [`AuthLayer::state`](crate::AuthLayer::state) or
+/// [`Auth::state`](crate::Auth::state).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct TokenState {
+    /// When the login request of the current token was sent. `None` before the first login,
+    /// after a 401 discarded the token, and for an API key.
+    pub obtained_at: Option<std::time::Instant>,
+    /// When the current token expires. `None` likewise; an API key never expires.
+    pub expires_at: Option<std::time::Instant>,
+    /// Whether a request now would go out with a token (or key) without waiting for a login.
+    pub usable: bool,
+    /// Logins started so far, successful or not.
+    pub logins: u64,
+    /// The last login's error, until a login succeeds.
+    pub last_error: Option<Error>,
 }
 
 #[cfg(test)]

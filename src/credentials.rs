@@ -3,9 +3,9 @@
 use crate::error::Error;
 use std::fmt;
 
-/// The email and password of a Patchworks account.
+/// What the layer authenticates with: an account's email and password, or an API key.
 ///
-/// `Debug` shows the email and hides the password:
+/// `Debug` shows the email and hides the password and the API key:
 ///
 /// ```
 /// use patchworks_auth::Credentials;
@@ -15,11 +15,20 @@ use std::fmt;
 ///     format!("{creds:?}"),
 ///     r#"Credentials { email: "ops@example.com", password: "<redacted>" }"#
 /// );
+/// let key = Credentials::api_key("pk_live_4f9a");
+/// assert_eq!(format!("{key:?}"), r#"Credentials { api_key: "<redacted>" }"#);
 /// ```
 #[derive(Clone)]
 pub struct Credentials {
-    pub(crate) email: String,
-    pub(crate) password: String,
+    pub(crate) secret: Secret,
+}
+
+#[derive(Clone)]
+pub(crate) enum Secret {
+    /// Logged in with at the login endpoint, for a bearer token.
+    Login { email: String, password: String },
+    /// Sent as it is in `Authorization`: no login, no expiry.
+    ApiKey(String),
 }
 
 impl Credentials {
@@ -28,11 +37,26 @@ impl Credentials {
     /// The environment variable [`from_env`](Self::from_env) reads the password from.
     pub const PASSWORD_VAR: &'static str = "PATCHWORKS_PASSWORD";
 
-    /// Credentials for the account with this email and password.
+    /// Credentials for the account with this email and password: the layer logs in with them
+    /// and sends the bearer token it gets.
     pub fn new(email: impl Into<String>, password: impl Into<String>) -> Self {
         Credentials {
-            email: email.into(),
-            password: password.into(),
+            secret: Secret::Login {
+                email: email.into(),
+                password: password.into(),
+            },
+        }
+    }
+
+    /// A Patchworks API key: the layer sends it as it is, `Authorization: <key>` (no `Bearer`),
+    /// to the same origins it would send a token to. There is no login and nothing expires; a
+    /// 401 is returned as it is.
+    ///
+    /// A key that is not a valid header value (control characters, CR/LF) makes every request
+    /// fail with an [`Error`] for which [`is_config`](Error::is_config) is `true`.
+    pub fn api_key(key: impl Into<String>) -> Self {
+        Credentials {
+            secret: Secret::ApiKey(key.into()),
         }
     }
 
@@ -58,9 +82,12 @@ impl Credentials {
         ))
     }
 
-    /// The account's email.
-    pub fn email(&self) -> &str {
-        &self.email
+    /// The account's email; `None` for an API key.
+    pub fn email(&self) -> Option<&str> {
+        match &self.secret {
+            Secret::Login { email, .. } => Some(email),
+            Secret::ApiKey(_) => None,
+        }
     }
 }
 
@@ -81,10 +108,12 @@ fn env_var(name: &str) -> Result<String, Error> {
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("email", &self.email)
-            .field("password", &"<redacted>")
-            .finish()
+        let mut d = f.debug_struct("Credentials");
+        match &self.secret {
+            Secret::Login { email, .. } => d.field("email", email).field("password", &"<redacted>"),
+            Secret::ApiKey(_) => d.field("api_key", &"<redacted>"),
+        };
+        d.finish()
     }
 }
 
@@ -111,7 +140,7 @@ mod tests {
 
         std::env::set_var(Credentials::PASSWORD_VAR, "s3cret-value");
         let creds = Credentials::from_env().unwrap();
-        assert_eq!(creds.email(), "ops@example.com");
+        assert_eq!(creds.email(), Some("ops@example.com"));
         assert!(!format!("{creds:?}").contains("s3cret-value"));
         std::env::remove_var(Credentials::EMAIL_VAR);
         std::env::remove_var(Credentials::PASSWORD_VAR);

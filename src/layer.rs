@@ -1,6 +1,12 @@
 //! The layer and its configuration.
 
-use crate::{cache::Cache, credentials::Credentials, error::Error, scope::Scope, service::Auth};
+use crate::{
+    cache::{Cache, TokenState},
+    credentials::Credentials,
+    error::Error,
+    scope::Scope,
+    service::Auth,
+};
 use http::Uri;
 use std::{fmt, sync::Arc, time::Duration};
 use tower_layer::Layer;
@@ -140,6 +146,13 @@ impl AuthLayer {
     /// only requests without one are replayed.
     pub fn replay_body_limit(self, limit: usize) -> Self {
         self.map_config(|config| config.replay_body_limit = limit)
+    }
+}
+
+impl AuthLayer {
+    /// What the layer knows of its token (shared by every service it made), without the token.
+    pub fn state(&self) -> TokenState {
+        self.cache.state()
     }
 }
 

@@ -114,12 +114,14 @@ mod error;
 mod future;
 mod layer;
 mod login;
+pub mod retry;
 mod scope;
 mod service;
 
 #[cfg(feature = "test-util")]
 pub mod test_util;
 
+pub use cache::TokenState;
 pub use credentials::Credentials;
 pub use error::Error;
 pub use future::ResponseFuture;

@@ -3,10 +3,7 @@
 //! Everything here handles bytes the network sent, so nothing here may panic: every oddity of
 //! the answer becomes an [`Error`].
 
-use crate::{
-    credentials::Credentials,
-    error::{Error, Kind},
-};
+use crate::error::{Error, Kind};
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -40,11 +37,8 @@ struct LoginBody<'a> {
 }
 
 /// The login request: `POST <url>` with `{"email", "password"}`.
-pub(crate) fn request<B: From<Bytes>>(url: &Uri, credentials: &Credentials) -> Request<B> {
-    let body = LoginBody {
-        email: &credentials.email,
-        password: &credentials.password,
-    };
+pub(crate) fn request<B: From<Bytes>>(url: &Uri, email: &str, password: &str) -> Request<B> {
+    let body = LoginBody { email, password };
     // Serializing two strings into a Vec cannot fail.
     let json = serde_json::to_vec(&body).unwrap_or_default();
     let mut request = Request::new(B::from(Bytes::from(json)));

@@ -1,7 +1,7 @@
 //! The service: decides per request whether and with what token it is sent.
 
 use crate::{
-    cache::{Cache, Current, Phase, Token},
+    cache::{Cache, Current, Phase, Token, TokenState},
     future::ResponseFuture,
 };
 use bytes::Bytes;
@@ -98,6 +98,68 @@ impl<S> Auth<S> {
     /// Consumes `self`, returning the underlying service.
     pub fn into_inner(self) -> S {
         self.inner
+    }
+
+    /// What the layer knows of its token, without the token.
+    ///
+    /// ```
+    /// # use patchworks_auth::{test_util::FakePatchworks, AuthLayer};
+    /// # use tower::Layer;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower::BoxError> {
+    /// # let patchworks = FakePatchworks::start().await?;
+    /// let client = AuthLayer::new(patchworks.credentials())
+    ///     .login_url(patchworks.login_url())
+    ///     .layer(patchworks.client());
+    /// assert!(!client.state().usable); // lazy: no login yet
+    /// client.login().await?;
+    /// let state = client.state();
+    /// assert!(state.usable && state.logins == 1);
+    /// assert!(state.expires_at > state.obtained_at);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn state(&self) -> TokenState {
+        self.cache.state()
+    }
+}
+
+impl<S> Auth<S> {
+    /// Makes sure a token is cached: logs in now unless a usable token is, and waits for that
+    /// login. Requests do this by themselves; call it at start-up to refuse to start with bad
+    /// credentials or an unreachable login endpoint.
+    ///
+    /// # Errors
+    ///
+    /// The login's [`Error`](crate::Error): rejected credentials, a timeout, a broken answer.
+    ///
+    /// ```
+    /// # use patchworks_auth::{test_util::FakePatchworks, AuthLayer, Credentials};
+    /// # use tower::Layer;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # let patchworks = FakePatchworks::start().await.unwrap();
+    /// let client = AuthLayer::new(Credentials::new("ops@example.com", "wrong"))
+    ///     .login_url(patchworks.login_url())
+    ///     .layer(patchworks.client());
+    /// let error = client.login().await.unwrap_err();
+    /// assert!(error.is_rejected());
+    /// # }
+    /// ```
+    pub async fn login<ReqBody, ResBody>(&self) -> Result<(), crate::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        ReqBody: From<Bytes> + Send + 'static,
+        ResBody: Body + Send + 'static,
+        ResBody::Data: Send,
+        ResBody::Error: Into<BoxError>,
+    {
+        if let Err(error) = &self.cache.config.scope {
+            return Err(error.clone());
+        }
+        self.cache.token(&self.inner).await.map(drop)
     }
 }
 

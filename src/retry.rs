@@ -1,0 +1,328 @@
+//! A retry policy for the Patchworks API.
+
+use http::{header::RETRY_AFTER, Method, Request, Response, StatusCode};
+use std::{
+    error::Error as StdError,
+    io,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+use tower::{
+    retry::{
+        backoff::{Backoff, ExponentialBackoff, ExponentialBackoffMaker, MakeBackoff},
+        budget::{Budget, TpsBudget},
+        Policy,
+    },
+    util::rng::HasherRng,
+    BoxError,
+};
+
+/// [`Policy`] for [`tower::retry::Retry`] that retries what is safe to retry against Patchworks.
+///
+/// - Only idempotent requests: `GET`, `HEAD`, `PUT`, `DELETE`, `OPTIONS`. A `POST` or `PATCH`
+///   is never retried: the first attempt may have been applied.
+/// - Only transient failures: a connection that could not be made or broke before the answer
+///   (refused, reset, aborted, closed), and the answers `429`, `502`, `503` and `504`.
+/// - After a back-off: exponential from 100 ms to 10 s with random jitter, or the answer's
+///   `Retry-After` (seconds or an HTTP date), up to [`max_retry_after`](Self::max_retry_after).
+/// - At most [`max_retries`](Self::max_retries) times (default 3), and, with a
+///   [`budget`](Self::budget), only while the budget allows.
+/// - Only requests it can clone: the body type must be `Clone` (`Full<Bytes>`, `String`, ...).
+///
+/// Put it **outside** [`AuthLayer`](crate::AuthLayer): each attempt then passes through the
+/// layer and gets the current token, and a 401 is already handled (renewed and replayed once)
+/// below the retry, which never sees it.
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::Request;
+/// use http_body_util::Full;
+/// use patchworks_auth::{retry::RetryPolicy, AuthLayer, Credentials};
+/// use std::time::Duration;
+/// use tower::ServiceBuilder;
+///
+/// # let http_client = tower::service_fn(|_: Request<Full<Bytes>>| async {
+/// #     Ok::<_, std::convert::Infallible>(http::Response::new(Full::<Bytes>::default()))
+/// # });
+/// let client = ServiceBuilder::new()
+///     .timeout(Duration::from_secs(30)) // bounds the whole call, retries included
+///     .retry(RetryPolicy::new().max_retries(2))
+///     .layer(AuthLayer::new(Credentials::new("ops@example.com", "pw")))
+///     .service(http_client);
+/// # let _ = client;
+/// ```
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    retries_left: u32,
+    backoff: ExponentialBackoff,
+    max_retry_after: Duration,
+    budget: Option<Arc<TpsBudget>>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy::new()
+    }
+}
+
+impl RetryPolicy {
+    /// Default for [`max_retries`](Self::max_retries): 3.
+    pub const DEFAULT_MAX_RETRIES: u32 = 3;
+
+    /// A policy with the defaults: 3 retries, back-off from 100 ms to 10 s, `Retry-After`
+    /// honoured up to 60 s, no budget.
+    pub fn new() -> Self {
+        RetryPolicy {
+            retries_left: Self::DEFAULT_MAX_RETRIES,
+            backoff: backoff(Duration::from_millis(100), Duration::from_secs(10)),
+            max_retry_after: Duration::from_secs(60),
+            budget: None,
+        }
+    }
+
+    /// How many times one request is retried at most (so `n + 1` attempts). Default: 3.
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.retries_left = n;
+        self
+    }
+
+    /// The back-off between attempts: exponential from `min` to `max`, with random jitter of up
+    /// to the delay itself. Default: 100 ms to 10 s.
+    ///
+    /// # Panics
+    ///
+    /// If `min` is greater than `max`, or `max` is zero.
+    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff = backoff(min, max);
+        self
+    }
+
+    /// The longest `Retry-After` honoured; an answer asking for longer is not retried (the
+    /// caller gets it, and decides). Default: 60 s.
+    pub fn max_retry_after(mut self, max: Duration) -> Self {
+        self.max_retry_after = max;
+        self
+    }
+
+    /// Retries only while `budget` allows, so that a failing API gets a bounded share of
+    /// retries rather than a multiple of its load. Successes deposit into it. Share one budget
+    /// between the clones of a client.
+    pub fn budget(mut self, budget: Arc<TpsBudget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// The delay before retrying after `result`, if it is worth retrying at all.
+    fn delay<ResBody>(&mut self, result: &Result<Response<ResBody>, BoxError>) -> Option<Delay> {
+        match result {
+            Ok(response) => match response.status() {
+                StatusCode::TOO_MANY_REQUESTS
+                | StatusCode::BAD_GATEWAY
+                | StatusCode::SERVICE_UNAVAILABLE
+                | StatusCode::GATEWAY_TIMEOUT => match retry_after(response) {
+                    Some(wait) if wait > self.max_retry_after => None,
+                    Some(wait) => Some(Delay::Exactly(wait)),
+                    None => Some(Delay::Backoff),
+                },
+                _ => None,
+            },
+            Err(error) if is_connection_error(error.as_ref()) => Some(Delay::Backoff),
+            Err(_) => None,
+        }
+    }
+}
+
+enum Delay {
+    Backoff,
+    Exactly(Duration),
+}
+
+fn backoff(min: Duration, max: Duration) -> ExponentialBackoff {
+    ExponentialBackoffMaker::new(min, max, 1.0, HasherRng::default())
+        .expect("RetryPolicy::backoff takes min <= max and max > 0")
+        .make_backoff()
+}
+
+impl<B, ResBody> Policy<Request<B>, Response<ResBody>, BoxError> for RetryPolicy
+where
+    B: Clone,
+{
+    type Future = tokio::time::Sleep;
+
+    fn retry(
+        &mut self,
+        request: &mut Request<B>,
+        result: &mut Result<Response<ResBody>, BoxError>,
+    ) -> Option<Self::Future> {
+        let Some(delay) = self.delay(result) else {
+            if let (Some(budget), Ok(response)) = (&self.budget, &*result) {
+                if !response.status().is_server_error() {
+                    budget.deposit();
+                }
+            }
+            return None;
+        };
+        if !is_idempotent(request.method()) || self.retries_left == 0 {
+            return None;
+        }
+        if let Some(budget) = &self.budget {
+            if !budget.withdraw() {
+                return None;
+            }
+        }
+        self.retries_left -= 1;
+        tracing::debug!(
+            target: "patchworks_auth",
+            method = %request.method(),
+            retries_left = self.retries_left,
+            "retrying a request to Patchworks"
+        );
+        Some(match delay {
+            Delay::Backoff => self.backoff.next_backoff(),
+            Delay::Exactly(wait) => tokio::time::sleep(wait),
+        })
+    }
+
+    fn clone_request(&mut self, request: &Request<B>) -> Option<Request<B>> {
+        if !is_idempotent(request.method()) || self.retries_left == 0 {
+            return None; // never retried: no need for a copy
+        }
+        let mut clone = Request::new(request.body().clone());
+        *clone.method_mut() = request.method().clone();
+        *clone.uri_mut() = request.uri().clone();
+        *clone.version_mut() = request.version();
+        *clone.headers_mut() = request.headers().clone();
+        *clone.extensions_mut() = request.extensions().clone();
+        Some(clone)
+    }
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
+    )
+}
+
+/// The wait an answer's `Retry-After` asks for: delay-seconds or an HTTP date.
+fn retry_after<B>(response: &Response<B>) -> Option<Duration> {
+    let value = response.headers().get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
+}
+
+/// Whether an error (or one of its causes) is a connection that could not be made or broke.
+fn is_connection_error(error: &(dyn StdError + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(io) = error.downcast_ref::<io::Error>() {
+            if matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionRefused
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::NotConnected
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+            ) {
+                return true;
+            }
+        }
+        if let Some(hyper) = error.downcast_ref::<hyper::Error>() {
+            if hyper.is_incomplete_message() || hyper.is_closed() || hyper.is_canceled() {
+                return true;
+            }
+        }
+        cause = error.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, retry_after: Option<&str>) -> Result<Response<()>, BoxError> {
+        let mut response = Response::new(());
+        *response.status_mut() = StatusCode::from_u16(status).unwrap();
+        if let Some(value) = retry_after {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, value.parse().unwrap());
+        }
+        Ok(response)
+    }
+
+    #[tokio::test]
+    async fn retries_only_transient_answers_of_idempotent_requests() {
+        let policy = RetryPolicy::new();
+        for (method, status, retried) in [
+            (Method::GET, 503, true),
+            (Method::GET, 429, true),
+            (Method::PUT, 502, true),
+            (Method::DELETE, 504, true),
+            (Method::GET, 500, false),
+            (Method::GET, 401, false),
+            (Method::GET, 200, false),
+            (Method::POST, 503, false),
+            (Method::PATCH, 503, false),
+        ] {
+            let mut request = Request::builder().method(method.clone()).body(()).unwrap();
+            let mut result = answer(status, None);
+            let mut policy = policy.clone();
+            let retry = Policy::retry(&mut policy, &mut request, &mut result);
+            assert_eq!(retry.is_some(), retried, "{method} {status}");
+        }
+    }
+
+    #[test]
+    fn reads_retry_after_and_refuses_long_waits() {
+        let mut policy = RetryPolicy::new().max_retry_after(Duration::from_secs(5));
+        assert!(matches!(
+            policy.delay(&answer(503, Some("2"))),
+            Some(Delay::Exactly(d)) if d == Duration::from_secs(2)
+        ));
+        assert!(policy.delay(&answer(503, Some("3600"))).is_none());
+        let soon = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3));
+        assert!(matches!(
+            policy.delay(&answer(429, Some(&soon))),
+            Some(Delay::Exactly(d)) if d <= Duration::from_secs(3)
+        ));
+        assert!(matches!(
+            policy.delay(&answer(503, Some("soon"))),
+            Some(Delay::Backoff)
+        ));
+    }
+
+    #[tokio::test]
+    async fn stops_after_max_retries_and_when_the_budget_is_spent() {
+        let mut request = Request::get("/").body(()).unwrap();
+        let mut policy = RetryPolicy::new().max_retries(2);
+        let mut tries = 0;
+        while Policy::retry(&mut policy, &mut request, &mut answer(503, None)).is_some() {
+            tries += 1;
+        }
+        assert_eq!(tries, 2);
+
+        let budget = Arc::new(TpsBudget::new(Duration::from_secs(10), 1, 0.0));
+        let mut policy = RetryPolicy::new().max_retries(100).budget(budget);
+        let mut tries = 0;
+        while Policy::retry(&mut policy, &mut request, &mut answer(503, None)).is_some() {
+            tries += 1;
+        }
+        assert!(tries < 100, "{tries}");
+    }
+
+    #[test]
+    fn connection_errors_are_found_among_the_causes() {
+        let refused: BoxError = Box::new(io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert!(is_connection_error(refused.as_ref()));
+        let wrapped = crate::error::Error::with_source(crate::error::Kind::Transport, refused);
+        assert!(is_connection_error(&wrapped));
+        let other: BoxError = "bad request".into();
+        assert!(!is_connection_error(other.as_ref()));
+    }
+}
