@@ -423,12 +423,21 @@ impl Cache {
         state.logins += 1;
         tracing::debug!(target: "patchworks_auth", reason = reason.as_str(), "login started");
         let cache = self.clone();
-        runtime.spawn(async move {
-            let outcome = cache.login(inner).await;
-            let outcome = cache.finish(outcome, reason, unauthorized_streak);
-            // Nobody waiting is fine: the token is in the cache for the next request.
-            let _ = tx.send(Some(outcome));
-        });
+        let span = tracing::info_span!(
+            target: "patchworks_auth",
+            "patchworks_login",
+            reason = reason.as_str(),
+            login_host = self.config.login_url.host().unwrap_or_default(),
+        );
+        runtime.spawn(tracing::Instrument::instrument(
+            async move {
+                let outcome = cache.login(inner).await;
+                let outcome = cache.finish(outcome, reason, unauthorized_streak);
+                // Nobody waiting is fine: the token is in the cache for the next request.
+                let _ = tx.send(Some(outcome));
+            },
+            span,
+        ));
         Ok(rx)
     }
 

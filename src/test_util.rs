@@ -131,6 +131,12 @@ struct FakeState {
     login_answer: LoginAnswer,
     login_delay: Duration,
     api_status: Option<StatusCode>,
+    /// The next API calls to fail: how many, with what status and `Retry-After`.
+    api_failures: (usize, StatusCode, Option<u64>),
+    /// Paths that redirect elsewhere.
+    redirects: HashMap<String, String>,
+    /// The accepted API key, if any.
+    api_key: Option<String>,
     /// token -> when it expires.
     tokens: HashMap<String, Instant>,
     issued: u64,
@@ -164,6 +170,9 @@ impl FakePatchworks {
                 login_answer: LoginAnswer::Token,
                 login_delay: Duration::ZERO,
                 api_status: None,
+                api_failures: (0, StatusCode::SERVICE_UNAVAILABLE, None),
+                redirects: HashMap::new(),
+                api_key: None,
                 tokens: HashMap::new(),
                 issued: 0,
                 logins: 0,
@@ -245,6 +254,25 @@ impl FakePatchworks {
     /// API does to an account without permission), or, with `None`, answer normally again.
     pub fn set_api_status(&self, status: Option<StatusCode>) {
         self.state().api_status = status;
+    }
+
+    /// Makes the next `count` API calls (with a valid token) answer `status`, with
+    /// `Retry-After: <seconds>` if given; then it answers normally again.
+    pub fn fail_api_calls(&self, count: usize, status: StatusCode, retry_after: Option<u64>) {
+        self.state().api_failures = (count, status, retry_after);
+    }
+
+    /// Makes `from` (a path) answer `301 Moved Permanently` to `to` (a path or an absolute URI),
+    /// without looking at the token.
+    pub fn redirect(&self, from: &str, to: &str) {
+        self.state()
+            .redirects
+            .insert(from.to_owned(), to.to_owned());
+    }
+
+    /// Accepts `key` as an API key: sent as it is in `Authorization`, it opens the API.
+    pub fn accept_api_key(&self, key: &str) {
+        self.state().api_key = Some(key.to_owned());
     }
 
     /// Revokes every token issued so far: the API answers `401` to them.
@@ -465,6 +493,13 @@ fn api(
 ) -> Response<Full<Bytes>> {
     let mut state = shared.state();
     state.api_calls += 1;
+    if let Some(to) = state.redirects.get(path) {
+        let mut response = json(StatusCode::MOVED_PERMANENTLY, serde_json::json!({}));
+        if let Ok(location) = header::HeaderValue::from_str(to) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        return response;
+    }
     let token = authorization.and_then(|value| value.strip_prefix("Bearer "));
     let valid = match token.and_then(|token| state.tokens.get(token)) {
         Some(expires_at) if Instant::now() < *expires_at => true,
@@ -472,7 +507,7 @@ fn api(
             state.expired_seen += 1;
             false
         }
-        None => false,
+        None => authorization.is_some() && authorization == state.api_key.as_deref(),
     };
     if !valid {
         state.unauthorized += 1;
@@ -483,6 +518,17 @@ fn api(
     }
     if let Some(status) = state.api_status {
         return json(status, serde_json::json!({"message": "Refused."}));
+    }
+    if state.api_failures.0 > 0 {
+        state.api_failures.0 -= 1;
+        let (_, status, retry_after) = state.api_failures;
+        let mut response = json(status, serde_json::json!({"message": "Try again later."}));
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
+        return response;
     }
     json(
         StatusCode::OK,

@@ -1,0 +1,86 @@
+//! What the layer logs: enough to follow a login and a 401, never a secret.
+//!
+//! A test binary of its own: `tracing` decides once per process whether a log line is wanted,
+//! so tests in parallel without a subscriber would silence these.
+
+mod support;
+
+use http::StatusCode;
+use patchworks_auth::{test_util::FakePatchworks, AuthLayer, Credentials};
+use std::sync::{Arc, Mutex};
+use support::*;
+use tower::Layer;
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn logs_tell_what_happened_and_never_a_secret() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer({
+            let captured = captured.clone();
+            move || captured.clone()
+        })
+        .finish();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let token = tracing::subscriber::with_default(subscriber, || {
+        runtime.block_on(async {
+            let fake = FakePatchworks::start().await.unwrap();
+            let client = client(&fake);
+            assert_eq!(
+                status(&client, &fake, "/api/v1/flows").await,
+                StatusCode::OK
+            );
+            fake.revoke_tokens();
+            assert_eq!(
+                status(&client, &fake, "/api/v1/flows").await,
+                StatusCode::OK
+            );
+            let wrong = AuthLayer::new(Credentials::new("ops@example.com", "wrong-password-42"))
+                .login_url(fake.login_url())
+                .layer(fake.client());
+            send(&wrong, get(fake.uri("/api/v1/flows")))
+                .await
+                .unwrap_err();
+            last_api_authorization(&fake).unwrap()
+        })
+    });
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    for expected in [
+        "patchworks_login",
+        "reason=\"first use\"",
+        "logged in to Patchworks",
+        "API answered 401: token discarded",
+        "reason=\"API answered 401\"",
+        "replaying the request",
+        "Patchworks login failed",
+    ] {
+        assert!(logs.contains(expected), "no {expected:?} in\n{logs}");
+    }
+    let token = token.strip_prefix("Bearer ").unwrap();
+    for secret in [
+        patchworks_auth::test_util::PASSWORD,
+        "wrong-password-42",
+        token,
+    ] {
+        assert!(!logs.contains(secret), "{secret:?} leaked into\n{logs}");
+    }
+}
