@@ -121,6 +121,16 @@ mod service;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 
+/// Entry points for `cargo fuzz` (see `fuzz/`); not an API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses `bytes` as a login answer; must never panic.
+    pub fn login_answer(bytes: &[u8]) {
+        let _ = crate::login::parse_answer(bytes, std::time::SystemTime::now());
+    }
+}
+
 pub use cache::TokenState;
 pub use credentials::Credentials;
 pub use error::Error;

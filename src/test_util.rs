@@ -130,6 +130,7 @@ struct FakeState {
     lifetime: Duration,
     login_answer: LoginAnswer,
     login_delay: Duration,
+    api_delay: Duration,
     api_status: Option<StatusCode>,
     /// The next API calls to fail: how many, with what status and `Retry-After`.
     api_failures: (usize, StatusCode, Option<u64>),
@@ -169,6 +170,7 @@ impl FakePatchworks {
                 lifetime: Duration::from_secs(24 * 60 * 60),
                 login_answer: LoginAnswer::Token,
                 login_delay: Duration::ZERO,
+                api_delay: Duration::ZERO,
                 api_status: None,
                 api_failures: (0, StatusCode::SERVICE_UNAVAILABLE, None),
                 redirects: HashMap::new(),
@@ -237,6 +239,11 @@ impl FakePatchworks {
     /// How long it waits before answering a login. Default: none.
     pub fn set_login_delay(&self, delay: Duration) {
         self.state().login_delay = delay;
+    }
+
+    /// How long it waits before answering an API call, after checking its token. Default: none.
+    pub fn set_api_delay(&self, delay: Duration) {
+        self.state().api_delay = delay;
     }
 
     /// Holds back the answers to logins (received ones and new ones) until
@@ -387,16 +394,20 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<By
         }
     }
     if path == LOGIN_PATH && parts.method == Method::POST {
-        login(shared, &body).await
-    } else {
-        api(
-            shared,
-            &parts.method,
-            &path,
-            authorization.as_deref(),
-            body.len(),
-        )
+        return login(shared, &body).await;
     }
+    let response = api(
+        shared,
+        &parts.method,
+        &path,
+        authorization.as_deref(),
+        body.len(),
+    );
+    let delay = shared.state().api_delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    response
 }
 
 #[derive(serde::Deserialize)]
