@@ -22,7 +22,7 @@ use std::{
     fmt,
     future::Future,
     sync::{
-        atomic::{AtomicU8, Ordering},
+        atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering},
         Arc, Mutex, MutexGuard, OnceLock, Weak,
     },
     time::Duration,
@@ -98,8 +98,9 @@ pub(crate) struct Token {
     obtained_at: Instant,
     /// When it expires; `None` for an API key.
     expires_at: Option<Instant>,
-    /// How many 401-triggered logins in quick succession led to this token.
-    unauthorized_streak: u32,
+    /// How many tokens in a row, this one included, were refused again right after a 401 made
+    /// the layer log in for them: the evidence that 401s are the API's answer, not the token's.
+    unauthorized_streak: AtomicU32,
     /// The timer task that ages this token; aborted when the token is dropped.
     timer: OnceLock<AbortHandle>,
 }
@@ -129,9 +130,28 @@ impl Token {
 
     /// How long 401s on this token are taken as the API's answer rather than the token's fault.
     fn unauthorized_grace(&self) -> Duration {
-        match self.unauthorized_streak {
+        match self.unauthorized_streak.load(Ordering::Relaxed) {
             0 => Duration::ZERO,
             n => Duration::from_secs(1 << (n - 1).min(9)).min(MAX_UNAUTHORIZED_GRACE),
+        }
+    }
+
+    /// Records how a request replayed with this token after a 401 was answered.
+    ///
+    /// A replay that succeeded shows the old token was the problem (revoked, expired early):
+    /// the next 401 is believed at once. A replay refused too shows the API refuses the
+    /// request, whatever the token: 401s on this token are then returned as they are for a
+    /// grace of 1, 2, 4, ... seconds (at most 5 minutes) before the layer logs in for them again,
+    /// so an API that refuses everything costs a login now and then, not one per request.
+    pub(crate) fn replayed(&self, refused: bool) {
+        if refused {
+            let _ = self.unauthorized_streak.fetch_update(
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+                |streak| Some(streak.saturating_add(1).min(16)),
+            );
+        } else {
+            self.unauthorized_streak.store(0, Ordering::Relaxed);
         }
     }
 }
@@ -170,6 +190,9 @@ pub(crate) struct Cache {
     /// The token requests carry; `None` before the first login and after a 401 discarded it.
     current: ArcSwapOption<Token>,
     state: Mutex<State>,
+    /// Requests waiting on a login now, and the most there ever were.
+    waiting: AtomicUsize,
+    most_waiting: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -212,7 +235,7 @@ impl Cache {
                     phase: AtomicU8::new(Phase::Fresh as u8),
                     obtained_at: Instant::now(),
                     expires_at: None,
-                    unauthorized_streak: 0,
+                    unauthorized_streak: AtomicU32::new(0),
                     timer: OnceLock::new(),
                 })),
                 None => {
@@ -228,6 +251,8 @@ impl Cache {
             config,
             current: ArcSwapOption::new(current),
             state: Mutex::new(State::default()),
+            waiting: AtomicUsize::new(0),
+            most_waiting: AtomicUsize::new(0),
         })
     }
 
@@ -247,6 +272,8 @@ impl Cache {
                 .map(Instant::into_std),
             usable: current.is_some_and(|token| token.phase() != Phase::Expired),
             logins: state.logins,
+            waiting: self.waiting.load(Ordering::Relaxed),
+            most_waiting: self.most_waiting.load(Ordering::Relaxed),
             last_error: state.failure.as_ref().map(|failure| failure.error.clone()),
         }
     }
@@ -273,10 +300,22 @@ impl Cache {
         RB: ResponseBody,
     {
         let lookup = self.lookup(inner);
+        let cache = self.clone();
         async move {
             match lookup? {
                 Ok(token) => Ok(token),
-                Err(inflight) => wait(inflight).await,
+                Err(inflight) => {
+                    struct Waiting(Arc<Cache>);
+                    impl Drop for Waiting {
+                        fn drop(&mut self) {
+                            self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+                        }
+                    }
+                    let now = cache.waiting.fetch_add(1, Ordering::Relaxed) + 1;
+                    cache.most_waiting.fetch_max(now, Ordering::Relaxed);
+                    let _waiting = Waiting(cache);
+                    wait(inflight).await
+                }
             }
         }
     }
@@ -377,14 +416,8 @@ impl Cache {
         // Under the lock every writer of `current` is serialized; the comparison still makes
         // "discard only if it is still the current token" explicit.
         self.current.compare_and_swap(&Some(token.clone()), None);
-        // A token that is itself the product of 401s and is refused again quickly lengthens the
-        // grace of the next one: an API that refuses everything gets a login at 1, 2, 4, ...
-        // second intervals (at most every 5 minutes), not one per request.
-        let streak = if age < 2 * grace.max(Duration::from_secs(1)) {
-            token.unauthorized_streak.saturating_add(1)
-        } else {
-            1
-        };
+        // The next token starts with this one's record; its own replays then lengthen or clear it.
+        let streak = token.unauthorized_streak.load(Ordering::Relaxed);
         tracing::info!(
             target: "patchworks_auth",
             generation,
@@ -486,7 +519,7 @@ impl Cache {
                     phase: AtomicU8::new(Phase::Fresh as u8),
                     obtained_at: sent_at,
                     expires_at: Some(sent_at + issued.lifetime),
-                    unauthorized_streak,
+                    unauthorized_streak: AtomicU32::new(unauthorized_streak),
                     timer: OnceLock::new(),
                 });
                 let (renew_at, expire_at) = self.schedule(sent_at, issued.lifetime);
@@ -652,6 +685,10 @@ pub struct TokenState {
     pub usable: bool,
     /// Logins started so far, successful or not.
     pub logins: u64,
+    /// Requests waiting on a login now.
+    pub waiting: usize,
+    /// The most requests that ever waited on a login at once.
+    pub most_waiting: usize,
     /// The last login's error, until a login succeeds.
     pub last_error: Option<Error>,
 }

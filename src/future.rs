@@ -492,6 +492,7 @@ where
         .call(request)
         .await
         .map_err(Into::into)?;
+    token.replayed(response.status() == StatusCode::UNAUTHORIZED);
     Ok(response)
 }
 

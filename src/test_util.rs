@@ -52,7 +52,6 @@ use hyper_util::{
 };
 use std::{
     collections::HashMap,
-    convert::Infallible,
     future::Future,
     io,
     net::SocketAddr,
@@ -131,6 +130,10 @@ struct FakeState {
     login_answer: LoginAnswer,
     login_delay: Duration,
     api_delay: Duration,
+    /// The next logins to fail: how many, with what status.
+    login_failures: (usize, StatusCode),
+    /// The next API calls whose connection is dropped without an answer.
+    dropped: usize,
     api_status: Option<StatusCode>,
     /// The next API calls to fail: how many, with what status and `Retry-After`.
     api_failures: (usize, StatusCode, Option<u64>),
@@ -146,6 +149,8 @@ struct FakeState {
     unauthorized: usize,
     expired_seen: usize,
     seen: Vec<Seen>,
+    /// Tokens that opened at least one API call.
+    used: std::collections::HashSet<String>,
 }
 
 /// At most this many requests are kept for [`FakePatchworks::seen`], so a long test stays small.
@@ -171,6 +176,8 @@ impl FakePatchworks {
                 login_answer: LoginAnswer::Token,
                 login_delay: Duration::ZERO,
                 api_delay: Duration::ZERO,
+                login_failures: (0, StatusCode::INTERNAL_SERVER_ERROR),
+                dropped: 0,
                 api_status: None,
                 api_failures: (0, StatusCode::SERVICE_UNAVAILABLE, None),
                 redirects: HashMap::new(),
@@ -182,6 +189,7 @@ impl FakePatchworks {
                 unauthorized: 0,
                 expired_seen: 0,
                 seen: Vec::new(),
+                used: std::collections::HashSet::new(),
             }),
             gate: tokio::sync::watch::Sender::new(false),
         });
@@ -239,6 +247,18 @@ impl FakePatchworks {
     /// How long it waits before answering a login. Default: none.
     pub fn set_login_delay(&self, delay: Duration) {
         self.state().login_delay = delay;
+    }
+
+    /// Makes `count` more of the next logins answer `status` (say 500), then answers normally
+    /// again.
+    pub fn fail_next_logins(&self, count: usize, status: StatusCode) {
+        let mut state = self.state();
+        state.login_failures = (state.login_failures.0 + count, status);
+    }
+
+    /// Drops the connection of `count` more of the next API calls, without an answer.
+    pub fn drop_api_calls(&self, count: usize) {
+        self.state().dropped += count;
     }
 
     /// How long it waits before answering an API call, after checking its token. Default: none.
@@ -307,6 +327,12 @@ impl FakePatchworks {
         self.state().expired_seen
     }
 
+    /// How many of the tokens it issued opened at least one API call: the logins a client
+    /// needed, however many it made.
+    pub fn tokens_used(&self) -> usize {
+        self.state().used.len()
+    }
+
     /// The requests received so far, oldest first (the first 10,000).
     pub fn seen(&self) -> Vec<Seen> {
         self.state().seen.clone()
@@ -360,7 +386,12 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(&shared, request).await) }
+                async move {
+                    // `None`: drop the connection without an answer.
+                    handle(&shared, request)
+                        .await
+                        .ok_or_else(|| io::Error::other("connection dropped on purpose"))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -369,7 +400,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(shared: &Shared, request: Request<Incoming>) -> Option<Response<Full<Bytes>>> {
     let (parts, body) = request.into_parts();
     let body = body
         .collect()
@@ -394,7 +425,15 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<By
         }
     }
     if path == LOGIN_PATH && parts.method == Method::POST {
-        return login(shared, &body).await;
+        return Some(login(shared, &body).await);
+    }
+    {
+        let mut state = shared.state();
+        if state.dropped > 0 {
+            state.dropped -= 1;
+            state.api_calls += 1;
+            return None;
+        }
     }
     let response = api(
         shared,
@@ -407,7 +446,7 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<By
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    response
+    Some(response)
 }
 
 #[derive(serde::Deserialize)]
@@ -420,7 +459,14 @@ async fn login(shared: &Shared, body: &[u8]) -> Response<Full<Bytes>> {
     let (delay, answer) = {
         let mut state = shared.state();
         state.logins += 1;
-        (state.login_delay, state.login_answer.clone())
+        let answer = match state.login_failures {
+            (0, _) => state.login_answer.clone(),
+            (n, status) => {
+                state.login_failures.0 = n - 1;
+                LoginAnswer::Status(status)
+            }
+        };
+        (state.login_delay, answer)
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -526,6 +572,11 @@ fn api(
             StatusCode::UNAUTHORIZED,
             serde_json::json!({"message": "Unauthenticated."}),
         );
+    }
+    if let Some(token) = token {
+        if !state.used.contains(token) {
+            state.used.insert(token.to_owned());
+        }
     }
     if let Some(status) = state.api_status {
         return json(status, serde_json::json!({"message": "Refused."}));

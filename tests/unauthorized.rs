@@ -186,3 +186,19 @@ async fn a_caller_authorization_header_is_left_alone() {
         Some("Bearer caller-chose-this")
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn revocations_in_quick_succession_are_each_recovered() {
+    // Found by the soak: a grace on 401s that went by time alone took the second of two quick
+    // revocations for an API refusing everything, and handed callers its 401s.
+    let fake = FakePatchworks::start().await.unwrap();
+    let client = client(&fake);
+    let attempt = || hold_clock(status(&client, &fake, "/api/v1/flows"));
+    assert_eq!(attempt().await, StatusCode::OK);
+    for round in 0..5 {
+        fake.revoke_tokens();
+        assert_eq!(attempt().await, StatusCode::OK, "revocation {round}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(fake.logins(), 6);
+}
