@@ -5,8 +5,9 @@
 //! cargo run --release --example soak -- --requests 200000 --concurrency 256 --seed 7
 //! ```
 //!
-//! While it runs, the server revokes every token, issues tokens living 1 to 5 s, delays logins,
-//! fails logins with 500, drops connections and answers 429. At the end it prints what happened
+//! While it runs, one fault every 20 to 120 ms (the sequence and the gaps come from the seed):
+//! the server revokes every token, issues tokens living 1 to 5 s, delays logins up to 300 ms,
+//! fails a login with 500, drops connections and answers 429. At the end it prints what happened
 //! and exits non-zero if a request failed that could have succeeded (any failure not caused by
 //! an injected fault), or if the layer logged in more often than the stated bound.
 
@@ -115,18 +116,20 @@ async fn soak(args: Args) -> Result<bool, BoxError> {
             while !done.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_millis(rng.u64(20..120))).await;
                 chaos.events.fetch_add(1, Ordering::SeqCst);
-                match rng.u8(0..6) {
-                    0 => {
+                // Weights out of 12: a failed login is the rarest, as it fails every request
+                // that waits on it and those of its back-off.
+                match rng.u8(0..12) {
+                    0 | 1 => {
                         chaos.revocations.fetch_add(1, Ordering::SeqCst);
                         fake.revoke_tokens();
                     }
-                    1 => fake.set_token_lifetime(Duration::from_secs(rng.u64(1..=5))),
-                    2 => fake.set_login_delay(Duration::from_millis(rng.u64(0..300))),
-                    3 => {
+                    2 | 3 => fake.set_token_lifetime(Duration::from_secs(rng.u64(1..=5))),
+                    4 | 5 => fake.set_login_delay(Duration::from_millis(rng.u64(0..300))),
+                    6 => {
                         chaos.failed_logins.fetch_add(1, Ordering::SeqCst);
                         fake.fail_next_logins(1, StatusCode::INTERNAL_SERVER_ERROR);
                     }
-                    4 => {
+                    7 | 8 => {
                         let n = rng.usize(1..4);
                         chaos.dropped.fetch_add(n, Ordering::SeqCst);
                         fake.drop_api_calls(n);
