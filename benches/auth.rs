@@ -57,6 +57,15 @@ fn inner() -> Inner {
     service_fn(answer as fn(Request<Body>) -> Ready)
 }
 
+/// A multi-thread runtime with `workers` worker threads.
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Polls a future that must be ready at once (every service here answers without waiting).
 fn now<F: Future>(future: F) -> F::Output {
     match pin!(future).poll(&mut Context::from_waker(Waker::noop())) {
@@ -182,11 +191,7 @@ struct Contenders {
 }
 
 fn warm_path(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime(1);
     let Contenders {
         mut auth,
         mut naive,
@@ -216,11 +221,7 @@ fn warm_path(c: &mut Criterion) {
 /// The same four, driven from `threads` OS threads at once, each with its own clone of one
 /// service and a runtime of its own, so that the threads really run in parallel.
 fn contended(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime(1);
     let Contenders {
         auth,
         naive,
@@ -368,11 +369,7 @@ where
 /// 10,000 first requests at once against a login that takes 5 ms; and 1,000 requests meeting
 /// one revoked token. Each next to one request that needs one login, its floor.
 fn stampede(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime(2);
     let mut group = c.benchmark_group("stampede");
     group.sample_size(10);
     for (name, n, revoked) in [
@@ -424,11 +421,7 @@ fn stampede(c: &mut Criterion) {
 
 /// A hyper-util client over loopback TCP to an in-process hyper server.
 fn end_to_end(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime(2);
     let (fake, auth, add_authorization) = runtime.block_on(async {
         let fake = FakePatchworks::start().await.unwrap();
         let auth = AuthLayer::new(fake.credentials())

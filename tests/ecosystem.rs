@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 use support::*;
-use tower::{service_fn, BoxError, Layer, ServiceBuilder, ServiceExt};
+use tower::{service_fn, Layer, ServiceBuilder, ServiceExt};
 
 fn quick_retries() -> RetryPolicy {
     RetryPolicy::new().backoff(Duration::from_millis(1), Duration::from_millis(10))
@@ -88,16 +88,13 @@ async fn the_retry_policy_retries_refused_connections_a_bounded_number_of_times(
         .unwrap()
         .port();
     let attempts = Arc::new(AtomicUsize::new(0));
-    let http = patchworks_auth::test_util::FakePatchworks::start()
-        .await
-        .unwrap()
-        .client();
+    let fake = FakePatchworks::start().await.unwrap();
+    let http = http_service(&fake);
     let counting = service_fn({
         let attempts = attempts.clone();
         move |request: Request<Full<Bytes>>| {
             attempts.fetch_add(1, Ordering::SeqCst);
-            let http = http.clone();
-            async move { http.request(request).await.map_err(BoxError::from) }
+            http.clone().oneshot(request)
         }
     });
     let client = ServiceBuilder::new()

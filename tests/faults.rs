@@ -3,9 +3,7 @@
 
 mod support;
 
-use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
 use patchworks_auth::test_util::{hold_clock, FakePatchworks};
 use std::{
     future::Future,
@@ -63,15 +61,8 @@ async fn a_renewal_while_a_thousand_requests_are_in_flight_sends_no_expired_toke
 
     // A 2 s token is due for renewal after 1 s (the window is at most half its life).
     tokio::time::sleep(Duration::from_millis(1050)).await;
-    let requests: Vec<_> = (0..1000)
-        .map(|i| {
-            let (client, uri) = (client.clone(), fake.uri(&format!("/api/v1/flows/{i}")));
-            tokio::spawn(async move { send(&client, get(uri)).await.map(|r| r.status()) })
-        })
-        .collect();
-    for request in requests {
-        assert_eq!(request.await.unwrap().unwrap(), StatusCode::OK);
-    }
+    let statuses = concurrent_gets(&client, &fake, 1000).await;
+    assert!(statuses.iter().all(|status| *status == StatusCode::OK));
     assert_eq!(fake.logins(), 2, "one renewal");
     assert_eq!(fake.expired_tokens_seen(), 0);
     assert_eq!(fake.unauthorized(), 0);
@@ -116,13 +107,8 @@ where
 #[tokio::test]
 async fn an_inner_service_not_ready_for_a_while_or_failing_readiness() {
     let fake = FakePatchworks::start().await.unwrap();
-    let http = fake.client();
-    let inner = tower::service_fn(move |request: Request<Full<Bytes>>| {
-        let http = http.clone();
-        async move { http.request(request).await.map_err(BoxError::from) }
-    });
     let moody = Moody {
-        inner: tower::util::BoxCloneService::new(inner),
+        inner: http_service(&fake),
         pending: Arc::new(AtomicUsize::new(50)),
         fail_once: Arc::new(AtomicBool::new(false)),
     };

@@ -54,26 +54,10 @@ async fn concurrent_cold_requests_share_one_login() {
     let fake = FakePatchworks::start().await.unwrap();
     fake.set_login_delay(Duration::from_millis(100));
     let client = client(&fake);
-    let requests = (0..64).map(|i| {
-        let client = client.clone();
-        let uri = fake.uri(&format!("/api/v1/flows/{i}"));
-        tokio::spawn(async move { send(&client, get(uri)).await.map(|r| r.status()) })
-    });
-    for request in futures_join(requests).await {
-        assert_eq!(request.unwrap().unwrap(), StatusCode::OK);
-    }
+    let statuses = concurrent_gets(&client, &fake, 64).await;
+    assert!(statuses.iter().all(|status| *status == StatusCode::OK));
     assert_eq!(fake.logins(), 1);
     assert_eq!(fake.api_calls(), 64);
-}
-
-async fn futures_join<T>(
-    handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
-) -> Vec<Result<T, tokio::task::JoinError>> {
-    let mut out = Vec::new();
-    for handle in handles.collect::<Vec<_>>() {
-        out.push(handle.await);
-    }
-    out
 }
 
 #[tokio::test]

@@ -58,15 +58,8 @@ async fn many_401s_on_one_revoked_token_give_one_login() {
     fake.revoke_tokens();
     fake.set_login_delay(Duration::from_millis(50));
 
-    let requests: Vec<_> = (0..50)
-        .map(|i| {
-            let (client, uri) = (client.clone(), fake.uri(&format!("/api/v1/flows/{i}")));
-            tokio::spawn(async move { send(&client, get(uri)).await.map(|r| r.status()) })
-        })
-        .collect();
-    for request in requests {
-        assert_eq!(request.await.unwrap().unwrap(), StatusCode::OK);
-    }
+    let statuses = concurrent_gets(&client, &fake, 50).await;
+    assert!(statuses.iter().all(|status| *status == StatusCode::OK));
     assert_eq!(fake.logins(), 2, "one login, then exactly one re-login");
     assert!(fake.unauthorized() >= 1 && fake.unauthorized() <= 50);
     assert_eq!(fake.api_calls(), 1 + 50 + fake.unauthorized());

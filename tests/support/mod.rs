@@ -60,6 +60,43 @@ pub fn last_api_authorization(fake: &FakePatchworks) -> Option<String> {
         .and_then(|seen| seen.authorization)
 }
 
+/// `GET` on `count` paths of `fake` at once, each from a task of its own; their statuses.
+pub async fn concurrent_gets(
+    client: &Client,
+    fake: &FakePatchworks,
+    count: usize,
+) -> Vec<StatusCode> {
+    let requests: Vec<_> = (0..count)
+        .map(|i| {
+            let (client, uri) = (client.clone(), fake.uri(&format!("/api/v1/flows/{i}")));
+            tokio::spawn(async move { send(&client, get(uri)).await.map(|r| r.status()) })
+        })
+        .collect();
+    let mut statuses = Vec::with_capacity(count);
+    for request in requests {
+        statuses.push(request.await.unwrap().unwrap());
+    }
+    statuses
+}
+
+/// `fake`'s hyper-util client as a plain `tower` service with boxed errors: something to wrap.
+pub fn http_service(
+    fake: &FakePatchworks,
+) -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Response<hyper::body::Incoming>,
+    Error = BoxError,
+    Future = impl Send,
+> + Clone
+       + Send
+       + 'static {
+    let http = fake.client();
+    tower::service_fn(move |request: Request<Full<Bytes>>| {
+        let http = http.clone();
+        async move { http.request(request).await.map_err(BoxError::from) }
+    })
+}
+
 /// Lets other tasks run until `condition` holds; fails the test after many tries. Works with a
 /// held paused clock, where sleeping would never end.
 pub async fn until(what: &str, mut condition: impl FnMut() -> bool) {
