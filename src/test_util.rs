@@ -363,6 +363,32 @@ impl Shared {
 /// waiting on a socket counts as nothing to run: a login timeout would fire while the fake
 /// server is answering. Holding the clock (Tokio does so while a `spawn_blocking` task runs)
 /// lets real I/O finish in zero paused time; move time with `tokio::time::sleep` outside.
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Request, StatusCode};
+/// use http_body_util::Full;
+/// use patchworks_auth::{test_util::{hold_clock, FakePatchworks}, AuthLayer};
+/// use std::time::Duration;
+/// use tower::{Layer, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), tower::BoxError> {
+/// let patchworks = FakePatchworks::start().await?;
+/// patchworks.set_token_lifetime(Duration::from_secs(3600));
+/// let client = AuthLayer::new(patchworks.credentials())
+///     .login_url(patchworks.login_url())
+///     .layer(patchworks.client());
+/// let get = || Request::get(patchworks.uri("/api/v1/flows")).body(Full::<Bytes>::default());
+///
+/// hold_clock(client.clone().oneshot(get()?)).await?;        // I/O: the clock stands still
+/// tokio::time::sleep(Duration::from_secs(2 * 3600)).await;  // two hours pass at once
+/// hold_clock(client.oneshot(get()?)).await?;
+/// assert_eq!(patchworks.logins(), 2);                        // the token had expired
+/// assert_eq!(patchworks.expired_tokens_seen(), 0);
+/// # Ok(())
+/// # }
+/// ```
 pub async fn hold_clock<F: Future>(future: F) -> F::Output {
     let (release, released) = std::sync::mpsc::channel::<()>();
     let holder = tokio::task::spawn_blocking(move || {
