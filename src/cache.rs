@@ -190,8 +190,7 @@ pub(crate) struct Cache {
     /// The token requests carry; `None` before the first login and after a 401 discarded it.
     current: ArcSwapOption<Token>,
     state: Mutex<State>,
-    /// Requests waiting on a login now, and the most there ever were.
-    waiting: AtomicUsize,
+    /// The most requests that waited on one login, counted when it answered.
     most_waiting: AtomicUsize,
 }
 
@@ -251,7 +250,6 @@ impl Cache {
             config,
             current: ArcSwapOption::new(current),
             state: Mutex::new(State::default()),
-            waiting: AtomicUsize::new(0),
             most_waiting: AtomicUsize::new(0),
         })
     }
@@ -272,7 +270,6 @@ impl Cache {
                 .map(Instant::into_std),
             usable: current.is_some_and(|token| token.phase() != Phase::Expired),
             logins: state.logins,
-            waiting: self.waiting.load(Ordering::Relaxed),
             most_waiting: self.most_waiting.load(Ordering::Relaxed),
             last_error: state.failure.as_ref().map(|failure| failure.error.clone()),
         }
@@ -300,22 +297,10 @@ impl Cache {
         RB: ResponseBody,
     {
         let lookup = self.lookup(inner);
-        let cache = self.clone();
         async move {
             match lookup? {
                 Ok(token) => Ok(token),
-                Err(inflight) => {
-                    struct Waiting(Arc<Cache>);
-                    impl Drop for Waiting {
-                        fn drop(&mut self) {
-                            self.0.waiting.fetch_sub(1, Ordering::Relaxed);
-                        }
-                    }
-                    let now = cache.waiting.fetch_add(1, Ordering::Relaxed) + 1;
-                    cache.most_waiting.fetch_max(now, Ordering::Relaxed);
-                    let _waiting = Waiting(cache);
-                    wait(inflight).await
-                }
+                Err(inflight) => wait(inflight).await,
             }
         }
     }
@@ -466,6 +451,11 @@ impl Cache {
             async move {
                 let outcome = cache.login(inner).await;
                 let outcome = cache.finish(outcome, reason, unauthorized_streak);
+                // Every request waiting holds a receiver (the cache's own was dropped by
+                // `finish`): counted here, once per login, rather than by each request.
+                cache
+                    .most_waiting
+                    .fetch_max(tx.receiver_count(), Ordering::Relaxed);
                 // Nobody waiting is fine: the token is in the cache for the next request.
                 let _ = tx.send(Some(outcome));
             },
@@ -685,9 +675,7 @@ pub struct TokenState {
     pub usable: bool,
     /// Logins started so far, successful or not.
     pub logins: u64,
-    /// Requests waiting on a login now.
-    pub waiting: usize,
-    /// The most requests that ever waited on a login at once.
+    /// The most requests that waited on one login, counted when it answered.
     pub most_waiting: usize,
     /// The last login's error, until a login succeeds.
     pub last_error: Option<Error>,
