@@ -207,6 +207,13 @@ struct State {
 }
 
 impl State {
+    /// The last login's failure, if its back-off has not ended: no new login before it has.
+    fn backing_off(&self) -> Option<&Failure> {
+        self.failure
+            .as_ref()
+            .filter(|failure| Instant::now() < failure.retry_at)
+    }
+
     /// The login in flight. One whose task ended without an answer (its runtime shut down) does
     /// not count: waiting on it would fail at once, forever.
     fn live_inflight(&self) -> Option<watch::Receiver<Outcome>> {
@@ -254,11 +261,16 @@ impl Cache {
         })
     }
 
+    /// Whether the credentials are an API key: a token with no login behind it.
+    fn is_api_key(&self) -> bool {
+        matches!(self.config.credentials.secret, Secret::ApiKey(_))
+    }
+
     /// What is known of the token, without the token.
     pub(crate) fn state(&self) -> TokenState {
         let state = self.lock();
         let current = self.current.load_full();
-        let api_key = matches!(self.config.credentials.secret, Secret::ApiKey(_));
+        let api_key = self.is_api_key();
         TokenState {
             obtained_at: current
                 .as_ref()
@@ -325,10 +337,8 @@ impl Cache {
         if let Some(inflight) = state.live_inflight() {
             return Ok(Err(inflight));
         }
-        if let Some(failure) = &state.failure {
-            if Instant::now() < failure.retry_at {
-                return Err(failure.error.clone());
-            }
+        if let Some(failure) = state.backing_off() {
+            return Err(failure.error.clone());
         }
         let reason = if state.logins == 0 {
             Reason::FirstUse
@@ -353,11 +363,9 @@ impl Cache {
         if state.live_inflight().is_some() {
             return; // whatever is in flight replaces the token
         }
-        if let Some(failure) = &state.failure {
-            if Instant::now() < failure.retry_at {
-                retry_renewal_at(token, failure.retry_at);
-                return;
-            }
+        if let Some(failure) = state.backing_off() {
+            retry_renewal_at(token, failure.retry_at);
+            return;
         }
         if let Err(error) = self.start_login(&mut state, inner.clone(), Reason::Renewal, 0) {
             // No runtime to log in on: try again later, from a request that has one.
@@ -378,7 +386,7 @@ impl Cache {
         B: From<Bytes> + Send + 'static,
         RB: ResponseBody,
     {
-        if matches!(self.config.credentials.secret, Secret::ApiKey(_)) {
+        if self.is_api_key() {
             return Ok(Unauthorized::Keep); // nothing to renew: the API refuses the key
         }
         let mut state = self.lock();
@@ -409,10 +417,8 @@ impl Cache {
             "API answered 401: token discarded, logging in again"
         );
         if state.live_inflight().is_none() {
-            if let Some(failure) = &state.failure {
-                if Instant::now() < failure.retry_at {
-                    return Err(failure.error.clone());
-                }
+            if let Some(failure) = state.backing_off() {
+                return Err(failure.error.clone());
             }
             self.start_login(&mut state, inner.clone(), Reason::Unauthorized, streak)?;
         }
