@@ -1,14 +1,20 @@
-//! The token cache: the current token behind an `ArcSwap`, one login at a time, the timers that
-//! age a token, the back-off after a failed login and the rule for a 401.
+//! The token cache: the current token behind an `ArcSwap`, one login at a time (retried inside
+//! its deadline), the clocks that age a token, the back-off after a failed login and the rules
+//! for a 401.
 //!
-//! The request path only reads: one `ArcSwap` load and one relaxed atomic load tell it whether
-//! the token may be sent. It never reads a clock: a token's age is kept by a timer task that
-//! moves the token's [`Phase`] forward (fresh, renewal due, expired), so that the cost of
-//! `Instant::now()` is paid once per phase, not once per request. Everything that writes (a
-//! login finishing, a 401 discarding a token) takes the `state` lock, which the request path
-//! never touches while a token is fresh.
+//! The request path only reads: one `ArcSwap` load, one relaxed atomic load and one coarse
+//! clock reading tell it whether the token may be sent. A token's age is kept twice: a Tokio
+//! timer moves its [`Phase`] forward (fresh, renewal due, expired), which a paused test clock
+//! drives too; and every request compares the coarse monotonic clock ([`Coarse`]) with the
+//! token's deadlines, so a timer that did not run (its runtime dropped, idle or late) never lets
+//! an expired token out. Everything that writes (a login finishing, a 401 discarding a token)
+//! takes the `state` lock, which the request path never touches while a token is fresh.
+//!
+//! What a 401 means is decided here too: [`Refusals`] keeps what 401s have shown about the API
+//! (as opposed to the token), per endpoint.
 
 use crate::{
+    clock::Coarse,
     credentials::Secret,
     error::{Error, Kind},
     layer::Config,
@@ -17,12 +23,13 @@ use crate::{
 };
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderValue, Method};
 use std::{
+    collections::HashMap,
     fmt,
     future::Future,
     sync::{
-        atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering},
         Arc, Mutex, MutexGuard, OnceLock, Weak,
     },
     time::Duration,
@@ -30,9 +37,12 @@ use std::{
 use tokio::{
     sync::watch,
     task::AbortHandle,
-    time::{sleep_until, Instant},
+    time::{sleep_until, timeout_at, Instant},
 };
-use tower::ServiceExt;
+use tower::{
+    util::rng::{HasherRng, Rng},
+    ServiceExt,
+};
 
 /// The outcome of one login, shared with every request that waited on it.
 type Outcome = Option<Result<Arc<Token>, Error>>;
@@ -40,12 +50,17 @@ type Outcome = Option<Result<Arc<Token>, Error>>;
 /// Back-off after a login the endpoint refused or could not answer usefully: 5 s doubling to
 /// 5 min, so that rejected credentials cost the account a handful of attempts an hour.
 const REJECTED_BACKOFF: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(300));
-/// Back-off after a failure that goes away by itself (5xx, 429, timeout, no connection):
-/// 250 ms doubling to 2 s, so requests recover within 2 s of the endpoint coming back.
+/// Back-off between the attempts of one login after a failure that goes away by itself (5xx,
+/// 429, an attempt timing out, no connection): 250 ms doubling to 2 s, so a login recovers
+/// within 2 to 3 s of the endpoint coming back.
 const TRANSIENT_BACKOFF: (Duration, Duration) =
     (Duration::from_millis(250), Duration::from_secs(2));
-/// The longest a token obtained after a run of 401s is kept despite further 401s.
-const MAX_UNAUTHORIZED_GRACE: Duration = Duration::from_secs(300);
+/// The longest 401s are taken as the API's answer before the layer tries a new token again.
+const MAX_REFUSAL_GRACE: Duration = Duration::from_secs(300);
+/// The most endpoints whose refusals are remembered at once.
+const MAX_REFUSED_ENDPOINTS: usize = 1024;
+/// How many logins a waiter starts itself when the ones it waited on died with their runtime.
+const MAX_ABANDONED: usize = 3;
 
 /// Where a token is in its life. Only ever moves forward, but for `Renewing` going back to
 /// `Due` when a background renewal failed and may be tried again.
@@ -98,21 +113,42 @@ pub(crate) struct Token {
     obtained_at: Instant,
     /// When it expires; `None` for an API key.
     expires_at: Option<Instant>,
-    /// How many tokens in a row, this one included, were refused again right after a 401 made
-    /// the layer log in for them: the evidence that 401s are the API's answer, not the token's.
-    unauthorized_streak: AtomicU32,
+    /// On the coarse clock: when its renewal is due (the request path's one comparison) and
+    /// when it stops being sent.
+    renew_by: Coarse,
+    send_by: Coarse,
     /// The timer task that ages this token; aborted when the token is dropped.
     timer: OnceLock<AbortHandle>,
 }
 
 impl Token {
+    /// The token's phase, caught up with the coarse clock if its timer is late.
     #[inline]
     pub(crate) fn phase(&self) -> Phase {
+        if Coarse::now() >= self.renew_by {
+            self.catch_up();
+        }
+        self.timer_phase()
+    }
+
+    #[inline]
+    fn timer_phase(&self) -> Phase {
         match self.phase.load(Ordering::Acquire) {
             0 => Phase::Fresh,
             1 => Phase::Due,
             2 => Phase::Renewing,
             _ => Phase::Expired,
+        }
+    }
+
+    /// The timer did not run (yet) but the clock says the token is due or expired.
+    #[cold]
+    #[inline(never)]
+    fn catch_up(&self) {
+        if Coarse::now() >= self.send_by {
+            self.expire();
+        } else {
+            self.advance(Phase::Fresh, Phase::Due);
         }
     }
 
@@ -128,31 +164,8 @@ impl Token {
         self.phase.store(Phase::Expired as u8, Ordering::Release);
     }
 
-    /// How long 401s on this token are taken as the API's answer rather than the token's fault.
-    fn unauthorized_grace(&self) -> Duration {
-        match self.unauthorized_streak.load(Ordering::Relaxed) {
-            0 => Duration::ZERO,
-            n => Duration::from_secs(1 << (n - 1).min(9)).min(MAX_UNAUTHORIZED_GRACE),
-        }
-    }
-
-    /// Records how a request replayed with this token after a 401 was answered.
-    ///
-    /// A replay that succeeded shows the old token was the problem (revoked, expired early):
-    /// the next 401 is believed at once. A replay refused too shows the API refuses the
-    /// request, whatever the token: 401s on this token are then returned as they are for a
-    /// grace of 1, 2, 4, ... seconds (at most 5 minutes) before the layer logs in for them again,
-    /// so an API that refuses everything costs a login now and then, not one per request.
-    pub(crate) fn replayed(&self, refused: bool) {
-        if refused {
-            let _ = self.unauthorized_streak.fetch_update(
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-                |streak| Some(streak.saturating_add(1).min(16)),
-            );
-        } else {
-            self.unauthorized_streak.store(0, Ordering::Relaxed);
-        }
+    fn usable(&self) -> bool {
+        self.phase() != Phase::Expired
     }
 }
 
@@ -169,7 +182,7 @@ impl fmt::Debug for Token {
         f.debug_struct("Token")
             .field("header", &"<redacted>")
             .field("generation", &self.generation)
-            .field("phase", &self.phase())
+            .field("phase", &self.timer_phase())
             .finish()
     }
 }
@@ -179,9 +192,120 @@ impl fmt::Debug for Token {
 pub(crate) enum Unauthorized {
     /// The token was discarded (now, or by an earlier 401): wait for the next one and replay.
     Renew,
-    /// The token is kept: it was obtained moments ago after other 401s, so this 401 is the
-    /// API's answer to the request (a missing permission), not a sign of a bad token.
+    /// The token is kept and the 401 returned as it is: it is the API's answer to the request
+    /// (a missing permission), not a sign of a bad token.
     Keep,
+}
+
+/// A method and path (no query): what a 401's evidence applies to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Endpoint {
+    pub(crate) method: Method,
+    pub(crate) path: String,
+}
+
+/// What 401s have shown about the API, as opposed to the token.
+///
+/// A 401 without a `Bearer` error may be the token's fault (revoked, expired early) or the
+/// request's (a missing permission). The layer first blames the token: it logs in again and
+/// replays. If the replay with a fresh token is refused too, the 401 was the API's answer, and
+/// that is remembered two ways:
+/// - for that method and path: its 401s are returned as they are for 1, 2, 4, ... s (at most
+///   5 min), so an endpoint the account may not use costs a login now and then, not one per
+///   request; any other answer from it forgets this;
+/// - for the whole API, as a streak of such replays with no other answer to any request in
+///   between: from the second endpoint in a row that refused a fresh token, a 401 on a token
+///   obtained less than the streak's grace ago is returned as it is, so an API that refuses
+///   everything costs a login now and then, however many endpoints it is asked for. One
+///   endpoint the account may not use never holds back the recovery from a revocation; any
+///   answer but 401 to any request clears the streak, and a revocation after that is believed
+///   at once.
+#[derive(Default)]
+struct Refusals {
+    streak: AtomicU32,
+    /// Whether `endpoints` has entries: lets the request path skip its lock.
+    any: AtomicBool,
+    endpoints: Mutex<HashMap<Endpoint, Refused>>,
+}
+
+struct Refused {
+    until: Instant,
+    times: u32,
+}
+
+/// 1, 2, 4, ... seconds, at most [`MAX_REFUSAL_GRACE`].
+fn refusal_grace(times: u32) -> Duration {
+    match times {
+        0 => Duration::ZERO,
+        n => Duration::from_secs(1 << (n - 1).min(9)).min(MAX_REFUSAL_GRACE),
+    }
+}
+
+impl Refusals {
+    fn endpoints(&self) -> MutexGuard<'_, HashMap<Endpoint, Refused>> {
+        self.endpoints
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn endpoint_refuses(&self, endpoint: &Endpoint) -> bool {
+        self.any.load(Ordering::Relaxed)
+            && self
+                .endpoints()
+                .get(endpoint)
+                .is_some_and(|refused| Instant::now() < refused.until)
+    }
+
+    /// A token got an answer other than 401 from `endpoint` (if known).
+    #[inline]
+    fn answered(&self, endpoint: impl FnOnce() -> Option<Endpoint>) {
+        if self.streak.load(Ordering::Relaxed) != 0 {
+            self.streak.store(0, Ordering::Relaxed);
+        }
+        if self.any.load(Ordering::Relaxed) {
+            self.forget(endpoint());
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn forget(&self, endpoint: Option<Endpoint>) {
+        let mut endpoints = self.endpoints();
+        if let Some(endpoint) = endpoint {
+            endpoints.remove(&endpoint);
+        }
+        self.any.store(!endpoints.is_empty(), Ordering::Relaxed);
+    }
+
+    /// A request replayed with a fresh token after a 401 was refused again.
+    fn refused(&self, endpoint: Endpoint) {
+        let _ = self
+            .streak
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |streak| {
+                Some(streak.saturating_add(1).min(16))
+            });
+        let now = Instant::now();
+        let mut endpoints = self.endpoints();
+        if endpoints.len() >= MAX_REFUSED_ENDPOINTS {
+            endpoints.retain(|_, refused| refused.until > now);
+            if endpoints.len() >= MAX_REFUSED_ENDPOINTS {
+                endpoints.clear(); // the streak still guards against a login storm
+            }
+        }
+        let refused = endpoints.entry(endpoint).or_insert(Refused {
+            until: now,
+            times: 0,
+        });
+        refused.times = refused.times.saturating_add(1);
+        refused.until = now + refusal_grace(refused.times);
+        self.any.store(true, Ordering::Relaxed);
+    }
+
+    /// How long after a login 401s on the new token are taken as the API's answer: nothing
+    /// until two endpoints in a row refused a fresh token, then 1, 2, 4, ... s.
+    fn grace(&self) -> Duration {
+        refusal_grace(self.streak.load(Ordering::Relaxed).saturating_sub(1))
+    }
 }
 
 /// The token cache shared by every service an [`AuthLayer`](crate::AuthLayer) makes.
@@ -190,43 +314,89 @@ pub(crate) struct Cache {
     /// The token requests carry; `None` before the first login and after a 401 discarded it.
     current: ArcSwapOption<Token>,
     state: Mutex<State>,
+    refusals: Refusals,
     /// The most requests that waited on one login, counted when it answered.
     most_waiting: AtomicUsize,
 }
 
+/// Where logins are, behind the cache's lock.
 #[derive(Default)]
 struct State {
-    /// The login in flight, if any: every request that needs a token waits on this one.
-    inflight: Option<watch::Receiver<Outcome>>,
-    /// The last login's failure, while its back-off lasts.
-    failure: Option<Failure>,
+    flight: Flight,
     /// Generation of the last token issued.
     generation: u64,
     /// Logins started so far.
     logins: u64,
 }
 
-impl State {
-    /// The last login's failure, if its back-off has not ended: no new login before it has.
-    fn backing_off(&self) -> Option<&Failure> {
-        self.failure
-            .as_ref()
-            .filter(|failure| Instant::now() < failure.retry_at)
-    }
+/// The login side of the cache: one of three, never two at once.
+#[derive(Default)]
+enum Flight {
+    /// No login in flight, and the last one (if any) succeeded.
+    #[default]
+    Idle,
+    /// A login in flight: every request that needs a token waits on it.
+    LoggingIn {
+        outcome: watch::Receiver<Outcome>,
+        /// The failure it follows, if any: kept for `TokenState` and the back-off.
+        after: Option<Failure>,
+    },
+    /// The last login failed.
+    Failed(Failure),
+}
 
+#[derive(Clone)]
+struct Failure {
+    error: Error,
+    /// No attempt before this.
+    retry_at: Instant,
+    /// Failed attempts in a row.
+    attempts: u32,
+}
+
+/// What a request that needs a token does next.
+enum Next {
+    /// Send with this token.
+    Ready(Arc<Token>),
+    /// Wait for the login in flight.
+    Wait(watch::Receiver<Outcome>),
+    /// Fail: no login can succeed now (rejected credentials in their back-off, a `Retry-After`
+    /// beyond the login timeout, a configuration error).
+    Failed(Error),
+}
+
+impl State {
     /// The login in flight. One whose task ended without an answer (its runtime shut down) does
     /// not count: waiting on it would fail at once, forever.
     fn live_inflight(&self) -> Option<watch::Receiver<Outcome>> {
-        let inflight = self.inflight.as_ref()?;
-        inflight.has_changed().is_ok().then(|| inflight.clone())
+        match &self.flight {
+            Flight::LoggingIn { outcome, .. } if outcome.has_changed().is_ok() => {
+                Some(outcome.clone())
+            }
+            _ => None,
+        }
     }
-}
 
-struct Failure {
-    error: Error,
-    retry_at: Instant,
-    /// Failed logins in a row.
-    attempts: u32,
+    /// The last failure, whether a login is in flight after it or not.
+    fn failure(&self) -> Option<&Failure> {
+        match &self.flight {
+            Flight::Failed(failure) => Some(failure),
+            Flight::LoggingIn { after, .. } => after.as_ref(),
+            Flight::Idle => None,
+        }
+    }
+
+    /// The error to fail with instead of starting a login: while a login that needs a fix
+    /// backs off, or when the endpoint asked for a wait longer than a login may take.
+    fn refusal(&self, login_timeout: Duration) -> Option<Error> {
+        let Flight::Failed(failure) = &self.flight else {
+            return None;
+        };
+        let now = Instant::now();
+        let waiting = now < failure.retry_at;
+        let too_long = failure.retry_at > now + login_timeout;
+        (waiting && (!failure.error.is_transient() || too_long)).then(|| failure.error.clone())
+    }
 }
 
 impl Cache {
@@ -241,7 +411,8 @@ impl Cache {
                     phase: AtomicU8::new(Phase::Fresh as u8),
                     obtained_at: Instant::now(),
                     expires_at: None,
-                    unauthorized_streak: AtomicU32::new(0),
+                    renew_by: Coarse::NEVER,
+                    send_by: Coarse::NEVER,
                     timer: OnceLock::new(),
                 })),
                 None => {
@@ -257,6 +428,7 @@ impl Cache {
             config,
             current: ArcSwapOption::new(current),
             state: Mutex::new(State::default()),
+            refusals: Refusals::default(),
             most_waiting: AtomicUsize::new(0),
         })
     }
@@ -280,10 +452,10 @@ impl Cache {
                 .as_ref()
                 .and_then(|token| token.expires_at)
                 .map(Instant::into_std),
-            usable: current.is_some_and(|token| token.phase() != Phase::Expired),
+            usable: current.is_some_and(|token| token.usable()),
             logins: state.logins,
             most_waiting: self.most_waiting.load(Ordering::Relaxed),
-            last_error: state.failure.as_ref().map(|failure| failure.error.clone()),
+            last_error: state.failure().map(|failure| failure.error.clone()),
         }
     }
 
@@ -296,9 +468,9 @@ impl Cache {
     }
 
     /// A token that may be sent: the current one, or the outcome of the login in flight, or of
-    /// a new login. Fails fast with the last error while a failed login's back-off lasts.
+    /// a new login. Fails at once only when no login can succeed now (see [`Next::Failed`]).
     ///
-    /// Decides at once (so that `inner` is not borrowed across an await) and returns the wait.
+    /// A waiter whose login died with its runtime starts one itself, on its own runtime.
     pub(crate) fn token<S, B, RB>(
         self: &Arc<Self>,
         inner: &S,
@@ -308,21 +480,24 @@ impl Cache {
         B: From<Bytes> + Send + 'static,
         RB: ResponseBody,
     {
-        let lookup = self.lookup(inner);
+        let (cache, inner) = (self.clone(), inner.clone());
         async move {
-            match lookup? {
-                Ok(token) => Ok(token),
-                Err(inflight) => wait(inflight).await,
+            for _ in 0..=MAX_ABANDONED {
+                match cache.next(&inner) {
+                    Next::Ready(token) => return Ok(token),
+                    Next::Failed(error) => return Err(error),
+                    Next::Wait(inflight) => match wait(inflight).await {
+                        Err(error) if error.is_abandoned() => continue,
+                        outcome => return outcome,
+                    },
+                }
             }
+            Err(Error::new(Kind::Abandoned))
         }
     }
 
-    /// A usable token, or the login to wait on.
-    #[allow(clippy::type_complexity)]
-    fn lookup<S, B, RB>(
-        self: &Arc<Self>,
-        inner: &S,
-    ) -> Result<Result<Arc<Token>, watch::Receiver<Outcome>>, Error>
+    /// What a request that needs a token does next; starts a login if it must.
+    fn next<S, B, RB>(self: &Arc<Self>, inner: &S) -> Next
     where
         S: HttpService<B, RB>,
         B: From<Bytes> + Send + 'static,
@@ -330,23 +505,25 @@ impl Cache {
     {
         let mut state = self.lock();
         if let Some(token) = self.current.load_full() {
-            if token.phase() != Phase::Expired {
-                return Ok(Ok(token));
+            if token.usable() {
+                return Next::Ready(token);
             }
         }
         if let Some(inflight) = state.live_inflight() {
-            return Ok(Err(inflight));
+            return Next::Wait(inflight);
         }
-        if let Some(failure) = state.backing_off() {
-            return Err(failure.error.clone());
+        if let Some(error) = state.refusal(self.config.login_timeout) {
+            return Next::Failed(error);
         }
         let reason = if state.logins == 0 {
             Reason::FirstUse
         } else {
             Reason::Expired
         };
-        self.start_login(&mut state, inner.clone(), reason, 0)
-            .map(Err)
+        match self.start_login(&mut state, inner.clone(), reason) {
+            Ok(inflight) => Next::Wait(inflight),
+            Err(error) => Next::Failed(error),
+        }
     }
 
     /// Starts a background renewal for a token in its refresh window. Called by the one request
@@ -363,22 +540,42 @@ impl Cache {
         if state.live_inflight().is_some() {
             return; // whatever is in flight replaces the token
         }
-        if let Some(failure) = state.backing_off() {
+        if let Some(failure) = state.failure().filter(|f| Instant::now() < f.retry_at) {
             retry_renewal_at(token, failure.retry_at);
             return;
         }
-        if let Err(error) = self.start_login(&mut state, inner.clone(), Reason::Renewal, 0) {
+        if let Err(error) = self.start_login(&mut state, inner.clone(), Reason::Renewal) {
             // No runtime to log in on: try again later, from a request that has one.
             tracing::warn!(target: "patchworks_auth", %error, "background renewal not started");
             token.advance(Phase::Renewing, Phase::Due);
         }
     }
 
-    /// Handles a 401 to a request that carried token `generation`: discards that token if it is
-    /// still the current one and starts the login that replaces it.
+    /// A request with a token had an answer other than 401: evidence that the token is good
+    /// and, for `endpoint`, that it does not refuse.
+    #[inline]
+    pub(crate) fn answered(&self, endpoint: impl FnOnce() -> Option<Endpoint>) {
+        self.refusals.answered(endpoint);
+    }
+
+    /// A request replayed with a new token after a 401 was answered: refused again (`true`) or
+    /// not.
+    pub(crate) fn replayed(&self, endpoint: Endpoint, refused: bool) {
+        if refused {
+            self.refusals.refused(endpoint);
+        } else {
+            self.refusals.answered(|| Some(endpoint));
+        }
+    }
+
+    /// Handles a 401 without a `Bearer` error other than `invalid_token`, to a request to
+    /// `endpoint` that carried token `generation`: discards that token if it is still the
+    /// current one and starts the login that replaces it, unless [`Refusals`] say the 401 is the
+    /// API's answer.
     pub(crate) fn unauthorized<S, B, RB>(
         self: &Arc<Self>,
         generation: u64,
+        endpoint: &Endpoint,
         inner: &S,
     ) -> Result<Unauthorized, Error>
     where
@@ -389,6 +586,15 @@ impl Cache {
         if self.is_api_key() {
             return Ok(Unauthorized::Keep); // nothing to renew: the API refuses the key
         }
+        if self.refusals.endpoint_refuses(endpoint) {
+            tracing::debug!(
+                target: "patchworks_auth",
+                method = %endpoint.method,
+                path = %endpoint.path,
+                "401 from an endpoint that refused a fresh token: returned as is"
+            );
+            return Ok(Unauthorized::Keep);
+        }
         let mut state = self.lock();
         let current = self.current.load_full();
         let Some(token) = current.filter(|token| token.generation == generation) else {
@@ -396,31 +602,30 @@ impl Cache {
             return Ok(Unauthorized::Renew);
         };
         let age = token.obtained_at.elapsed();
-        let grace = token.unauthorized_grace();
+        let grace = self.refusals.grace();
         if age < grace {
             tracing::debug!(
                 target: "patchworks_auth",
                 generation,
                 ?grace,
-                "401 on a token obtained {age:?} ago after earlier 401s: kept, 401 returned as is"
+                "401 on a token obtained {age:?} ago, with only 401s since endpoints in a row \
+                 refused fresh tokens: kept, 401 returned as is"
             );
             return Ok(Unauthorized::Keep);
         }
         // Under the lock every writer of `current` is serialized; the comparison still makes
         // "discard only if it is still the current token" explicit.
-        self.current.compare_and_swap(&Some(token.clone()), None);
-        // The next token starts with this one's record; its own replays then lengthen or clear it.
-        let streak = token.unauthorized_streak.load(Ordering::Relaxed);
+        self.current.compare_and_swap(&Some(token), None);
         tracing::info!(
             target: "patchworks_auth",
             generation,
             "API answered 401: token discarded, logging in again"
         );
         if state.live_inflight().is_none() {
-            if let Some(failure) = state.backing_off() {
-                return Err(failure.error.clone());
+            if let Some(error) = state.refusal(self.config.login_timeout) {
+                return Err(error);
             }
-            self.start_login(&mut state, inner.clone(), Reason::Unauthorized, streak)?;
+            self.start_login(&mut state, inner.clone(), Reason::Unauthorized)?;
         }
         Ok(Unauthorized::Renew)
     }
@@ -432,7 +637,6 @@ impl Cache {
         state: &mut State,
         inner: S,
         reason: Reason,
-        unauthorized_streak: u32,
     ) -> Result<watch::Receiver<Outcome>, Error>
     where
         S: HttpService<B, RB>,
@@ -443,7 +647,11 @@ impl Cache {
             Error::config("a login needs a Tokio runtime; call the service from within one")
         })?;
         let (tx, rx) = watch::channel(None);
-        state.inflight = Some(rx.clone());
+        let after = state.failure().cloned();
+        state.flight = Flight::LoggingIn {
+            outcome: rx.clone(),
+            after: after.clone(),
+        };
         state.logins += 1;
         tracing::debug!(target: "patchworks_auth", reason = reason.as_str(), "login started");
         let cache = self.clone();
@@ -455,8 +663,8 @@ impl Cache {
         );
         runtime.spawn(tracing::Instrument::instrument(
             async move {
-                let outcome = cache.login(inner).await;
-                let outcome = cache.finish(outcome, reason, unauthorized_streak);
+                let outcome = cache.login(inner, after).await;
+                let outcome = cache.finish(outcome, reason);
                 // Every request waiting holds a receiver (the cache's own was dropped by
                 // `finish`): counted here, once per login, rather than by each request.
                 cache
@@ -470,9 +678,76 @@ impl Cache {
         Ok(rx)
     }
 
-    /// One login: through the wrapped service, bounded by the login timeout. Returns the issued
-    /// token and when its request was sent.
-    async fn login<S, B, RB>(&self, mut inner: S) -> Result<(login::Issued, Instant), Error>
+    /// One login: attempts through the wrapped service until one succeeds, one fails in a way
+    /// that needs a fix, or the login timeout runs out.
+    ///
+    /// A transient failure (5xx, 429, no connection, an attempt taking a third of the login
+    /// timeout) is tried again after a jittered back-off, or after the `Retry-After` the
+    /// endpoint asked for; the first attempt waits out the back-off of the failure before it.
+    /// Returns the issued token and when its request was sent, or the failure to remember.
+    async fn login<S, B, RB>(
+        &self,
+        inner: S,
+        after: Option<Failure>,
+    ) -> Result<(login::Issued, Instant), Failure>
+    where
+        S: HttpService<B, RB>,
+        B: From<Bytes>,
+        RB: ResponseBody,
+    {
+        let config = &self.config;
+        let start = Instant::now();
+        let deadline = start + config.login_timeout;
+        let per_attempt = config.login_timeout / 3;
+        let (mut attempts, mut next_at) = match after {
+            Some(failure) => (failure.attempts, failure.retry_at),
+            None => (0, start),
+        };
+        let mut last = None;
+        loop {
+            if next_at >= deadline {
+                // The wait alone outlasts the login: fail now rather than make callers wait for
+                // nothing, and let the next login start when the wait is over.
+                let error = last.unwrap_or_else(|| Error::new(Kind::Timeout(config.login_timeout)));
+                return Err(Failure {
+                    error,
+                    retry_at: next_at,
+                    attempts,
+                });
+            }
+            sleep_until(next_at).await;
+            let attempt_ends = deadline.min(Instant::now() + per_attempt);
+            let error = match timeout_at(attempt_ends, self.attempt(inner.clone())).await {
+                Ok(Ok(issued)) => return Ok(issued),
+                Ok(Err(error)) => error,
+                Err(_) if attempt_ends >= deadline => {
+                    Error::new(Kind::Timeout(config.login_timeout))
+                }
+                Err(_) => Error::new(Kind::Timeout(per_attempt)),
+            };
+            attempts = attempts.saturating_add(1);
+            let wait = backoff(&error, attempts).max(error.retry_after().unwrap_or_default());
+            next_at = Instant::now() + wait;
+            tracing::debug!(
+                target: "patchworks_auth",
+                attempts,
+                retry_in = ?wait,
+                %error,
+                "login attempt failed"
+            );
+            if !error.is_transient() || Instant::now() >= deadline {
+                return Err(Failure {
+                    error,
+                    retry_at: next_at,
+                    attempts,
+                });
+            }
+            last = Some(error);
+        }
+    }
+
+    /// One attempt: the login request through the wrapped service, and its answer.
+    async fn attempt<S, B, RB>(&self, mut inner: S) -> Result<(login::Issued, Instant), Error>
     where
         S: HttpService<B, RB>,
         B: From<Bytes>,
@@ -482,43 +757,40 @@ impl Cache {
         let Secret::Login { email, password } = &config.credentials.secret else {
             return Err(Error::config("an API key needs no login"));
         };
-        let attempt = async {
-            let transport = |err: S::Error| Error::with_source(Kind::Transport, err);
-            let inner = inner.ready().await.map_err(transport)?;
-            let request = login::request(&config.login_url, email, password);
-            let sent_at = Instant::now();
-            let response = inner.call(request).await.map_err(transport)?;
-            Ok((login::read_answer(response).await?, sent_at))
-        };
-        match tokio::time::timeout(config.login_timeout, attempt).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(Error::new(Kind::Timeout(config.login_timeout))),
-        }
+        let transport = |err: S::Error| Error::with_source(Kind::Transport, err);
+        let inner = inner.ready().await.map_err(transport)?;
+        let request = login::request(&config.login_url, email, password);
+        let sent_at = Instant::now();
+        let response = inner.call(request).await.map_err(transport)?;
+        Ok((
+            login::read_answer(&config.login_url, response).await?,
+            sent_at,
+        ))
     }
 
     /// Stores a login's outcome: the new token, or the failure and its back-off.
     fn finish(
         self: &Arc<Self>,
-        outcome: Result<(login::Issued, Instant), Error>,
+        outcome: Result<(login::Issued, Instant), Failure>,
         reason: Reason,
-        unauthorized_streak: u32,
     ) -> Result<Arc<Token>, Error> {
         let mut state = self.lock();
-        state.inflight = None;
         match outcome {
             Ok((issued, sent_at)) => {
-                state.failure = None;
+                state.flight = Flight::Idle;
                 state.generation += 1;
+                let (renew_at, expire_at) = self.schedule(sent_at, issued.lifetime);
+                let (now, coarse) = (Instant::now(), Coarse::now());
                 let token = Arc::new(Token {
                     header: issued.header,
                     generation: state.generation,
                     phase: AtomicU8::new(Phase::Fresh as u8),
                     obtained_at: sent_at,
                     expires_at: Some(sent_at + issued.lifetime),
-                    unauthorized_streak: AtomicU32::new(unauthorized_streak),
+                    renew_by: coarse.after(renew_at.saturating_duration_since(now)),
+                    send_by: coarse.after(expire_at.saturating_duration_since(now)),
                     timer: OnceLock::new(),
                 });
-                let (renew_at, expire_at) = self.schedule(sent_at, issued.lifetime);
                 let timer = tokio::spawn(age(Arc::downgrade(&token), renew_at, expire_at));
                 let _ = token.timer.set(timer.abort_handle());
                 self.current.store(Some(token.clone()));
@@ -532,28 +804,22 @@ impl Cache {
                 );
                 Ok(token)
             }
-            Err(error) => {
-                let attempts = state.failure.as_ref().map_or(0, |f| f.attempts) + 1;
-                let backoff = backoff(&error, attempts);
-                let retry_at = Instant::now() + backoff;
+            Err(failure) => {
                 tracing::warn!(
                     target: "patchworks_auth",
                     reason = reason.as_str(),
-                    attempts,
-                    retry_in = ?backoff,
-                    %error,
+                    attempts = failure.attempts,
+                    retry_in = ?failure.retry_at.saturating_duration_since(Instant::now()),
+                    error = %failure.error,
                     "Patchworks login failed"
                 );
                 if let Some(token) = self.current.load_full() {
                     // A failed background renewal: the token stays in use until it expires, and
                     // renewal is tried again after the back-off.
-                    retry_renewal_at(&token, retry_at);
+                    retry_renewal_at(&token, failure.retry_at);
                 }
-                state.failure = Some(Failure {
-                    error: error.clone(),
-                    retry_at,
-                    attempts,
-                });
+                let error = failure.error.clone();
+                state.flight = Flight::Failed(failure);
                 Err(error)
             }
         }
@@ -564,8 +830,8 @@ impl Cache {
     ///
     /// Renewal starts `refresh_before` ahead of expiry, but never earlier than half-way through
     /// the lifetime, so a short-lived token is not renewed on every request. A token stops being
-    /// sent a tenth of its lifetime (at most 5 s) before it expires, to cover the timer's
-    /// lateness and the request's time in flight.
+    /// sent a tenth of its lifetime (at most 5 s) before it expires, to cover the clock's
+    /// resolution and the request's time in flight.
     fn schedule(&self, sent_at: Instant, lifetime: Duration) -> (Instant, Instant) {
         let margin = (lifetime / 10).min(Duration::from_secs(5));
         let window = self.config.refresh_before.min(lifetime / 2);
@@ -604,18 +870,24 @@ async fn wait(mut inflight: watch::Receiver<Outcome>) -> Result<Arc<Token>, Erro
     }
 }
 
+/// The wait before the next attempt after `attempts` failures in a row ending with `error`,
+/// with up to half again as jitter, so that a fleet restarted together does not log in in
+/// lockstep. Never shorter than the back-off itself.
 fn backoff(error: &Error, attempts: u32) -> Duration {
     let (first, max) = if error.is_transient() {
         TRANSIENT_BACKOFF
     } else {
         REJECTED_BACKOFF
     };
-    first.saturating_mul(1 << (attempts - 1).min(16)).min(max)
+    let base = first
+        .saturating_mul(1 << attempts.saturating_sub(1).min(16))
+        .min(max);
+    base.mul_f64(1.0 + 0.5 * HasherRng::default().next_f64())
 }
 
 /// Moves a token whose renewal failed back to `Due` once the back-off ends.
 fn retry_renewal_at(token: &Arc<Token>, at: Instant) {
-    if token.phase() != Phase::Renewing {
+    if token.timer_phase() != Phase::Renewing {
         return;
     }
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -632,28 +904,23 @@ fn retry_renewal_at(token: &Arc<Token>, at: Instant) {
     });
 }
 
-/// Ages a token: due for renewal at `renew_at`, expired at `expire_at`.
+/// Ages a token on Tokio's clock: due for renewal at `renew_at`, expired at `expire_at`.
 ///
 /// If the task is dropped before that (its runtime shut down while the token lives on, say in a
-/// client shared between runtimes), the token expires at once: with nobody keeping its time, it
-/// is not trusted any longer.
+/// client shared between runtimes), the token is aged by the coarse clock alone: it stays usable
+/// for as long as it is valid.
 async fn age(token: Weak<Token>, renew_at: Instant, expire_at: Instant) {
-    struct ExpireOnDrop(Weak<Token>);
-    impl Drop for ExpireOnDrop {
-        fn drop(&mut self) {
-            if let Some(token) = self.0.upgrade() {
-                token.expire();
-            }
-        }
-    }
-    let _guard = ExpireOnDrop(token.clone());
     if renew_at < expire_at {
         sleep_until(renew_at).await;
-        if let Some(token) = token.upgrade() {
-            token.advance(Phase::Fresh, Phase::Due);
-        }
+        match token.upgrade() {
+            Some(token) => token.advance(Phase::Fresh, Phase::Due),
+            None => return,
+        };
     }
     sleep_until(expire_at).await;
+    if let Some(token) = token.upgrade() {
+        token.expire();
+    }
 }
 
 /// An API key as a sensitive header value, if it is one.
@@ -692,17 +959,102 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_and_is_capped() {
+    fn backoff_grows_is_capped_and_jittered_upwards() {
         let rejected = Error::new(Kind::Rejected(http::StatusCode::UNAUTHORIZED));
-        let down = Error::new(Kind::Status(http::StatusCode::BAD_GATEWAY));
-        let secs = |e, n| backoff(e, n).as_secs_f64();
+        let down = Error::new(Kind::Status(http::StatusCode::BAD_GATEWAY, None));
+        for (error, attempts, base) in [
+            (&rejected, 1, 5.0),
+            (&rejected, 2, 10.0),
+            (&rejected, 3, 20.0),
+            (&rejected, 7, 300.0),
+            (&rejected, 100, 300.0),
+            (&down, 1, 0.25),
+            (&down, 2, 0.5),
+            (&down, 4, 2.0),
+            (&down, 100, 2.0),
+        ] {
+            let waits: Vec<f64> = (0..50)
+                .map(|_| backoff(error, attempts).as_secs_f64())
+                .collect();
+            assert!(
+                waits.iter().all(|w| *w >= base && *w <= base * 1.5),
+                "{attempts}: {waits:?}"
+            );
+            assert!(
+                waits.iter().any(|w| (w - waits[0]).abs() > 1e-6),
+                "not jittered: {waits:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn refusal_grace_doubles_to_five_minutes() {
+        let secs = |n| refusal_grace(n).as_secs();
         assert_eq!(
-            [1, 2, 3, 7, 100].map(|n| secs(&rejected, n)),
-            [5.0, 10.0, 20.0, 300.0, 300.0]
+            [0, 1, 2, 3, 9, 10, 100].map(secs),
+            [0, 1, 2, 4, 256, 300, 300]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_are_per_endpoint_and_any_answer_clears_the_streak() {
+        let refusals = Refusals::default();
+        let endpoint = |path: &str| Endpoint {
+            method: Method::GET,
+            path: path.to_owned(),
+        };
+        refusals.refused(endpoint("/admin"));
+        assert!(refusals.endpoint_refuses(&endpoint("/admin")));
+        assert!(!refusals.endpoint_refuses(&endpoint("/flows")));
         assert_eq!(
-            [1, 2, 3, 4, 100].map(|n| secs(&down, n)),
-            [0.25, 0.5, 1.0, 2.0, 2.0]
+            refusals.grace(),
+            Duration::ZERO,
+            "one endpoint is no pattern"
         );
+        refusals.refused(endpoint("/billing"));
+        assert_eq!(refusals.grace(), Duration::from_secs(1));
+
+        // An answer from another endpoint clears the streak, not /admin's record.
+        refusals.answered(|| Some(endpoint("/flows")));
+        assert_eq!(refusals.grace(), Duration::ZERO);
+        assert!(refusals.endpoint_refuses(&endpoint("/admin")));
+
+        // /admin refused again: its grace grows; then it expires by itself.
+        refusals.refused(endpoint("/admin"));
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert!(refusals.endpoint_refuses(&endpoint("/admin")));
+        tokio::time::advance(Duration::from_millis(600)).await;
+        assert!(!refusals.endpoint_refuses(&endpoint("/admin")));
+
+        // An answer from /admin itself forgets it at once.
+        refusals.refused(endpoint("/admin"));
+        refusals.answered(|| Some(endpoint("/admin")));
+        assert!(!refusals.endpoint_refuses(&endpoint("/admin")));
+        assert!(
+            refusals.any.load(Ordering::Relaxed),
+            "/billing is still recorded"
+        );
+        refusals.answered(|| Some(endpoint("/billing")));
+        assert!(
+            !refusals.any.load(Ordering::Relaxed),
+            "nothing left to look up"
+        );
+    }
+
+    #[test]
+    fn the_endpoint_record_is_bounded() {
+        let refusals = Refusals::default();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let _guard = runtime.enter();
+        for i in 0..(MAX_REFUSED_ENDPOINTS * 3) {
+            refusals.refused(Endpoint {
+                method: Method::GET,
+                path: format!("/flows/{i}"),
+            });
+        }
+        assert!(refusals.endpoints().len() <= MAX_REFUSED_ENDPOINTS);
     }
 }

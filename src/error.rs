@@ -38,8 +38,11 @@ pub struct Error {
 pub(crate) enum Kind {
     /// The login endpoint refused the credentials (401, 403 or 422).
     Rejected(StatusCode),
-    /// The login endpoint answered another non-success status.
-    Status(StatusCode),
+    /// The login endpoint answered another non-success status, perhaps with a `Retry-After`.
+    Status(StatusCode, Option<Duration>),
+    /// The login was answered by a redirect (its status), or its answer came from another URI
+    /// than the login URL (`None`: a redirect followed below the layer).
+    Redirected(Option<StatusCode>),
     /// No answer within the login timeout.
     Timeout(Duration),
     /// The answer was not a usable login answer.
@@ -114,7 +117,22 @@ impl Error {
     /// The HTTP status of the login answer, when the login failed because of it.
     pub fn status(&self) -> Option<StatusCode> {
         match self.kind {
-            Kind::Rejected(status) | Kind::Status(status) => Some(status),
+            Kind::Rejected(status) | Kind::Status(status, _) | Kind::Redirected(Some(status)) => {
+                Some(status)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the login was dropped with its runtime before it answered.
+    pub(crate) fn is_abandoned(&self) -> bool {
+        matches!(self.kind, Kind::Abandoned)
+    }
+
+    /// The wait the login endpoint asked for with `Retry-After`, if it did.
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
+        match self.kind {
+            Kind::Status(_, retry_after) => retry_after,
             _ => None,
         }
     }
@@ -124,7 +142,7 @@ impl Error {
     pub(crate) fn is_transient(&self) -> bool {
         match self.kind {
             Kind::Timeout(_) | Kind::Transport | Kind::Abandoned => true,
-            Kind::Status(status) => {
+            Kind::Status(status, _) => {
                 status.is_server_error()
                     || status == StatusCode::TOO_MANY_REQUESTS
                     || status == StatusCode::REQUEST_TIMEOUT
@@ -144,12 +162,32 @@ impl fmt::Display for Error {
                  a back-off",
                 status.as_u16()
             ),
-            Kind::Status(status) => write!(
+            Kind::Status(status, _) if self.is_transient() => write!(
                 f,
-                "Patchworks login failed with HTTP {}: the login endpoint is unavailable or the \
-                 login URL is wrong; the login is retried after a back-off",
+                "Patchworks login failed with HTTP {} until the login timeout ran out: the login \
+                 endpoint is unavailable or overloaded; the next request that needs a token \
+                 tries again",
                 status.as_u16()
             ),
+            Kind::Status(status, _) => write!(
+                f,
+                "Patchworks login failed with HTTP {}: check that the login URL points at the \
+                 Patchworks login endpoint; the login is retried after a back-off",
+                status.as_u16()
+            ),
+            Kind::Redirected(status) => {
+                f.write_str("Patchworks login was answered with a redirect")?;
+                if let Some(status) = status {
+                    write!(f, " (HTTP {})", status.as_u16())?;
+                } else {
+                    f.write_str(" followed below the layer")?;
+                }
+                f.write_str(
+                    ": a login never follows one, so the password stays with the login URL; set \
+                     AuthLayer::login_url to the final URL, and keep FollowRedirect outside the \
+                     layer",
+                )
+            }
             Kind::Timeout(after) => write!(
                 f,
                 "Patchworks login timed out after {after:?}: the login endpoint did not answer; \
@@ -165,8 +203,9 @@ impl fmt::Display for Error {
                  with spaces or control characters); it was not sent",
             ),
             Kind::Transport => f.write_str(
-                "Patchworks login request failed before an answer arrived: the login endpoint \
-                 is unreachable; the login is retried after a back-off",
+                "Patchworks login request failed before an answer arrived, until the login \
+                 timeout ran out: the login endpoint is unreachable; the next request that \
+                 needs a token tries again",
             ),
             Kind::Config(message) => write!(f, "patchworks-auth is misconfigured: {message}"),
             Kind::Abandoned => f.write_str(
@@ -211,10 +250,10 @@ mod tests {
         assert!(rejected.is_rejected() && !rejected.is_transient());
         assert_eq!(rejected.status(), Some(StatusCode::UNAUTHORIZED));
 
-        let unavailable = Error::new(Kind::Status(StatusCode::SERVICE_UNAVAILABLE));
+        let unavailable = Error::new(Kind::Status(StatusCode::SERVICE_UNAVAILABLE, None));
         assert!(!unavailable.is_rejected() && unavailable.is_transient());
 
-        let not_found = Error::new(Kind::Status(StatusCode::NOT_FOUND));
+        let not_found = Error::new(Kind::Status(StatusCode::NOT_FOUND, None));
         assert!(!not_found.is_transient());
 
         let timeout = Error::new(Kind::Timeout(Duration::from_secs(30)));

@@ -5,7 +5,8 @@
 //! boxed `async` block: one allocation, off the hot path.
 
 use crate::{
-    cache::{Cache, Token, Unauthorized},
+    cache::{Cache, Endpoint, Token, Unauthorized},
+    challenge::{self, Verdict},
     error::{Error, Kind},
     service::{HttpService, RequestBody, ResponseBody},
 };
@@ -71,8 +72,13 @@ pin_project! {
         Slow { future: BoxFuture<Result<S::Response, BoxError>> },
         // The layer cannot be used (its configuration is refused).
         Failed { error: Option<Error> },
+        // The response (or error) was returned.
+        Done,
     }
 }
+
+/// The one message of a `ResponseFuture` polled again after it returned `Ready`.
+const POLLED_AFTER_COMPLETION: &str = "ResponseFuture polled after completion";
 
 /// What a sent request needs to recover from a 401: a service to log in and replay with, the
 /// cache, and which token it carried.
@@ -97,7 +103,8 @@ struct Pending<S> {
     limit: usize,
 }
 
-/// Everything of a request but its token, to send it again.
+/// Everything of a request but its token, to send it again, and to tell which endpoint a 401
+/// came from.
 ///
 /// Kept small for the common request (no headers, no extensions, no body yet): those go in a
 /// box only when there are some, so that a bare GET carries about 140 bytes of replay, not 270.
@@ -106,6 +113,8 @@ struct Replay {
     version: Version,
     uri: UriCopy,
     rest: Option<Box<Rest>>,
+    /// Whether the body was kept: if not, the request cannot be sent again.
+    body_kept: bool,
 }
 
 /// The parts of a request that are often empty.
@@ -116,9 +125,12 @@ struct Rest {
 }
 
 impl Replay {
-    /// Copies a request that does not carry the token yet.
+    /// Copies a request that does not carry the token yet; `body` is `None` when it cannot be
+    /// kept.
     #[inline]
-    fn copy<B>(request: &Request<B>, body: Bytes) -> Replay {
+    fn copy<B>(request: &Request<B>, body: Option<Bytes>) -> Replay {
+        let body_kept = body.is_some();
+        let body = body.unwrap_or_default();
         let (headers, extensions) = (request.headers(), request.extensions());
         let rest = (!headers.is_empty() || !extensions.is_empty() || !body.is_empty()).then(|| {
             Box::new(Rest {
@@ -132,11 +144,31 @@ impl Replay {
             version: request.version(),
             uri: UriCopy::of(request.uri()),
             rest,
+            body_kept,
         }
     }
 
-    /// The request again, without a token yet; `None` if its URI cannot be rebuilt.
+    /// The method and path the request went to.
+    #[cold]
+    fn endpoint(&self) -> Endpoint {
+        let path = match &self.uri {
+            UriCopy::Inline(text) => Uri::try_from(text.as_str())
+                .map(|uri| uri.path().to_owned())
+                .unwrap_or_default(),
+            UriCopy::Shared(uri) => uri.path().to_owned(),
+        };
+        Endpoint {
+            method: self.method.clone(),
+            path,
+        }
+    }
+
+    /// The request again, without a token yet; `None` if its body was not kept or its URI
+    /// cannot be rebuilt.
     fn into_request<B: From<Bytes>>(self) -> Option<Request<B>> {
+        if !self.body_kept {
+            return None;
+        }
         let uri = self.uri.into_uri()?;
         let mut request = match self.rest {
             Some(rest) => {
@@ -295,8 +327,8 @@ where
     let limit = cache.config.replay_body_limit;
     match Keep::for_body(request.body(), limit) {
         Keep::Empty => {
-            let replay = Replay::copy(&request, Bytes::new());
-            send(ctx, request, header, Some(replay))
+            let replay = Replay::copy(&request, Some(Bytes::new()));
+            send(ctx, request, header, replay)
         }
         Keep::Buffer => {
             let (parts, body) = request.into_parts();
@@ -311,7 +343,11 @@ where
                 }),
             }
         }
-        Keep::Nothing => send(ctx, request, header, None),
+        Keep::Nothing => {
+            // A large or streaming body: its cost dwarfs a copy of the headers.
+            let replay = Replay::copy(&request, None);
+            send(ctx, request, header, replay)
+        }
     }
 }
 
@@ -321,7 +357,7 @@ fn send<S, ReqBody>(
     mut ctx: Ctx<S>,
     mut request: Request<ReqBody>,
     header: HeaderValue,
-    replay: Option<Replay>,
+    replay: Replay,
 ) -> State<S, ReqBody>
 where
     S: Service<Request<ReqBody>>,
@@ -330,7 +366,7 @@ where
     State::Sent {
         future: ctx.inner.call(request),
         ctx: Some(ctx),
-        replay,
+        replay: Some(replay),
     }
 }
 
@@ -348,77 +384,89 @@ where
 {
     type Output = Result<Response<ResBody>, BoxError>;
 
+    /// # Panics
+    ///
+    /// If polled again after it returned `Ready`, in whatever state it ended, as `async` blocks
+    /// and tower's own futures do: "ResponseFuture polled after completion".
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::Passthrough { future } => return future.poll(cx).map_err(Into::into),
-                StateProj::Buffering {
-                    body,
-                    buffer,
-                    pending,
-                } => {
-                    let Some(limit) = pending.as_ref().map(|pending| pending.limit) else {
-                        return Poll::Ready(Err(polled_after_completion()));
-                    };
-                    let bytes = ready!(buffer.poll_fill(body, limit, cx))?;
-                    let Some(Pending {
-                        ctx, parts, header, ..
-                    }) = pending.take()
-                    else {
-                        return Poll::Ready(Err(polled_after_completion()));
-                    };
-                    let request = Request::from_parts(parts, ReqBody::from(bytes.clone()));
-                    let replay = Replay::copy(&request, bytes);
-                    this.state.set(send(ctx, request, header, Some(replay)));
-                }
-                StateProj::Sent {
-                    future,
-                    ctx,
-                    replay,
-                } => {
-                    let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    if response.status() != StatusCode::UNAUTHORIZED {
-                        return Poll::Ready(Ok(response));
-                    }
-                    let Some(ctx) = ctx.take() else {
-                        return Poll::Ready(Err(polled_after_completion()));
-                    };
-                    let future = Box::pin(recover(ctx, replay.take(), response));
-                    this.state.set(State::Slow { future });
-                }
-                StateProj::Waiting { login, cold } => {
-                    let token = ready!(login.as_mut().poll(cx))?;
-                    let Some(cold) = cold.take() else {
-                        return Poll::Ready(Err(polled_after_completion()));
-                    };
-                    this.state.set(State::Readying {
-                        cold: Some((cold, token)),
-                    });
-                }
-                StateProj::Readying { cold } => {
-                    let Some((pending, _)) = cold.as_mut() else {
-                        return Poll::Ready(Err(polled_after_completion()));
-                    };
-                    ready!(pending.inner.poll_ready(cx)).map_err(Into::into)?;
-                    let Some((pending, token)) = cold.take() else {
-                        return Poll::Ready(Err(polled_after_completion()));
-                    };
-                    let (header, generation) = (token.header.clone(), token.generation);
-                    let Cold {
-                        inner,
-                        cache,
-                        request,
-                    } = pending;
-                    this.state
-                        .set(warm(inner, &cache, request, header, generation));
-                }
-                StateProj::Slow { future } => return future.as_mut().poll(cx),
-                StateProj::Failed { error } => {
-                    let error = error.take().unwrap_or_else(polled_after_completion_error);
-                    return Poll::Ready(Err(error.into()));
-                }
+        let output = ready!(poll_state(this.state.as_mut(), cx));
+        this.state.set(State::Done);
+        Poll::Ready(output)
+    }
+}
+
+/// Drives the request through its states until it has a response or an error.
+fn poll_state<S, ReqBody, ResBody>(
+    mut state: Pin<&mut State<S, ReqBody>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<ResBody>, BoxError>>
+where
+    S: HttpService<ReqBody, ResBody>,
+    ReqBody: RequestBody,
+    ResBody: ResponseBody,
+{
+    loop {
+        match state.as_mut().project() {
+            StateProj::Passthrough { future } => return future.poll(cx).map_err(Into::into),
+            StateProj::Buffering {
+                body,
+                buffer,
+                pending,
+            } => {
+                let limit = pending.as_ref().expect(POLLED_AFTER_COMPLETION).limit;
+                let bytes = ready!(buffer.poll_fill(body, limit, cx))?;
+                let Pending {
+                    ctx, parts, header, ..
+                } = pending.take().expect(POLLED_AFTER_COMPLETION);
+                let request = Request::from_parts(parts, ReqBody::from(bytes.clone()));
+                let replay = Replay::copy(&request, Some(bytes));
+                state.set(send(ctx, request, header, replay));
             }
+            StateProj::Sent {
+                future,
+                ctx,
+                replay,
+            } => {
+                let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                let ctx = ctx.take().expect(POLLED_AFTER_COMPLETION);
+                let replay = replay.take().expect(POLLED_AFTER_COMPLETION);
+                if response.status() != StatusCode::UNAUTHORIZED {
+                    // Evidence that the token is good, and that this endpoint does not refuse.
+                    ctx.cache.answered(|| Some(replay.endpoint()));
+                    return Poll::Ready(Ok(response));
+                }
+                if challenge::verdict(response.headers()) == Verdict::RequestRefused {
+                    // `Bearer error="insufficient_scope"` and the like: the API's answer.
+                    return Poll::Ready(Ok(response));
+                }
+                let future = Box::pin(recover(ctx, replay, response));
+                state.set(State::Slow { future });
+            }
+            StateProj::Waiting { login, cold } => {
+                let token = ready!(login.as_mut().poll(cx))?;
+                let cold = cold.take().expect(POLLED_AFTER_COMPLETION);
+                state.set(State::Readying {
+                    cold: Some((cold, token)),
+                });
+            }
+            StateProj::Readying { cold } => {
+                let (pending, _) = cold.as_mut().expect(POLLED_AFTER_COMPLETION);
+                ready!(pending.inner.poll_ready(cx)).map_err(Into::into)?;
+                let (pending, token) = cold.take().expect(POLLED_AFTER_COMPLETION);
+                let (header, generation) = (token.header.clone(), token.generation);
+                let Cold {
+                    inner,
+                    cache,
+                    request,
+                } = pending;
+                state.set(warm(inner, &cache, request, header, generation));
+            }
+            StateProj::Slow { future } => return future.as_mut().poll(cx),
+            StateProj::Failed { error } => {
+                return Poll::Ready(Err(error.take().expect(POLLED_AFTER_COMPLETION).into()));
+            }
+            StateProj::Done => panic!("{POLLED_AFTER_COMPLETION}"),
         }
     }
 }
@@ -432,19 +480,12 @@ where
     }
 }
 
-fn polled_after_completion_error() -> Error {
-    Error::config("ResponseFuture polled after it completed")
-}
-
-fn polled_after_completion() -> BoxError {
-    polled_after_completion_error().into()
-}
-
-/// A 401 to a request that carried the token: renew the token (once for every request that
-/// carried the same one) and replay the request once, if it can be replayed.
+/// A 401 to a request that carried the token, whose challenge does not say the API refuses the
+/// request: renew the token (once for every request that carried the same one) and replay the
+/// request once, if it can be replayed.
 async fn recover<S, ReqBody, ResBody>(
     ctx: Ctx<S>,
-    replay: Option<Replay>,
+    replay: Replay,
     unauthorized: Response<ResBody>,
 ) -> Result<Response<ResBody>, BoxError>
 where
@@ -457,17 +498,18 @@ where
         cache,
         generation,
     } = ctx;
-    let Some(replay) = replay else {
+    let endpoint = replay.endpoint();
+    if !replay.body_kept {
         // The body is gone: renew the token for the next request, and hand this 401 back.
         if matches!(
-            cache.unauthorized(generation, &inner),
+            cache.unauthorized(generation, &endpoint, &inner),
             Ok(Unauthorized::Renew)
         ) {
             let _ = cache.token(&inner).await;
         }
         return Ok(unauthorized);
-    };
-    if cache.unauthorized(generation, &inner)? == Unauthorized::Keep {
+    }
+    if cache.unauthorized(generation, &endpoint, &inner)? == Unauthorized::Keep {
         return Ok(unauthorized);
     }
     let Some(mut request) = replay.into_request::<ReqBody>() else {
@@ -492,7 +534,7 @@ where
         .call(request)
         .await
         .map_err(Into::into)?;
-    token.replayed(response.status() == StatusCode::UNAUTHORIZED);
+    cache.replayed(endpoint, response.status() == StatusCode::UNAUTHORIZED);
     Ok(response)
 }
 

@@ -4,7 +4,7 @@ use crate::{
     cache::{Cache, TokenState},
     credentials::Credentials,
     error::Error,
-    scope::Scope,
+    scope::{Redacted, Scope},
     service::Auth,
 };
 use http::Uri;
@@ -176,7 +176,7 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("credentials", &self.credentials)
-            .field("login_url", &self.login_url)
+            .field("login_url", &Redacted(&self.login_url))
             .field("refresh_before", &self.refresh_before)
             .field("login_timeout", &self.login_timeout)
             .field("replay_body_limit", &self.replay_body_limit)

@@ -109,6 +109,8 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 mod cache;
+mod challenge;
+mod clock;
 mod credentials;
 mod error;
 mod future;

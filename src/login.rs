@@ -6,11 +6,13 @@
 use crate::error::{Error, Kind};
 use base64::Engine as _;
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::{Deserialize, Serialize};
+use serde_json::{error::Category, value::RawValue};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tower_http::follow_redirect::RequestUri;
 
 /// The largest login answer read; a larger one is refused. A real answer is about 1 KiB.
 pub(crate) const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -53,13 +55,22 @@ pub(crate) fn request<B: From<Bytes>>(url: &Uri, email: &str, password: &str) ->
     request
 }
 
-/// Reads a login answer: its status, then at most [`MAX_ANSWER_BYTES`] of its body.
-pub(crate) async fn read_answer<B>(response: Response<B>) -> Result<Issued, Error>
+/// Reads a login answer sent to `login_url`: its status, then at most [`MAX_ANSWER_BYTES`] of
+/// its body.
+///
+/// A redirect is refused, and so is an answer that a redirect-following service below the layer
+/// fetched from another URI (tower-http's `FollowRedirect` says which in
+/// [`RequestUri`](tower_http::follow_redirect::RequestUri)): the token must come from the login
+/// URL, and the password must not follow a redirect.
+pub(crate) async fn read_answer<B>(login_url: &Uri, response: Response<B>) -> Result<Issued, Error>
 where
     B: Body,
     B::Error: Into<tower::BoxError>,
 {
     let status = response.status();
+    if status.is_redirection() {
+        return Err(Error::new(Kind::Redirected(Some(status))));
+    }
     if status != StatusCode::OK {
         // The body of a failed login is not read: nothing in it is needed, and a hostile
         // server could echo the password there.
@@ -67,8 +78,16 @@ where
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::UNPROCESSABLE_ENTITY => {
                 Error::new(Kind::Rejected(status))
             }
-            _ => Error::new(Kind::Status(status)),
+            _ => Error::new(Kind::Status(
+                status,
+                retry_after(response.headers(), SystemTime::now()),
+            )),
         });
+    }
+    if let Some(RequestUri(from)) = response.extensions().get::<RequestUri>() {
+        if from != login_url {
+            return Err(Error::new(Kind::Redirected(None)));
+        }
     }
     let body = response.into_body();
     if body.size_hint().lower() > MAX_ANSWER_BYTES as u64 {
@@ -82,40 +101,95 @@ where
     parse_answer(&bytes, SystemTime::now())
 }
 
+/// The wait a `Retry-After` asks for: delay-seconds or an HTTP date (`now` is the wall clock).
+/// At most a day: a longer wait is taken as a day.
+pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let wait = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let at = httpdate::parse_http_date(value).ok()?;
+            at.duration_since(now).unwrap_or_default()
+        }
+    };
+    Some(wait.min(Duration::from_secs(24 * 60 * 60)))
+}
+
 fn too_large() -> Error {
     Error::new(Kind::Malformed("it is larger than 64 KiB"))
 }
 
+/// The fields of a login answer, as raw JSON so that each can be judged on its own. Other
+/// fields are skipped unread (a huge number in `message` is no fault of the token).
 #[derive(Deserialize)]
-struct Answer {
-    #[serde(default)]
-    token: Option<serde_json::Value>,
-    #[serde(default)]
-    expires_in: Option<serde_json::Value>,
+struct Answer<'a> {
+    #[serde(borrow, default)]
+    token: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    expires_in: Option<&'a RawValue>,
 }
 
 /// Parses the body of a `200` login answer. `now` is the wall clock, for a JWT's `exp`.
 pub(crate) fn parse_answer(body: &[u8], now: SystemTime) -> Result<Issued, Error> {
-    let answer: Answer = serde_json::from_slice(body)
-        .map_err(|_| Error::new(Kind::Malformed("it is not a JSON object")))?;
-    let token = match answer.token {
-        Some(serde_json::Value::String(token)) => token,
-        _ => return Err(Error::new(Kind::Malformed("it has no \"token\" string"))),
-    };
+    // serde would read a struct from an array too: an answer is an object or nothing.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        let json = serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
+        return Err(Error::new(Kind::Malformed(if json {
+            "it is not a JSON object"
+        } else {
+            "it is not valid JSON"
+        })));
+    }
+    let answer: Answer<'_> = serde_json::from_slice(body).map_err(|err| {
+        Error::new(Kind::Malformed(match err.classify() {
+            Category::Data if err.to_string().starts_with("duplicate field") => {
+                "it has a field twice"
+            }
+            Category::Data => "it is not a JSON object",
+            Category::Syntax | Category::Eof | Category::Io => "it is not valid JSON",
+        }))
+    })?;
+    let token = answer
+        .token
+        .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+        .ok_or(Error::new(Kind::Malformed("it has no \"token\" string")))?;
     let header = bearer(&token)?;
-    let lifetime = match answer.expires_in {
-        None | Some(serde_json::Value::Null) => match jwt_exp(&token) {
+    let lifetime = match answer.expires_in.map(RawValue::get) {
+        None | Some("null") => match jwt_exp(&token) {
             Some(exp) => seconds_until(exp, now)?,
             None => DEFAULT_LIFETIME,
         },
-        Some(serde_json::Value::Number(n)) => lifetime_from_secs(n.as_f64())?,
-        Some(_) => {
-            return Err(Error::new(Kind::Malformed(
-                "\"expires_in\" is not a number",
-            )))
-        }
+        Some(raw) => lifetime_from_secs(expires_in(raw)?)?,
     };
     Ok(Issued { header, lifetime })
+}
+
+/// `expires_in` as seconds: a JSON number, or a string holding one (`"86400"`), as some
+/// servers send it.
+fn expires_in(raw: &str) -> Result<f64, Error> {
+    let not_a_number = || Error::new(Kind::Malformed("\"expires_in\" is not a number"));
+    let text = match raw.strip_prefix('"') {
+        Some(_) => serde_json::from_str::<String>(raw).map_err(|_| not_a_number())?,
+        None => raw.to_owned(),
+    };
+    let text = text.trim();
+    // JSON's number grammar (which `f64::from_str` accepts) and nothing else: no `inf`, `NaN`,
+    // or `0x..` hidden in a string.
+    let numeric = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'));
+    let secs: f64 = match text.parse() {
+        Ok(secs) if numeric => secs,
+        _ => return Err(not_a_number()),
+    };
+    if secs.is_finite() {
+        Ok(secs)
+    } else {
+        Err(Error::new(Kind::Malformed(
+            "\"expires_in\" is too large to be a number of seconds",
+        )))
+    }
 }
 
 /// `Bearer <token>` as a sensitive header value, if the token is an RFC 6750 `b64token`:
@@ -135,17 +209,16 @@ pub(crate) fn bearer(token: &str) -> Result<HeaderValue, Error> {
     Ok(value)
 }
 
-fn lifetime_from_secs(secs: Option<f64>) -> Result<Duration, Error> {
-    match secs {
-        Some(secs) if secs.is_finite() && secs >= MIN_LIFETIME.as_secs_f64() => Ok(
-            Duration::from_secs_f64(secs.min(MAX_LIFETIME.as_secs_f64())),
-        ),
-        Some(secs) if secs.is_finite() => Err(Error::new(Kind::Malformed(
+fn lifetime_from_secs(secs: f64) -> Result<Duration, Error> {
+    if secs >= MIN_LIFETIME.as_secs_f64() {
+        Ok(Duration::from_secs_f64(
+            secs.min(MAX_LIFETIME.as_secs_f64()),
+        ))
+    } else {
+        // NaN cannot reach here: every caller passes a finite number.
+        Err(Error::new(Kind::Malformed(
             "the token expires in less than one second",
-        ))),
-        _ => Err(Error::new(Kind::Malformed(
-            "\"expires_in\" is not a number",
-        ))),
+        )))
     }
 }
 
@@ -154,7 +227,12 @@ fn seconds_until(exp: f64, now: SystemTime) -> Result<Duration, Error> {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs_f64();
-    lifetime_from_secs(Some(exp - now))
+    if !exp.is_finite() {
+        return Err(Error::new(Kind::Malformed(
+            "the token's \"exp\" is too large to be a time",
+        )));
+    }
+    lifetime_from_secs(exp - now)
 }
 
 /// The `exp` claim (seconds since the Unix epoch) of a JWT, read without verifying the
@@ -226,9 +304,32 @@ mod tests {
 
     #[test]
     fn refuses_unusable_expiries() {
-        for expires_in in ["0", "-5", "0.5", "\"86400\"", "true", "1e400"] {
+        for (expires_in, fault) in [
+            ("0", "less than one second"),
+            ("-5", "less than one second"),
+            ("0.5", "less than one second"),
+            ("\"0.5\"", "less than one second"),
+            ("true", "not a number"),
+            ("\"soon\"", "not a number"),
+            ("\"inf\"", "not a number"),
+            ("\"NaN\"", "not a number"),
+            ("\"\"", "not a number"),
+            ("[86400]", "not a number"),
+            ("1e400", "too large"),
+            ("\"1e400\"", "too large"),
+        ] {
             let body = format!(r#"{{"token":"t","expires_in":{expires_in}}}"#);
-            assert!(parse(&body).unwrap_err().is_malformed(), "{expires_in}");
+            let error = parse(&body).unwrap_err();
+            assert!(error.is_malformed(), "{expires_in}");
+            assert!(error.to_string().contains(fault), "{expires_in}: {error}");
+        }
+        for expires_in in ["\"86400\"", "\" 86400 \"", "86400.0", "8.64e4"] {
+            let body = format!(r#"{{"token":"t","expires_in":{expires_in}}}"#);
+            assert_eq!(
+                parse(&body).unwrap().lifetime,
+                Duration::from_secs(86400),
+                "{expires_in}"
+            );
         }
         let huge = parse(r#"{"token":"t","expires_in":1e300}"#).unwrap();
         assert_eq!(huge.lifetime, MAX_LIFETIME);
@@ -265,6 +366,21 @@ mod tests {
             r#"{"message":"hi"}"#,
         ] {
             assert!(parse(body).unwrap_err().is_malformed(), "{body:?}");
+        }
+        for (body, fault) in [
+            (r#"{"token":"a","token":"b"}"#, "a field twice"),
+            (
+                r#"{"token":"a","expires_in":60,"expires_in":61}"#,
+                "a field twice",
+            ),
+            ("[]", "not a JSON object"),
+            ("{", "not valid JSON"),
+            (r#"{"token":"a","message":1e400}"#, ""),
+        ] {
+            match parse(body) {
+                Err(error) => assert!(error.to_string().contains(fault), "{body}: {error}"),
+                Ok(_) => assert!(fault.is_empty(), "{body} was accepted"),
+            }
         }
         let deep = "[".repeat(100_000);
         assert!(parse(&deep).unwrap_err().is_malformed());

@@ -1,6 +1,6 @@
 //! A retry policy for the Patchworks API.
 
-use http::{header::RETRY_AFTER, Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use std::{
     error::Error as StdError,
     io,
@@ -206,12 +206,7 @@ fn is_idempotent(method: &Method) -> bool {
 
 /// The wait an answer's `Retry-After` asks for: delay-seconds or an HTTP date.
 fn retry_after<B>(response: &Response<B>) -> Option<Duration> {
-    let value = response.headers().get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
+    crate::login::retry_after(response.headers(), SystemTime::now())
 }
 
 /// Whether an error (or one of its causes) is a connection that could not be made or broke.
@@ -244,6 +239,7 @@ fn is_connection_error(error: &(dyn StdError + 'static)) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::RETRY_AFTER;
 
     fn answer(status: u16, retry_after: Option<&str>) -> Result<Response<()>, BoxError> {
         let mut response = Response::new(());

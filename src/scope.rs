@@ -2,7 +2,7 @@
 
 use crate::error::Error;
 use http::{uri::Scheme, Uri};
-use std::net::IpAddr;
+use std::{fmt, net::IpAddr};
 
 /// The host suffixes of the Patchworks API, trusted over `https` only.
 const PATCHWORKS_DOMAINS: [&str; 2] = [".wearepatchworks.com", ".pwks.co"];
@@ -56,15 +56,25 @@ impl Scope {
     /// The scope for this login URL, if the URL is one the layer may send a password to: an
     /// absolute `https` URL, or `http` to a loopback host.
     pub(crate) fn new(login_url: &Uri) -> Result<Scope, Error> {
+        let shown = Redacted(login_url);
         let login = Origin::of(login_url).ok_or_else(|| {
             Error::config(format!(
-                "the login URL {login_url} is not an absolute http(s) URL; use \
+                "the login URL {shown} is not an absolute http(s) URL; use \
                  https://host/api/v1/login"
             ))
         })?;
+        if login_url
+            .authority()
+            .is_some_and(|a| a.as_str().contains('@'))
+        {
+            return Err(Error::config(format!(
+                "the login URL {shown} carries a user name or password; the layer sends the \
+                 credentials in the login body: remove them from the URL"
+            )));
+        }
         if !login.https && !is_loopback(&login.host) {
             return Err(Error::config(format!(
-                "the login URL {login_url} is plain-text HTTP to a host that is not loopback, \
+                "the login URL {shown} is plain-text HTTP to a host that is not loopback, \
                  which would send the password unencrypted; use https://"
             )));
         }
@@ -76,8 +86,11 @@ impl Scope {
     #[inline]
     pub(crate) fn contains(&self, uri: &Uri) -> bool {
         let Some(authority) = uri.authority() else {
-            // Relative: resolved against a base the caller chose, below this layer.
-            return uri.scheme().is_none();
+            // Relative: resolved against a base the caller chose, below this layer. Not a
+            // network-path reference (`//host/..`, which names another host) nor `*`.
+            return uri.scheme().is_none()
+                && uri.path().starts_with('/')
+                && !uri.path().starts_with("//");
         };
         let https = match uri.scheme() {
             Some(scheme) if *scheme == Scheme::HTTPS => true,
@@ -93,6 +106,35 @@ impl Scope {
                 .iter()
                 .any(|domain| ends_with_ignore_case(host, domain)))
             || self.login.matches(uri, https, host)
+    }
+}
+
+/// A URI for messages and `Debug`: its user name and password, if any, replaced.
+pub(crate) struct Redacted<'a>(pub(crate) &'a Uri);
+
+impl fmt::Display for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let uri = self.0;
+        match uri.authority() {
+            Some(authority) if authority.as_str().contains('@') => {
+                if let Some(scheme) = uri.scheme_str() {
+                    write!(f, "{scheme}://")?;
+                }
+                let host_port = authority.as_str().rsplit('@').next().unwrap_or_default();
+                write!(f, "<redacted>@{host_port}")?;
+                if let Some(path) = uri.path_and_query() {
+                    write!(f, "{path}")?;
+                }
+                Ok(())
+            }
+            _ => write!(f, "{uri}"),
+        }
+    }
+}
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
     }
 }
 
@@ -178,6 +220,7 @@ mod tests {
             "https://core.wearepatchworks.com:8443/x",
             "https://svc-fabric.pwks.co/api/v1/anything",
             "/api/v1/flows",
+            "/",
         ] {
             assert!(contains(&scope, yes), "{yes}");
         }
@@ -189,9 +232,32 @@ mod tests {
             "https://example.com/x",
             "https://user@example.com/x",
             "https://pwks.co.example.com/x",
+            "//evil.example/api/v1/flows",
+            "//core.wearepatchworks.com/api/v1/flows",
+            "*",
         ] {
             assert!(!contains(&scope, no), "{no}");
         }
+    }
+
+    #[test]
+    fn a_login_url_with_userinfo_is_refused_and_never_shown() {
+        for url in [
+            "https://ops:hunter2@svc-fabric.pwks.co/api/v1/login",
+            "http://hunter2@127.0.0.1:8080/login",
+        ] {
+            let err = scope(url).unwrap_err();
+            assert!(err.is_config());
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+            assert!(err.to_string().contains("<redacted>@"), "{err}");
+            let shown = Redacted(&url.parse().unwrap()).to_string();
+            assert!(
+                !shown.contains("hunter2") && shown.ends_with("/login"),
+                "{shown}"
+            );
+        }
+        let plain: Uri = "https://svc-fabric.pwks.co/api/v1/login".parse().unwrap();
+        assert_eq!(Redacted(&plain).to_string(), plain.to_string());
     }
 
     #[test]

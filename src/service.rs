@@ -163,6 +163,26 @@ impl<S> Auth<S> {
     }
 }
 
+impl<S: Clone> Auth<S> {
+    /// A request that waits for a login first.
+    ///
+    /// `poll_ready` may have reserved capacity in `self.inner` (a `ConcurrencyLimit` permit, a
+    /// `Buffer` slot) that the login itself needs: it is let go here, not held across the wait.
+    /// The request drives a clone ready once it has its token.
+    #[cold]
+    #[inline(never)]
+    fn cold<ReqBody, ResBody>(&mut self, request: Request<ReqBody>) -> ResponseFuture<S, ReqBody>
+    where
+        S: HttpService<ReqBody, ResBody>,
+        ReqBody: RequestBody,
+        ResBody: ResponseBody,
+    {
+        let unreserved = self.inner.clone();
+        drop(std::mem::replace(&mut self.inner, unreserved));
+        ResponseFuture::cold(self.inner.clone(), self.cache.clone(), request)
+    }
+}
+
 impl<S: Clone> Clone for Auth<S> {
     fn clone(&self) -> Self {
         Auth {
@@ -213,7 +233,7 @@ where
             return ResponseFuture::passthrough(self.inner.call(request));
         }
         let Some(token) = self.token.load() else {
-            return ResponseFuture::cold(self.inner.clone(), self.cache.clone(), request);
+            return self.cold(request);
         };
         match token.phase() {
             Phase::Fresh | Phase::Renewing => {}
@@ -222,9 +242,7 @@ where
                     self.cache.renew(token, &self.inner);
                 }
             }
-            Phase::Expired => {
-                return ResponseFuture::cold(self.inner.clone(), self.cache.clone(), request);
-            }
+            Phase::Expired => return self.cold(request),
         }
         let (header, generation) = (token.header.clone(), token.generation);
         // `call` may rely on `poll_ready`: the ready service goes with the request, and a clone

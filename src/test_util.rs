@@ -52,6 +52,7 @@ use hyper_util::{
 };
 use std::{
     collections::HashMap,
+    fmt,
     future::Future,
     io,
     net::SocketAddr,
@@ -88,6 +89,15 @@ pub enum LoginAnswer {
     Body(Bytes),
     /// Never answers.
     Hang,
+    /// `429 Too Many Requests` with `Retry-After: <seconds>`.
+    Throttled {
+        /// The `Retry-After` it sends, in seconds.
+        retry_after: u64,
+    },
+    /// Closes the connection without an answer.
+    Drop,
+    /// `307 Temporary Redirect` to this location (a path or an absolute URI).
+    Redirect(String),
 }
 
 /// A request the fake Patchworks received, login or API call.
@@ -101,6 +111,8 @@ pub struct Seen {
     pub authorization: Option<String>,
     /// The request body.
     pub body: Bytes,
+    /// When it arrived, on Tokio's clock (paused in tests that pause it).
+    pub received_at: Instant,
 }
 
 /// A fake Patchworks: an HTTP/1 server on `127.0.0.1:0` that issues tokens and checks them.
@@ -109,29 +121,26 @@ pub struct Seen {
 /// [`EMAIL`] and [`PASSWORD`], issues tokens that live 24 hours, answers logins at once, and
 /// answers every valid API call `200` with `{"method", "path", "body_bytes"}`. See the
 /// [module documentation](self) for an example.
-#[derive(Debug)]
 pub struct FakePatchworks {
     addr: SocketAddr,
     shared: Arc<Shared>,
     server: JoinHandle<()>,
 }
 
-#[derive(Debug)]
 struct Shared {
     state: Mutex<FakeState>,
     /// `true` while logins are held back by [`FakePatchworks::hold_logins`].
     gate: tokio::sync::watch::Sender<bool>,
 }
 
-#[derive(Debug)]
 struct FakeState {
     credentials: (String, String),
     lifetime: Duration,
     login_answer: LoginAnswer,
     login_delay: Duration,
     api_delay: Duration,
-    /// The next logins to fail: how many, with what status.
-    login_failures: (usize, StatusCode),
+    /// How the next logins are answered, before `login_answer` applies again.
+    login_queue: std::collections::VecDeque<LoginAnswer>,
     /// The next API calls whose connection is dropped without an answer.
     dropped: usize,
     api_status: Option<StatusCode>,
@@ -139,6 +148,8 @@ struct FakeState {
     api_failures: (usize, StatusCode, Option<u64>),
     /// Paths that redirect elsewhere.
     redirects: HashMap<String, String>,
+    /// Paths that answer `401` to a valid token, with this `WWW-Authenticate`, if any.
+    forbidden: HashMap<String, Option<String>>,
     /// The accepted API key, if any.
     api_key: Option<String>,
     /// token -> when it expires.
@@ -176,11 +187,12 @@ impl FakePatchworks {
                 login_answer: LoginAnswer::Token,
                 login_delay: Duration::ZERO,
                 api_delay: Duration::ZERO,
-                login_failures: (0, StatusCode::INTERNAL_SERVER_ERROR),
+                login_queue: std::collections::VecDeque::new(),
                 dropped: 0,
                 api_status: None,
                 api_failures: (0, StatusCode::SERVICE_UNAVAILABLE, None),
                 redirects: HashMap::new(),
+                forbidden: HashMap::new(),
                 api_key: None,
                 tokens: HashMap::new(),
                 issued: 0,
@@ -252,8 +264,23 @@ impl FakePatchworks {
     /// Makes `count` more of the next logins answer `status` (say 500), then answers normally
     /// again.
     pub fn fail_next_logins(&self, count: usize, status: StatusCode) {
-        let mut state = self.state();
-        state.login_failures = (state.login_failures.0 + count, status);
+        self.queue_login_answers(std::iter::repeat_n(LoginAnswer::Status(status), count));
+    }
+
+    /// Answers the next logins each in its turn as `answers` says (after any queued before),
+    /// then as [`set_login_answer`](Self::set_login_answer) says again. A queued answer applies
+    /// whatever the credentials, as a failing endpoint would.
+    pub fn queue_login_answers(&self, answers: impl IntoIterator<Item = LoginAnswer>) {
+        self.state().login_queue.extend(answers);
+    }
+
+    /// Makes `path` answer `401` to a request with a valid token, as an API does to an account
+    /// that may not use that endpoint, with `WWW-Authenticate: <challenge>` if given (for
+    /// instance `Bearer error="insufficient_scope"`).
+    pub fn forbid(&self, path: &str, challenge: Option<&str>) {
+        self.state()
+            .forbidden
+            .insert(path.to_owned(), challenge.map(str::to_owned));
     }
 
     /// Drops the connection of `count` more of the next API calls, without an answer.
@@ -340,6 +367,23 @@ impl FakePatchworks {
 
     fn state(&self) -> MutexGuard<'_, FakeState> {
         self.shared.state()
+    }
+}
+
+impl fmt::Debug for FakePatchworks {
+    /// Shows where it listens and what it saw; never the password it accepts or a token it
+    /// issued.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.state();
+        f.debug_struct("FakePatchworks")
+            .field("addr", &self.addr)
+            .field("email", &state.credentials.0)
+            .field("password", &"<redacted>")
+            .field("logins", &state.logins)
+            .field("api_calls", &state.api_calls)
+            .field("unauthorized", &state.unauthorized)
+            .field("tokens_issued", &state.issued)
+            .finish_non_exhaustive()
     }
 }
 
@@ -447,11 +491,12 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Option<Response<
                 path: path.clone(),
                 authorization: authorization.clone(),
                 body: body.clone(),
+                received_at: Instant::now(),
             });
         }
     }
     if path == LOGIN_PATH && parts.method == Method::POST {
-        return Some(login(shared, &body).await);
+        return login(shared, &body).await;
     }
     {
         let mut state = shared.state();
@@ -481,32 +526,57 @@ struct LoginBody {
     password: String,
 }
 
-async fn login(shared: &Shared, body: &[u8]) -> Response<Full<Bytes>> {
-    let (delay, answer) = {
+/// The answer to a login, or `None` to drop the connection.
+async fn login(shared: &Shared, body: &[u8]) -> Option<Response<Full<Bytes>>> {
+    let (delay, queued, answer) = {
         let mut state = shared.state();
         state.logins += 1;
-        let answer = match state.login_failures {
-            (0, _) => state.login_answer.clone(),
-            (n, status) => {
-                state.login_failures.0 = n - 1;
-                LoginAnswer::Status(status)
-            }
-        };
-        (state.login_delay, answer)
+        match state.login_queue.pop_front() {
+            Some(answer) => (state.login_delay, true, answer),
+            None => (state.login_delay, false, state.login_answer.clone()),
+        }
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
     let _ = shared.gate.subscribe().wait_for(|held| !held).await;
+    match &answer {
+        LoginAnswer::Drop => return None,
+        LoginAnswer::Hang => std::future::pending().await,
+        LoginAnswer::Status(status) if queued => {
+            return Some(json(
+                *status,
+                serde_json::json!({"message": "Login failed."}),
+            ))
+        }
+        LoginAnswer::Throttled { retry_after } => {
+            let mut response = json(
+                StatusCode::TOO_MANY_REQUESTS,
+                serde_json::json!({"message": "Too Many Attempts."}),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(*retry_after));
+            return Some(response);
+        }
+        LoginAnswer::Redirect(to) => {
+            let mut response = json(StatusCode::TEMPORARY_REDIRECT, serde_json::json!({}));
+            if let Ok(location) = header::HeaderValue::from_str(to) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            return Some(response);
+        }
+        _ => {}
+    }
     let Ok(login) = serde_json::from_slice::<LoginBody>(body) else {
-        return json(
+        return Some(json(
             StatusCode::UNPROCESSABLE_ENTITY,
             serde_json::json!({"message": "The given data was invalid.", "errors": {}}),
-        );
+        ));
     };
     let answered = answer_login(&mut shared.state(), login, answer);
     match answered {
-        Some(response) => response,
+        Some(response) => Some(response),
         None => std::future::pending().await,
     }
 }
@@ -563,7 +633,10 @@ fn answer_login(
             json(status, serde_json::json!({"message": "Login failed."}))
         }
         LoginAnswer::Body(body) => Response::new(Full::new(body)),
-        LoginAnswer::Hang => return None,
+        LoginAnswer::Hang
+        | LoginAnswer::Drop
+        | LoginAnswer::Throttled { .. }
+        | LoginAnswer::Redirect(_) => return None,
     })
 }
 
@@ -603,6 +676,21 @@ fn api(
         if !state.used.contains(token) {
             state.used.insert(token.to_owned());
         }
+    }
+    if let Some(challenge) = state.forbidden.get(path) {
+        let mut response = json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"message": "This action is unauthorized."}),
+        );
+        if let Some(value) = challenge
+            .as_deref()
+            .and_then(|c| header::HeaderValue::from_str(c).ok())
+        {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
+        }
+        return response;
     }
     if let Some(status) = state.api_status {
         return json(status, serde_json::json!({"message": "Refused."}));

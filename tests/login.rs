@@ -7,6 +7,7 @@ use http::StatusCode;
 use patchworks_auth::test_util::{hold_clock, FakePatchworks, LoginAnswer, LOGIN_PATH};
 use std::time::Duration;
 use support::*;
+use tower::Layer;
 
 #[tokio::test]
 async fn logs_in_lazily_once_and_reuses_the_token() {
@@ -131,39 +132,52 @@ async fn rejected_credentials_fail_fast_with_a_growing_backoff() {
     }
     assert_eq!(fake.logins(), 1, "failed fast during the back-off");
 
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert!(auth_error(&attempt().await.unwrap_err()).is_rejected());
-    assert_eq!(fake.logins(), 2, "tried again after 5 s");
-
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Back-offs are jittered upwards by up to half: 5 to 7.5 s, then 10 to 15 s.
+    tokio::time::sleep(Duration::from_millis(4_900)).await;
     attempt().await.unwrap_err();
-    assert_eq!(fake.logins(), 2, "the back-off doubled to 10 s");
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(fake.logins(), 1, "not before 5 s");
+    tokio::time::sleep(Duration::from_millis(2_700)).await;
+    assert!(auth_error(&attempt().await.unwrap_err()).is_rejected());
+    assert_eq!(fake.logins(), 2, "tried again within 7.5 s");
+
+    tokio::time::sleep(Duration::from_millis(9_900)).await;
+    attempt().await.unwrap_err();
+    assert_eq!(fake.logins(), 2, "the back-off doubled to at least 10 s");
+    tokio::time::sleep(Duration::from_millis(5_200)).await;
     attempt().await.unwrap_err();
     assert_eq!(fake.logins(), 3);
     assert_eq!(fake.api_calls(), 0);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_login_endpoint_that_was_down_recovers_within_two_seconds() {
+/// In real time (a login's retries sleep, which a held paused clock would never let end), with
+/// a login timeout of 1 s standing for the default 30 s.
+#[tokio::test]
+async fn a_login_endpoint_that_was_down_recovers_within_three_seconds() {
     let fake = FakePatchworks::start().await.unwrap();
     fake.set_login_answer(LoginAnswer::Status(StatusCode::SERVICE_UNAVAILABLE));
-    let client = client(&fake);
-    let attempt = || hold_clock(send(&client, get(fake.uri("/api/v1/flows"))));
+    let client = support::layer(&fake)
+        .login_timeout(Duration::from_secs(1))
+        .layer(fake.client());
+    let attempt = || send(&client, get(fake.uri("/api/v1/flows")));
 
-    // Down for a minute: requests fail with the login's error, logins back off to every 2 s.
-    for _ in 0..60 {
+    // Down for 4 s: callers fail with the login's error once no attempt fits in their login's
+    // time; attempts back off 250 ms, 500 ms, 1 s, then every 2 to 3 s.
+    let down = std::time::Instant::now();
+    let mut failures = 0;
+    while down.elapsed() < Duration::from_secs(4) {
         let error = attempt().await.unwrap_err();
         assert_eq!(
             auth_error(&error).status(),
             Some(StatusCode::SERVICE_UNAVAILABLE)
         );
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        failures += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(fake.logins() <= 33, "{} logins in a minute", fake.logins());
+    assert!(failures > 1);
+    assert!(fake.logins() <= 7, "{} logins in 4 s", fake.logins());
 
     fake.set_login_answer(LoginAnswer::Token);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(attempt().await.unwrap().status(), StatusCode::OK);
 }
 

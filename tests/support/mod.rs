@@ -12,6 +12,10 @@ use tower::{BoxError, Layer, ServiceExt};
 
 pub type Client = Auth<HttpClient>;
 
+/// A client stack boxed into one cloneable service.
+pub type Client2 =
+    tower::util::BoxCloneService<Request<Full<Bytes>>, Response<hyper::body::Incoming>, BoxError>;
+
 /// A layer that logs in at `fake`.
 pub fn layer(fake: &FakePatchworks) -> AuthLayer {
     AuthLayer::new(fake.credentials()).login_url(fake.login_url())
@@ -105,6 +109,17 @@ pub async fn until(what: &str, mut condition: impl FnMut() -> bool) {
             return;
         }
         tokio::task::yield_now().await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// Sleeps in real time until `condition` holds; fails the test after 10 s.
+pub async fn until_real(what: &str, mut condition: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     panic!("timed out waiting until {what}");
 }
