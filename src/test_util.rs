@@ -274,6 +274,12 @@ impl FakePatchworks {
         self.state().login_queue.extend(answers);
     }
 
+    /// How many queued login answers ([`queue_login_answers`](Self::queue_login_answers)) are
+    /// still to be given.
+    pub fn queued_login_answers(&self) -> usize {
+        self.state().login_queue.len()
+    }
+
     /// Makes `path` answer `401` to a request with a valid token, as an API does to an account
     /// that may not use that endpoint, with `WWW-Authenticate: <challenge>` if given (for
     /// instance `Bearer error="insufficient_scope"`).
