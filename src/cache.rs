@@ -146,8 +146,12 @@ impl Token {
     #[inline(never)]
     fn catch_up(&self) {
         if Coarse::now() >= self.send_by {
-            self.expire();
-        } else {
+            if self.timer_phase() != Phase::Expired {
+                self.expire();
+            }
+        } else if self.timer_phase() == Phase::Fresh {
+            // Loaded first: in the renewal window every request comes here, and a failed
+            // compare-exchange still takes the cache line.
             self.advance(Phase::Fresh, Phase::Due);
         }
     }

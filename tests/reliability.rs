@@ -15,7 +15,7 @@ use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
-use support::{auth_error, client, get, layer, send, status};
+use support::{auth_error, client, expect_status, get, layer, send};
 use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt};
 
 const INSUFFICIENT_SCOPE: &str =
@@ -29,10 +29,7 @@ async fn permission_401s_with_a_challenge_never_cost_a_login_and_a_revocation_is
     fake.forbid("/api/v1/admin", Some(INSUFFICIENT_SCOPE));
     let client = client(&fake);
     hold_clock(async {
-        assert_eq!(
-            status(&client, &fake, "/api/v1/flows").await,
-            StatusCode::OK
-        );
+        expect_status(&client, &fake, "/api/v1/flows", StatusCode::OK).await;
         for _ in 0..300 {
             let response = send(&client, get(fake.uri("/api/v1/admin"))).await.unwrap();
             assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
@@ -41,10 +38,7 @@ async fn permission_401s_with_a_challenge_never_cost_a_login_and_a_revocation_is
         assert_eq!(fake.logins(), 1, "a permission 401 is the API's answer");
 
         fake.revoke_tokens();
-        assert_eq!(
-            status(&client, &fake, "/api/v1/flows").await,
-            StatusCode::OK
-        );
+        expect_status(&client, &fake, "/api/v1/flows", StatusCode::OK).await;
         assert_eq!(fake.logins(), 2);
     })
     .await;
@@ -57,35 +51,20 @@ async fn permission_401s_without_a_challenge_cost_one_login_per_endpoint_and_a_r
     fake.forbid("/api/v1/admin", None);
     let client = client(&fake);
     hold_clock(async {
-        assert_eq!(
-            status(&client, &fake, "/api/v1/flows").await,
-            StatusCode::OK
-        );
+        expect_status(&client, &fake, "/api/v1/flows", StatusCode::OK).await;
         for _ in 0..300 {
-            assert_eq!(
-                status(&client, &fake, "/api/v1/admin").await,
-                StatusCode::UNAUTHORIZED
-            );
-            assert_eq!(
-                status(&client, &fake, "/api/v1/flows").await,
-                StatusCode::OK
-            );
+            expect_status(&client, &fake, "/api/v1/admin", StatusCode::UNAUTHORIZED).await;
+            expect_status(&client, &fake, "/api/v1/flows", StatusCode::OK).await;
         }
         // The first 401 on /admin could have been a revocation: one login tells them apart.
         assert_eq!(fake.logins(), 2);
 
         fake.revoke_tokens();
-        assert_eq!(
-            status(&client, &fake, "/api/v1/flows").await,
-            StatusCode::OK
-        );
+        expect_status(&client, &fake, "/api/v1/flows", StatusCode::OK).await;
         assert_eq!(fake.logins(), 3);
         // Another endpoint's 401 is judged on its own.
         fake.forbid("/api/v1/billing", None);
-        assert_eq!(
-            status(&client, &fake, "/api/v1/billing").await,
-            StatusCode::UNAUTHORIZED
-        );
+        expect_status(&client, &fake, "/api/v1/billing", StatusCode::UNAUTHORIZED).await;
         assert_eq!(fake.logins(), 4);
     })
     .await;
@@ -97,21 +76,12 @@ async fn a_revocation_right_after_a_refused_endpoint_is_recovered_on_the_next_go
     fake.forbid("/api/v1/admin", None);
     let client = client(&fake);
     hold_clock(async {
-        assert_eq!(
-            status(&client, &fake, "/api/v1/flows").await,
-            StatusCode::OK
-        );
+        expect_status(&client, &fake, "/api/v1/flows", StatusCode::OK).await;
         for _ in 0..200 {
-            assert_eq!(
-                status(&client, &fake, "/api/v1/admin").await,
-                StatusCode::UNAUTHORIZED
-            );
+            expect_status(&client, &fake, "/api/v1/admin", StatusCode::UNAUTHORIZED).await;
         }
         fake.revoke_tokens();
-        assert_eq!(
-            status(&client, &fake, "/api/v1/flows").await,
-            StatusCode::OK
-        );
+        expect_status(&client, &fake, "/api/v1/flows", StatusCode::OK).await;
     })
     .await;
 }
@@ -144,10 +114,7 @@ async fn a_login_attempt_that_hangs_is_retried_within_the_login_timeout() {
     let client = layer(&fake)
         .login_timeout(Duration::from_secs(3))
         .layer(fake.client());
-    assert_eq!(
-        status(&client, &fake, "/api/v1/flows").await,
-        StatusCode::OK
-    );
+    expect_status(&client, &fake, "/api/v1/flows", StatusCode::OK).await;
     assert_eq!(fake.logins(), 2);
 }
 
@@ -156,10 +123,7 @@ async fn a_login_429_is_not_retried_before_its_retry_after() {
     let fake = FakePatchworks::start().await.unwrap();
     fake.queue_login_answers([LoginAnswer::Throttled { retry_after: 1 }]);
     let client = client(&fake);
-    assert_eq!(
-        status(&client, &fake, "/api/v1/flows").await,
-        StatusCode::OK
-    );
+    expect_status(&client, &fake, "/api/v1/flows", StatusCode::OK).await;
     let logins: Vec<_> = fake
         .seen()
         .into_iter()
@@ -525,10 +489,7 @@ async fn a_login_url_with_userinfo_is_refused_and_never_printed() {
 async fn the_fakes_debug_hides_its_password_and_tokens() {
     let fake = FakePatchworks::start().await.unwrap();
     let client = client(&fake);
-    assert_eq!(
-        status(&client, &fake, "/api/v1/flows").await,
-        StatusCode::OK
-    );
+    expect_status(&client, &fake, "/api/v1/flows", StatusCode::OK).await;
     let token = support::last_api_authorization(&fake).unwrap();
     let token = token.strip_prefix("Bearer ").unwrap();
     let debug = format!("{fake:?}");

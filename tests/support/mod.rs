@@ -43,6 +43,16 @@ pub async fn status(client: &Client, fake: &FakePatchworks, path: &str) -> Statu
     send(client, get(fake.uri(path))).await.unwrap().status()
 }
 
+/// `GET path` on `fake` through `client` answers `expected`.
+pub async fn expect_status(
+    client: &Client,
+    fake: &FakePatchworks,
+    path: &str,
+    expected: StatusCode,
+) {
+    assert_eq!(status(client, fake, path).await, expected, "GET {path}");
+}
+
 /// The layer's own error inside a `BoxError`.
 pub fn auth_error(error: &BoxError) -> &patchworks_auth::Error {
     error
