@@ -260,9 +260,9 @@ impl Refusals {
                 .is_some_and(|refused| Instant::now() < refused.until)
     }
 
-    /// A token got an answer other than 401 from `endpoint` (if known).
+    /// A token got an answer other than 401 from `endpoint` (made only if it is needed).
     #[inline]
-    fn answered(&self, endpoint: impl FnOnce() -> Option<Endpoint>) {
+    fn answered(&self, endpoint: impl FnOnce() -> Endpoint) {
         if self.streak.load(Ordering::Relaxed) != 0 {
             self.streak.store(0, Ordering::Relaxed);
         }
@@ -273,11 +273,9 @@ impl Refusals {
 
     #[cold]
     #[inline(never)]
-    fn forget(&self, endpoint: Option<Endpoint>) {
+    fn forget(&self, endpoint: Endpoint) {
         let mut endpoints = self.endpoints();
-        if let Some(endpoint) = endpoint {
-            endpoints.remove(&endpoint);
-        }
+        endpoints.remove(&endpoint);
         self.any.store(!endpoints.is_empty(), Ordering::Relaxed);
     }
 
@@ -392,7 +390,7 @@ impl State {
 
     /// The error to fail with instead of starting a login: while a login that needs a fix
     /// backs off, or when the endpoint asked for a wait longer than a login may take.
-    fn refusal(&self, login_timeout: Duration) -> Option<Error> {
+    fn fail_fast(&self, login_timeout: Duration) -> Option<Error> {
         let Flight::Failed(failure) = &self.flight else {
             return None;
         };
@@ -516,7 +514,7 @@ impl Cache {
         if let Some(inflight) = state.live_inflight() {
             return Next::Wait(inflight);
         }
-        if let Some(error) = state.refusal(self.config.login_timeout) {
+        if let Some(error) = state.fail_fast(self.config.login_timeout) {
             return Next::Failed(error);
         }
         let reason = if state.logins == 0 {
@@ -558,7 +556,7 @@ impl Cache {
     /// A request with a token had an answer other than 401: evidence that the token is good
     /// and, for `endpoint`, that it does not refuse.
     #[inline]
-    pub(crate) fn answered(&self, endpoint: impl FnOnce() -> Option<Endpoint>) {
+    pub(crate) fn answered(&self, endpoint: impl FnOnce() -> Endpoint) {
         self.refusals.answered(endpoint);
     }
 
@@ -568,7 +566,7 @@ impl Cache {
         if refused {
             self.refusals.refused(endpoint);
         } else {
-            self.refusals.answered(|| Some(endpoint));
+            self.refusals.answered(|| endpoint);
         }
     }
 
@@ -626,7 +624,7 @@ impl Cache {
             "API answered 401: token discarded, logging in again"
         );
         if state.live_inflight().is_none() {
-            if let Some(error) = state.refusal(self.config.login_timeout) {
+            if let Some(error) = state.fail_fast(self.config.login_timeout) {
                 return Err(error);
             }
             self.start_login(&mut state, inner.clone(), Reason::Unauthorized)?;
@@ -1019,7 +1017,7 @@ mod tests {
         assert_eq!(refusals.grace(), Duration::from_secs(1));
 
         // An answer from another endpoint clears the streak, not /admin's record.
-        refusals.answered(|| Some(endpoint("/flows")));
+        refusals.answered(|| endpoint("/flows"));
         assert_eq!(refusals.grace(), Duration::ZERO);
         assert!(refusals.endpoint_refuses(&endpoint("/admin")));
 
@@ -1032,13 +1030,13 @@ mod tests {
 
         // An answer from /admin itself forgets it at once.
         refusals.refused(endpoint("/admin"));
-        refusals.answered(|| Some(endpoint("/admin")));
+        refusals.answered(|| endpoint("/admin"));
         assert!(!refusals.endpoint_refuses(&endpoint("/admin")));
         assert!(
             refusals.any.load(Ordering::Relaxed),
             "/billing is still recorded"
         );
-        refusals.answered(|| Some(endpoint("/billing")));
+        refusals.answered(|| endpoint("/billing"));
         assert!(
             !refusals.any.load(Ordering::Relaxed),
             "nothing left to look up"

@@ -433,7 +433,7 @@ where
                 let replay = replay.take().expect(POLLED_AFTER_COMPLETION);
                 if response.status() != StatusCode::UNAUTHORIZED {
                     // Evidence that the token is good, and that this endpoint does not refuse.
-                    ctx.cache.answered(|| Some(replay.endpoint()));
+                    ctx.cache.answered(|| replay.endpoint());
                     return Poll::Ready(Ok(response));
                 }
                 if challenge::verdict(response.headers()) == Verdict::RequestRefused {

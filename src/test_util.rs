@@ -414,6 +414,9 @@ impl Shared {
 /// server is answering. Holding the clock (Tokio does so while a `spawn_blocking` task runs)
 /// lets real I/O finish in zero paused time; move time with `tokio::time::sleep` outside.
 ///
+/// Do not hold it across a login that has to wait: a retry after a failed attempt, or a
+/// `Retry-After`. That wait is a sleep on the held clock, and never ends.
+///
 /// ```
 /// use bytes::Bytes;
 /// use http::{Request, StatusCode};
