@@ -15,7 +15,7 @@ use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
-use support::{auth_error, client, expect_status, get, layer, send};
+use support::{auth_error, client, expect_status, get, layer, layer_error, send};
 use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt};
 
 const INSUFFICIENT_SCOPE: &str =
@@ -167,10 +167,7 @@ async fn an_outage_longer_than_the_login_timeout_fails_callers_with_what_happene
     let client = layer(&fake)
         .login_timeout(Duration::from_millis(1500))
         .layer(fake.client());
-    let error = send(&client, get(fake.uri("/api/v1/flows")))
-        .await
-        .unwrap_err();
-    let error = auth_error(&error);
+    let error = layer_error(&client, &fake, "/api/v1/flows").await;
     assert_eq!(
         error.status(),
         Some(StatusCode::SERVICE_UNAVAILABLE),
@@ -186,10 +183,9 @@ async fn rejected_credentials_fail_at_once_without_retries() {
     let client = AuthLayer::new(Credentials::new(patchworks_auth::test_util::EMAIL, "wrong"))
         .login_url(fake.login_url())
         .layer(fake.client());
-    let error = send(&client, get(fake.uri("/api/v1/flows")))
+    assert!(layer_error(&client, &fake, "/api/v1/flows")
         .await
-        .unwrap_err();
-    assert!(auth_error(&error).is_rejected());
+        .is_rejected());
     assert_eq!(fake.logins(), 1);
 }
 
@@ -380,10 +376,7 @@ async fn a_login_answered_with_a_redirect_is_refused_and_the_password_does_not_f
 
     // A plain client does not follow: the layer sees the 307.
     let client = client(&fake);
-    let error = send(&client, get(fake.uri("/api/v1/flows")))
-        .await
-        .unwrap_err();
-    let error = auth_error(&error);
+    let error = layer_error(&client, &fake, "/api/v1/flows").await;
     assert_eq!(
         error.status(),
         Some(StatusCode::TEMPORARY_REDIRECT),

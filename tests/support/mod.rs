@@ -53,6 +53,16 @@ pub async fn expect_status(
     assert_eq!(status(client, fake, path).await, expected, "GET {path}");
 }
 
+/// `GET path` on `fake` through `client` fails with the layer's own error: that error.
+pub async fn layer_error(
+    client: &Client,
+    fake: &FakePatchworks,
+    path: &str,
+) -> patchworks_auth::Error {
+    let error = send(client, get(fake.uri(path))).await.unwrap_err();
+    auth_error(&error).clone()
+}
+
 /// The layer's own error inside a `BoxError`.
 pub fn auth_error(error: &BoxError) -> &patchworks_auth::Error {
     error
