@@ -458,7 +458,8 @@ async fn a_login_url_with_userinfo_is_refused_and_never_printed() {
         .parse()
         .unwrap();
     let layer = AuthLayer::new(Credentials::new("ops@example.com", "pw")).login_url(url);
-    let client = layer.layer(Recorder::default());
+    let recorder = Recorder::default();
+    let client = layer.layer(recorder.clone());
     let error = client
         .clone()
         .oneshot(get("https://core.wearepatchworks.com/api/v1/flows"
@@ -476,6 +477,7 @@ async fn a_login_url_with_userinfo_is_refused_and_never_printed() {
     ] {
         assert!(!text.contains(secret), "{text}");
     }
+    assert!(recorder.0.lock().unwrap().is_empty(), "refused without I/O");
 }
 
 #[tokio::test]
