@@ -117,6 +117,15 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// An API key as a sensitive header value, if it is one.
+pub(crate) fn api_key_header(key: &str) -> Option<http::HeaderValue> {
+    let mut value = http::HeaderValue::from_str(key)
+        .ok()
+        .filter(|_| !key.trim().is_empty())?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,10 +5,12 @@
 //! boxed `async` block: one allocation, off the hot path.
 
 use crate::{
-    cache::{Cache, Endpoint, Token, Unauthorized},
+    bounds::{HttpService, RequestBody, ResponseBody},
+    cache::Cache,
     challenge::{self, Verdict},
     error::{Error, Kind},
-    service::{HttpService, RequestBody, ResponseBody},
+    login::login_fn,
+    token::{Endpoint, Token, Unauthorized},
 };
 use arrayvec::ArrayString;
 use bytes::{Buf, Bytes, BytesMut};
@@ -291,7 +293,7 @@ where
     #[inline(never)]
     pub(crate) fn cold(inner: S, cache: Arc<Cache>, request: Request<ReqBody>) -> Self {
         Self::new(State::Waiting {
-            login: Box::pin(cache.token(&inner)),
+            login: Box::pin(cache.token(login_fn(&cache, &inner))),
             cold: Some(Cold {
                 inner,
                 cache,
@@ -499,17 +501,18 @@ where
         generation,
     } = ctx;
     let endpoint = replay.endpoint();
+    let login = login_fn(&cache, &inner);
     if !replay.body_kept {
         // The body is gone: renew the token for the next request, and hand this 401 back.
         if matches!(
-            cache.unauthorized(generation, &endpoint, &inner),
+            cache.unauthorized(generation, &endpoint, login.clone()),
             Ok(Unauthorized::Renew)
         ) {
-            let _ = cache.token(&inner).await;
+            let _ = cache.token(login).await;
         }
         return Ok(unauthorized);
     }
-    if cache.unauthorized(generation, &endpoint, &inner)? == Unauthorized::Keep {
+    if cache.unauthorized(generation, &endpoint, login.clone())? == Unauthorized::Keep {
         return Ok(unauthorized);
     }
     let Some(mut request) = replay.into_request::<ReqBody>() else {
@@ -518,7 +521,7 @@ where
         return Ok(unauthorized);
     };
     drop(unauthorized);
-    let token = cache.token(&inner).await?;
+    let token = cache.token(login).await?;
     tracing::debug!(
         target: "patchworks_auth",
         generation = token.generation,

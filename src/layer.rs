@@ -1,11 +1,8 @@
-//! The layer and its configuration.
+//! The layer and its builder.
 
 use crate::{
-    cache::{Cache, TokenState},
-    credentials::Credentials,
-    error::Error,
-    scope::{Redacted, Scope},
-    service::Auth,
+    cache::Cache, config::Config, credentials::Credentials, scope::Scope, service::Auth,
+    store::TokenStore, token::TokenState,
 };
 use http::Uri;
 use std::{fmt, sync::Arc, time::Duration};
@@ -58,18 +55,6 @@ pub struct AuthLayer {
     cache: Arc<Cache>,
 }
 
-/// What the layer was built with. Cloned only by the builder methods.
-#[derive(Clone)]
-pub(crate) struct Config {
-    pub(crate) credentials: Credentials,
-    pub(crate) login_url: Uri,
-    /// Which requests get the token; an error if the login URL is refused.
-    pub(crate) scope: Result<Scope, Error>,
-    pub(crate) refresh_before: Duration,
-    pub(crate) login_timeout: Duration,
-    pub(crate) replay_body_limit: usize,
-}
-
 impl AuthLayer {
     /// Default for [`refresh_before`](Self::refresh_before): 5 minutes.
     pub const DEFAULT_REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
@@ -89,6 +74,8 @@ impl AuthLayer {
             refresh_before: Self::DEFAULT_REFRESH_BEFORE,
             login_timeout: Self::DEFAULT_LOGIN_TIMEOUT,
             replay_body_limit: Self::DEFAULT_REPLAY_BODY_LIMIT,
+            store: None,
+            store_key: None,
         })
     }
 
@@ -110,8 +97,8 @@ impl AuthLayer {
     ///
     /// The URL must be absolute and `https`, or `http` to a loopback host (`127.0.0.0/8`, `::1`,
     /// `localhost`) for tests and local development, so that the password never crosses a
-    /// network unencrypted. Any other URL makes every request fail with an [`Error`] for which
-    /// [`is_config`](Error::is_config) is `true`.
+    /// network unencrypted. Any other URL makes every request fail with an [`Error`](crate::Error) for which
+    /// [`is_config`](crate::Error::is_config) is `true`.
     pub fn login_url(self, login_url: Uri) -> Self {
         self.map_config(|config| {
             config.scope = Scope::new(&login_url);
@@ -151,6 +138,43 @@ impl AuthLayer {
     pub fn replay_body_limit(self, limit: usize) -> Self {
         self.map_config(|config| config.replay_body_limit = limit)
     }
+
+    /// Shares the token with every process that uses the same store and account: one login for
+    /// the whole fleet, and for a CLI or cron job, one login a day instead of one a run.
+    ///
+    /// The store is read only when this process has no usable token (its first request, an
+    /// expired token, a 401, a renewal), never on a request with a fresh token. A login is
+    /// coordinated through the store's lock, so that processes starting together (or seeing
+    /// the same revocation) log in once between them. The store never fails a request: when it
+    /// does not answer within a few hundred milliseconds, the process logs in by itself. See
+    /// [`store`](crate::store) for the stores, and for what is stored (sealed, never the
+    /// password).
+    ///
+    /// An API key needs no store, and is never stored.
+    ///
+    /// ```
+    /// use patchworks_auth::{store::FileStore, AuthLayer, Credentials};
+    ///
+    /// let dir = std::env::temp_dir().join("patchworks-auth-doc");
+    /// let layer = AuthLayer::new(Credentials::new("ops@example.com", "hunter2"))
+    ///     .store(FileStore::new(dir.join("token")));
+    /// ```
+    pub fn store(self, store: impl TokenStore) -> Self {
+        let store: Arc<dyn TokenStore> = Arc::new(store);
+        self.map_config(|config| config.store = Some(store))
+    }
+
+    /// Seals the token in the [store](Self::store) with this 256-bit key instead of one
+    /// derived from the credentials.
+    ///
+    /// By default the key is derived from the email and password with Argon2id and a random
+    /// salt kept with the entry: every process with the same credentials opens the entry, and
+    /// the entry gives nothing to test a password guess against but a memory-hard hash. A key of
+    /// your own (from a secrets manager) skips that derivation; every process sharing the store
+    /// needs the same key.
+    pub fn store_key(self, key: [u8; 32]) -> Self {
+        self.map_config(|config| config.store_key = Some(key))
+    }
 }
 
 impl AuthLayer {
@@ -172,18 +196,6 @@ impl fmt::Debug for AuthLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthLayer")
             .field("cache", &self.cache)
-            .finish()
-    }
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("credentials", &self.credentials)
-            .field("login_url", &Redacted(&self.login_url))
-            .field("refresh_before", &self.refresh_before)
-            .field("login_timeout", &self.login_timeout)
-            .field("replay_body_limit", &self.replay_body_limit)
             .finish()
     }
 }

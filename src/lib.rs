@@ -118,9 +118,11 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod bounds;
 mod cache;
 mod challenge;
 mod clock;
+mod config;
 mod credentials;
 mod error;
 mod future;
@@ -129,6 +131,8 @@ mod login;
 pub mod retry;
 mod scope;
 mod service;
+pub mod store;
+mod token;
 
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
@@ -157,9 +161,9 @@ pub mod fuzzing {
     }
 }
 
-pub use cache::TokenState;
 pub use credentials::Credentials;
 pub use error::Error;
 pub use future::ResponseFuture;
 pub use layer::{AuthLayer, DEFAULT_LOGIN_URL};
 pub use service::Auth;
+pub use token::TokenState;

@@ -3,7 +3,13 @@
 //! Everything here handles bytes the network sent, so nothing here may panic: every oddity of
 //! the answer becomes an [`Error`].
 
-use crate::error::{Error, Kind};
+use crate::{
+    bounds::{HttpService, ResponseBody},
+    cache::{Cache, LoginFn},
+    credentials::Secret,
+    error::{Error, Kind},
+    token::Obtained,
+};
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -11,7 +17,12 @@ use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::{Deserialize, Serialize};
 use serde_json::{error::Category, value::RawValue};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+use tokio::time::Instant;
+use tower::ServiceExt;
 use tower_http::follow_redirect::RequestUri;
 
 /// The largest login answer read; a larger one is refused. A real answer is about 1 KiB.
@@ -30,6 +41,53 @@ pub(crate) struct Issued {
     pub(crate) header: HeaderValue,
     /// How long the token lives, counted from when the login request was sent.
     pub(crate) lifetime: Duration,
+}
+
+/// The function the login driver logs in with: one attempt through a clone of `inner`.
+pub(crate) fn login_fn<S, B, RB>(cache: &Arc<Cache>, inner: &S) -> LoginFn
+where
+    S: HttpService<B, RB>,
+    B: From<Bytes> + Send + 'static,
+    RB: ResponseBody,
+{
+    // A mutex only to make the service (`Send`, maybe not `Sync`) shareable: it is cloned out
+    // once per attempt.
+    let (cache, inner) = (Arc::downgrade(cache), Mutex::new(inner.clone()));
+    Arc::new(move || {
+        let inner = inner.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let cache = cache.upgrade();
+        Box::pin(async move {
+            match cache {
+                Some(cache) => attempt(&cache, inner).await,
+                None => Err(Error::new(Kind::Abandoned)),
+            }
+        })
+    })
+}
+
+/// One attempt: the login request through the wrapped service, and its answer.
+async fn attempt<S, B, RB>(cache: &Cache, mut inner: S) -> Result<Obtained, Error>
+where
+    S: HttpService<B, RB>,
+    B: From<Bytes>,
+    RB: ResponseBody,
+{
+    let config = &cache.config;
+    let Secret::Login { email, password } = &config.credentials.secret else {
+        return Err(Error::config("an API key needs no login"));
+    };
+    let transport = |err: S::Error| Error::with_source(Kind::Transport, err);
+    let inner = inner.ready().await.map_err(transport)?;
+    let request = request(&config.login_url, email, password);
+    let sent_at = Instant::now();
+    let response = inner.call(request).await.map_err(transport)?;
+    let issued = read_answer(&config.login_url, response).await?;
+    Ok(Obtained {
+        header: issued.header,
+        obtained_at: sent_at,
+        lifetime: issued.lifetime,
+        shared: false,
+    })
 }
 
 #[derive(Serialize)]

@@ -1,8 +1,11 @@
 //! The service: decides per request whether and with what token it is sent.
 
 use crate::{
-    cache::{Cache, Current, Phase, Token, TokenState},
+    bounds::{HttpService, RequestBody, ResponseBody},
+    cache::{Cache, Current},
     future::ResponseFuture,
+    login,
+    token::{Phase, Token, TokenState},
 };
 use bytes::Bytes;
 use http::{header::AUTHORIZATION, Request, Response};
@@ -14,49 +17,6 @@ use std::{
 };
 use tower::BoxError;
 use tower_service::Service;
-
-/// What the layer asks of the service it wraps, beyond `Service`: it can clone it (to log in and
-/// to replay), move it and its futures across threads, and box its errors.
-///
-/// A trait alias: implemented for every such service, so the bounds are written once.
-pub(crate) trait HttpService<ReqBody, ResBody>:
-    Service<
-        Request<ReqBody>,
-        Response = Response<ResBody>,
-        Future: Send + 'static,
-        Error: Into<BoxError>,
-    > + Clone
-    + Send
-    + 'static
-{
-}
-
-impl<S, ReqBody, ResBody> HttpService<ReqBody, ResBody> for S
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-{
-}
-
-/// What the layer asks of a request body: it can rebuild one from bytes (a login, a replay).
-pub(crate) trait RequestBody:
-    Body<Data: Send, Error: Into<BoxError>> + From<Bytes> + Send + 'static
-{
-}
-
-impl<B> RequestBody for B where
-    B: Body<Data: Send, Error: Into<BoxError>> + From<Bytes> + Send + 'static
-{
-}
-
-/// What the layer asks of a response body: it can read a login answer from it.
-pub(crate) trait ResponseBody:
-    Body<Data: Send, Error: Into<BoxError>> + Send + 'static
-{
-}
-
-impl<B> ResponseBody for B where B: Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
 
 /// Middleware that logs in to Patchworks and attaches the bearer token to requests for the
 /// Patchworks API.
@@ -159,7 +119,8 @@ impl<S> Auth<S> {
         if let Err(error) = &self.cache.config.scope {
             return Err(error.clone());
         }
-        self.cache.token(&self.inner).await.map(drop)
+        let login = login::login_fn(&self.cache, &self.inner);
+        self.cache.token(login).await.map(drop)
     }
 }
 
@@ -239,7 +200,8 @@ where
             Phase::Fresh | Phase::Renewing => {}
             Phase::Due => {
                 if token.advance(Phase::Due, Phase::Renewing) {
-                    self.cache.renew(token, &self.inner);
+                    self.cache
+                        .renew(token, login::login_fn(&self.cache, &self.inner));
                 }
             }
             Phase::Expired => return self.cold(request),

@@ -1,0 +1,40 @@
+//! What a layer was built with.
+
+use crate::{
+    credentials::Credentials,
+    error::Error,
+    scope::{Redacted, Scope},
+    store::TokenStore,
+};
+use http::Uri;
+use std::{fmt, sync::Arc, time::Duration};
+
+/// What the layer was built with. Cloned only by the builder methods.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) credentials: Credentials,
+    pub(crate) login_url: Uri,
+    /// Which requests get the token; an error if the login URL is refused.
+    pub(crate) scope: Result<Scope, Error>,
+    pub(crate) refresh_before: Duration,
+    pub(crate) login_timeout: Duration,
+    pub(crate) replay_body_limit: usize,
+    /// Where the fleet shares its token, if anywhere.
+    pub(crate) store: Option<Arc<dyn TokenStore>>,
+    /// The key sealing the token in the store; derived from the credentials if `None`.
+    pub(crate) store_key: Option<[u8; 32]>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("credentials", &self.credentials)
+            .field("login_url", &Redacted(&self.login_url))
+            .field("refresh_before", &self.refresh_before)
+            .field("login_timeout", &self.login_timeout)
+            .field("replay_body_limit", &self.replay_body_limit)
+            .field("store", &self.store)
+            .field("store_key", &self.store_key.map(|_| "<redacted>"))
+            .finish()
+    }
+}

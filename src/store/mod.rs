@@ -1,0 +1,255 @@
+//! Token stores: one login for a whole fleet of processes.
+//!
+//! With [`AuthLayer::store`](crate::AuthLayer::store), every process that uses the same store
+//! and account shares one token:
+//!
+//! - [`FileStore`]: a file on a local disk, for CLIs and cron jobs on one machine (one login a
+//!   day instead of one a run) and for processes sharing a host.
+//! - [`RedisStore`] (cargo feature `redis`): a Redis server, for replicas on several hosts.
+//! - Your own: implement [`TokenStore`] (four operations on opaque bytes).
+//!
+//! ```no_run
+//! # #[cfg(feature = "redis")]
+//! # fn main() -> Result<(), patchworks_auth::Error> {
+//! use patchworks_auth::{store::RedisStore, AuthLayer, Credentials};
+//!
+//! let layer = AuthLayer::new(Credentials::from_env()?)
+//!     .store(RedisStore::new("redis://cache:6379/")?);
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "redis"))]
+//! # fn main() {}
+//! ```
+//!
+//! # How the fleet shares a login
+//!
+//! A process reads the store only when it has no usable token: its first request, an expired
+//! token, a 401, a renewal. A request with a fresh token never touches it. Then:
+//!
+//! 1. If the store holds a token this process may use (not the one it just found revoked, and
+//!    for a renewal, not itself due), it takes it: no login.
+//! 2. Otherwise it takes the store's lock, logs in, saves the token and lets go. Processes that
+//!    find the lock held poll the store (every 100 to 150 ms) for the holder's token, and take
+//!    the lock themselves if it is let go without one; after the lock's lifetime (the
+//!    [login timeout](crate::AuthLayer::login_timeout)) they log in by themselves.
+//! 3. A store that does not answer within 300 ms, or answers with an error, is skipped: the
+//!    process logs in by itself, as it would without a store, and warns once per outage. A
+//!    process that logged in while the store was down offers its token to the store (or takes
+//!    the fleet's) every half-second or so until it succeeds, so the fleet converges on one token
+//!    again once the store is back, without a login.
+//!
+//! The store never fails a request.
+//!
+//! # What is stored
+//!
+//! Under a key made from the login URL's origin and the account's email, hashed with SHA-256
+//! (`patchworks-auth:v1:<hex>`), the entry holds the token, when it was obtained and how long it
+//! lives, sealed with XChaCha20-Poly1305. The sealing key is derived from the email and
+//! password with Argon2id (19 MiB, 2 passes) and a random salt stored with the entry, or is a
+//! key you give ([`AuthLayer::store_key`](crate::AuthLayer::store_key)). No byte of the store
+//! holds the password, the email or the token in the clear, and testing a password guess
+//! against an entry costs an Argon2id derivation. An entry that does not open (the password was
+//! changed, or the entry was tampered with) is a miss, and the next login overwrites it.
+//!
+//! An entry expires from the store when the layer would stop sending its token (a tenth of its
+//! lifetime, at most 5 s, before it expires), so a store never hands out a token the layer
+//! would not send. Tokens are shared by wall-clock time: hosts sharing a store need clocks in
+//! sync to within seconds (NTP), as the token's own expiry already does.
+//!
+//! # Which store
+//!
+//! | | [`FileStore`] | [`RedisStore`] |
+//! |---|---|---|
+//! | Shared by | processes on one host (one user) | processes on any host |
+//! | Lock | an OS file lock, let go by the OS when its holder dies | `SET NX PX` with a random owner, let go by compare-and-delete |
+//! | Lock lifetime | until its holder lets go or dies; waiters give up after the login timeout | the login timeout |
+//! | Good for | CLIs, cron jobs, several workers on one machine | replicas behind a load balancer, serverless |
+
+mod file;
+#[cfg(feature = "redis")]
+mod redis;
+mod seal;
+
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::RedisStore;
+pub use file::FileStore;
+
+use crate::token::{Obtained, Timings};
+use http::Uri;
+use seal::Sealer;
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, SystemTime},
+};
+use tokio::time::{timeout, Instant};
+use tower::BoxError;
+
+/// The future a [`TokenStore`] operation returns.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send + 'a>>;
+
+/// Where processes share a token: an entry per account, and a lock per entry.
+///
+/// The layer hands a store opaque bytes (already sealed) and keys it made; a store only keeps
+/// them. Every operation may fail or hang: the layer gives each one 300 ms, and on any error
+/// logs in by itself, so a store never fails a request. Implement it for a store of your own
+/// (a database, a secrets manager) the way [`FileStore`] and [`RedisStore`] do.
+pub trait TokenStore: fmt::Debug + Send + Sync + 'static {
+    /// The entry under `key`, if there is one that has not expired.
+    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>>;
+
+    /// Keeps `entry` under `key` for `ttl`, replacing what was there.
+    fn save<'a>(&'a self, key: &'a str, entry: &'a [u8], ttl: Duration) -> StoreFuture<'a, ()>;
+
+    /// Takes the lock of `key` for `owner`, for at most `ttl`: `true` if taken, `false` if
+    /// another owner holds it.
+    fn lock<'a>(&'a self, key: &'a str, owner: &'a str, ttl: Duration) -> StoreFuture<'a, bool>;
+
+    /// Lets go of the lock of `key` if `owner` still holds it (and only then).
+    fn unlock<'a>(&'a self, key: &'a str, owner: &'a str) -> StoreFuture<'a, ()>;
+}
+
+/// The deadline of every store operation.
+const STORE_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// A random lock owner: which process (and login) holds a lock.
+pub(crate) struct Owner(String);
+
+impl Owner {
+    pub(crate) fn new() -> Owner {
+        Owner(seal::hex(&seal::random::<16>()))
+    }
+}
+
+/// A store as the layer uses it: sealed entries under the account's key, a deadline on every
+/// operation, and one warning per outage.
+pub(crate) struct Shared {
+    store: Arc<dyn TokenStore>,
+    key: String,
+    sealer: Arc<Sealer>,
+    /// Whether the last operation failed.
+    down: AtomicBool,
+    outages: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        store: &Arc<dyn TokenStore>,
+        login_url: &Uri,
+        email: &str,
+        password: &str,
+        key: Option<[u8; 32]>,
+    ) -> Shared {
+        let origin = format!(
+            "{}://{}",
+            login_url.scheme_str().unwrap_or_default(),
+            login_url
+                .authority()
+                .map(|authority| authority.as_str())
+                .unwrap_or_default()
+        );
+        Shared {
+            store: store.clone(),
+            key: seal::entry_key(&origin, email),
+            sealer: Arc::new(Sealer::new(email, password, key)),
+            down: AtomicBool::new(false),
+            outages: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn outages(&self) -> u64 {
+        self.outages.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    /// Runs one operation within its deadline; `Err(())` when the store is unavailable.
+    async fn run<T>(&self, what: &str, operation: StoreFuture<'_, T>) -> Result<T, ()> {
+        let error = match timeout(STORE_TIMEOUT, operation).await {
+            Ok(Ok(value)) => {
+                if self.down.swap(false, Ordering::Relaxed) {
+                    tracing::info!(target: "patchworks_auth", "token store answers again");
+                }
+                return Ok(value);
+            }
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer within {STORE_TIMEOUT:?}"),
+        };
+        if !self.down.swap(true, Ordering::Relaxed) {
+            self.outages.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                target: "patchworks_auth",
+                store = ?self.store,
+                operation = what,
+                %error,
+                "token store unavailable: logging in without it until it answers"
+            );
+        }
+        Err(())
+    }
+
+    /// The token in the store, if any opens and may still be sent.
+    pub(crate) async fn load(&self) -> Result<Option<Obtained>, ()> {
+        let Some(bytes) = self.run("load", self.store.load(&self.key)).await? else {
+            return Ok(None);
+        };
+        let Some(entry) = self.sealer.open(&self.key, &bytes).await else {
+            tracing::debug!(
+                target: "patchworks_auth",
+                "the stored token does not open with these credentials: ignored"
+            );
+            return Ok(None);
+        };
+        // From the wall clock the fleet shares to this process's monotonic clock.
+        let age = SystemTime::now()
+            .duration_since(entry.obtained_at)
+            .unwrap_or_default();
+        Ok(Some(Obtained {
+            header: entry.header,
+            obtained_at: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+            lifetime: entry.lifetime,
+            shared: true,
+        }))
+    }
+
+    /// Saves a token for as long as it may be sent. Best effort: a failure is only logged.
+    pub(crate) async fn save(&self, obtained: &Obtained, timings: &Timings) {
+        let (_, send_by) = timings.schedule(obtained.obtained_at, obtained.lifetime);
+        let ttl = send_by.saturating_duration_since(Instant::now());
+        if ttl < Duration::from_secs(1) {
+            return;
+        }
+        let entry = seal::Entry {
+            header: obtained.header.clone(),
+            obtained_at: SystemTime::now() - obtained.obtained_at.elapsed(),
+            lifetime: obtained.lifetime,
+        };
+        let Some(bytes) = self.sealer.seal(&self.key, &entry).await else {
+            return;
+        };
+        let _ = self
+            .run("save", self.store.save(&self.key, &bytes, ttl))
+            .await;
+    }
+
+    /// Takes the entry's lock for `ttl`.
+    pub(crate) async fn lock(&self, owner: &Owner, ttl: Duration) -> Result<bool, ()> {
+        self.run("lock", self.store.lock(&self.key, &owner.0, ttl))
+            .await
+    }
+
+    /// Lets go of the entry's lock. Best effort: the lock expires by itself.
+    pub(crate) async fn unlock(&self, owner: &Owner) {
+        let _ = self
+            .run("unlock", self.store.unlock(&self.key, &owner.0))
+            .await;
+    }
+}
