@@ -195,8 +195,11 @@ impl Cache {
             return self.log_in(login, ticket.after.clone()).await;
         };
         let newer = |obtained: &Obtained| self.newer(ticket, obtained);
-        // Bounded by the lock's lifetime: a holder that died (or hangs) delays us no longer.
-        let wait_until = Instant::now() + self.config.login_timeout;
+        // A lock lapses after its lifetime (the login timeout) and a waiter takes it over, so a
+        // holder that died delays the others by that much. A waiter gives up and logs in by
+        // itself only after the lifetime and one more login (its new holder's) have passed:
+        // when the lock never comes free (a file lock held by a hung process).
+        let wait_until = Instant::now() + 2 * self.config.login_timeout;
         let owner = Owner::new();
         loop {
             match store.load().await {

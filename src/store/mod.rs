@@ -30,8 +30,10 @@
 //!    for a renewal, not itself due), it takes it: no login.
 //! 2. Otherwise it takes the store's lock, logs in, saves the token and lets go. Processes that
 //!    find the lock held poll the store (every 100 to 150 ms) for the holder's token, and take
-//!    the lock themselves if it is let go without one; after the lock's lifetime (the
-//!    [login timeout](crate::AuthLayer::login_timeout)) they log in by themselves.
+//!    the lock themselves when it comes free without one: a lock lapses after its lifetime (the
+//!    [login timeout](crate::AuthLayer::login_timeout)), so a holder killed mid-login delays
+//!    the others by at most that. A lock that never comes free (a file lock held by a hung
+//!    process) is given up on after twice its lifetime: they log in by themselves.
 //! 3. A store that does not answer within 300 ms, or answers with an error, is skipped: the
 //!    process logs in by itself, as it would without a store, and warns once per outage. A
 //!    process that logged in while the store was down offers its token to the store (or takes

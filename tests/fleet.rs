@@ -1,0 +1,321 @@
+//! One login for a fleet: real OS processes (copies of this test binary) sharing a real
+//! `redis-server` or a file, against one fake Patchworks on loopback.
+//!
+//! Each scenario runs alone (they share the machine's two cores with 16 processes each).
+
+#[path = "support/fleet.rs"]
+mod fleet;
+
+use fleet::{contains, total, Member, Redis, Report, Spec, TempDir};
+use patchworks_auth::test_util::{FakePatchworks, EMAIL, PASSWORD};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+const FLEET: usize = 16;
+/// The members' login timeout, and so the lifetime of a store's lock.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(2);
+const WITHIN: Duration = Duration::from_secs(30);
+
+/// What a member runs: this binary, its one ignored test.
+#[test]
+#[ignore = "run by the fleet tests as a member process"]
+fn fleet_member() {
+    assert!(
+        fleet::run_member_if_asked(),
+        "run by the fleet tests, with {} set",
+        fleet::MEMBER_VAR
+    );
+}
+
+fn exe() -> PathBuf {
+    std::env::current_exe().unwrap()
+}
+
+const MEMBER_ARGS: &[&str] = &["--ignored", "--exact", "fleet_member", "--nocapture", "-q"];
+
+/// One scenario at a time.
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+fn spec(fake: &FakePatchworks, store: String, requests: Option<u64>) -> Spec {
+    Spec {
+        login_url: fake.login_url().to_string(),
+        api_url: fake.uri("/api/v1/flows").to_string(),
+        store,
+        requests,
+        interval_ms: 50,
+        login_timeout_ms: LOGIN_TIMEOUT.as_millis() as u64,
+    }
+}
+
+fn spawn(spec: &Spec, n: usize) -> Vec<Member> {
+    (0..n)
+        .map(|_| Member::spawn(&exe(), MEMBER_ARGS, spec))
+        .collect()
+}
+
+fn finish(members: Vec<Member>) -> Vec<Report> {
+    members.into_iter().map(|m| m.finish(WITHIN)).collect()
+}
+
+/// Every token the fake issued or saw, as bytes.
+fn tokens_seen(fake: &FakePatchworks) -> Vec<Vec<u8>> {
+    let mut tokens: Vec<Vec<u8>> = fake
+        .seen()
+        .into_iter()
+        .filter_map(|seen| seen.authorization)
+        .map(|header| header.trim_start_matches("Bearer ").as_bytes().to_vec())
+        .collect();
+    tokens.sort();
+    tokens.dedup();
+    assert!(!tokens.is_empty());
+    tokens
+}
+
+/// No byte of `stored` holds a token, the password or the email in the clear.
+fn assert_nothing_in_the_clear(fake: &FakePatchworks, stored: &[u8]) {
+    assert!(!stored.is_empty());
+    for token in tokens_seen(fake) {
+        assert!(!contains(stored, &token), "a token in the clear");
+        // A JWT's signature alone would do as well.
+        let signature = token.rsplit(|b| *b == b'.').next().unwrap();
+        assert!(
+            !contains(stored, signature),
+            "a token's signature in the clear"
+        );
+    }
+    assert!(!contains(stored, PASSWORD.as_bytes()), "the password");
+    assert!(!contains(stored, EMAIL.as_bytes()), "the email");
+    assert!(!contains(stored, b"example.com"), "the email's domain");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_processes_cold_started_on_one_redis_log_in_once() {
+    let _one = one_at_a_time().await;
+    let Some(redis) = Redis::start() else { return };
+    let fake = FakePatchworks::start().await.unwrap();
+    let members = spawn(
+        &spec(&fake, format!("redis:{}", redis.url()), Some(5)),
+        FLEET,
+    );
+    let reports = tokio::task::spawn_blocking(|| finish(members))
+        .await
+        .unwrap();
+
+    let sum = total(&reports);
+    assert_eq!(sum.requests, 5 * FLEET as u64);
+    assert_eq!(sum.failures, 0, "{reports:?}");
+    assert_eq!(fake.logins(), 1, "one login for {FLEET} processes");
+    assert_eq!(sum.logins, 1);
+
+    let dump = redis.dump();
+    assert_eq!(dump.len(), 1, "one entry (the lock was let go)");
+    let (key, value) = &dump[0];
+    assert!(key.starts_with(b"patchworks-auth:v1:"), "{key:?}");
+    assert_nothing_in_the_clear(&fake, &[key.as_slice(), value.as_slice()].concat());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_processes_cold_started_on_one_file_log_in_once_and_so_do_ten_cli_runs() {
+    let _one = one_at_a_time().await;
+    let dir = TempDir::new("file");
+    let path = dir.0.join("cache").join("token");
+    let fake = FakePatchworks::start().await.unwrap();
+    let spec = spec(&fake, format!("file:{}", path.display()), Some(5));
+    let members = spawn(&spec, FLEET);
+    let reports = tokio::task::spawn_blocking(|| finish(members))
+        .await
+        .unwrap();
+    let sum = total(&reports);
+    assert_eq!(sum.failures, 0, "{reports:?}");
+    assert_eq!(fake.logins(), 1, "one login for {FLEET} processes");
+
+    // A CLI run ten times in a row: one login in all.
+    let fake = FakePatchworks::start().await.unwrap();
+    let dir = TempDir::new("cli");
+    let path = dir.0.join("token");
+    let mut cli = self::spec(&fake, format!("file:{}", path.display()), Some(2));
+    cli.interval_ms = 0;
+    for run in 0..10 {
+        let member = spawn(&cli, 1);
+        let report = tokio::task::spawn_blocking(|| finish(member))
+            .await
+            .unwrap()[0];
+        assert_eq!(report.failures, 0, "run {run}");
+        assert_eq!(report.logins, u64::from(run == 0), "run {run}");
+    }
+    assert_eq!(fake.logins(), 1, "ten runs, one login");
+
+    let bytes = std::fs::read(&path).unwrap();
+    assert_nothing_in_the_clear(&fake, &bytes);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+}
+
+/// 16 running processes see the same revocation: one more login for all of them, and every
+/// request is answered (each 401 is recovered by a replay).
+async fn a_revocation_costs_the_fleet_one_login(store: String, fake: FakePatchworks) {
+    let mut members = spawn(&spec(&fake, store, None), FLEET);
+    let members = tokio::task::spawn_blocking(move || {
+        members.iter_mut().for_each(|m| m.wait_ready(WITHIN));
+        members
+    })
+    .await
+    .unwrap();
+    assert_eq!(fake.logins(), 1);
+    let refused_before = fake.unauthorized();
+
+    fake.revoke_tokens();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let reports = tokio::task::spawn_blocking(|| finish(members))
+        .await
+        .unwrap();
+    let sum = total(&reports);
+    assert!(
+        fake.unauthorized() - refused_before >= FLEET,
+        "every member saw the revocation"
+    );
+    assert_eq!(sum.failures, 0, "{reports:?}");
+    assert_eq!(fake.logins(), 2, "one more login for the fleet");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_seen_by_sixteen_processes_costs_one_login_on_redis() {
+    let _one = one_at_a_time().await;
+    let Some(redis) = Redis::start() else { return };
+    let fake = FakePatchworks::start().await.unwrap();
+    a_revocation_costs_the_fleet_one_login(format!("redis:{}", redis.url()), fake).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_seen_by_sixteen_processes_costs_one_login_on_a_file() {
+    let _one = one_at_a_time().await;
+    let dir = TempDir::new("revoke");
+    let fake = FakePatchworks::start().await.unwrap();
+    let store = format!("file:{}", dir.0.join("token").display());
+    a_revocation_costs_the_fleet_one_login(store, fake).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_mid_run_fails_no_request_and_the_fleet_converges_when_it_is_back() {
+    let _one = one_at_a_time().await;
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let fake = FakePatchworks::start().await.unwrap();
+    let mut members = spawn(&spec(&fake, format!("redis:{}", redis.url()), None), FLEET);
+    let mut members = tokio::task::spawn_blocking(move || {
+        members.iter_mut().for_each(|m| m.wait_ready(WITHIN));
+        members
+    })
+    .await
+    .unwrap();
+    assert_eq!(fake.logins(), 1);
+
+    // Down, and the token revoked meanwhile: each process logs in by itself, once.
+    redis.stop();
+    fake.revoke_tokens();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let logins_while_down = fake.logins() - 1;
+    assert!(
+        (1..=FLEET).contains(&logins_while_down),
+        "{logins_while_down} logins while the store was down"
+    );
+
+    // Back (empty, as after a restart): within a few seconds every process sends one token,
+    // and no login was needed for that.
+    redis.start_again();
+    let back = std::time::Instant::now();
+    let converged = loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let since = tokio::time::Instant::now() - Duration::from_millis(400);
+        let mut recent: Vec<String> = fake
+            .seen()
+            .into_iter()
+            .filter(|seen| seen.received_at >= since && seen.path == "/api/v1/flows")
+            .filter_map(|seen| seen.authorization)
+            .collect();
+        recent.sort();
+        recent.dedup();
+        if recent.len() == 1 {
+            break true;
+        }
+        if back.elapsed() > Duration::from_secs(10) {
+            break false;
+        }
+    };
+    assert!(
+        converged,
+        "the fleet still sends several tokens 10 s after the store came back"
+    );
+    assert_eq!(
+        fake.logins(),
+        1 + logins_while_down,
+        "converged without a login"
+    );
+
+    let reports = tokio::task::spawn_blocking(move || {
+        members
+            .drain(..)
+            .map(|m| m.finish(WITHIN))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    let sum = total(&reports);
+    assert_eq!(sum.failures, 0, "{reports:?}");
+    for report in &reports {
+        assert!(
+            report.logins <= 2,
+            "{report:?}: at most one login while down"
+        );
+        assert!(report.outages >= 1, "{report:?}: the outage was noticed");
+    }
+    assert_eq!(sum.logins as usize, fake.logins());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_holder_killed_mid_login_delays_the_others_by_at_most_the_lock_lifetime() {
+    let _one = one_at_a_time().await;
+    let Some(redis) = Redis::start() else { return };
+    let fake = FakePatchworks::start().await.unwrap();
+    let spec = spec(&fake, format!("redis:{}", redis.url()), Some(1));
+
+    // The holder takes the lock and hangs in its login.
+    fake.hold_logins();
+    let holder = Member::spawn(&exe(), MEMBER_ARGS, &spec);
+    let deadline = Instant::now() + WITHIN;
+    while fake.logins() == 0 {
+        assert!(Instant::now() < deadline, "the holder never logged in");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let others = spawn(&spec, FLEET - 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fake.logins(), 1, "the others wait for the holder");
+
+    holder.kill();
+    let killed = Instant::now();
+    fake.release_logins();
+    let reports = tokio::task::spawn_blocking(|| finish(others))
+        .await
+        .unwrap();
+    let took = killed.elapsed();
+
+    let sum = total(&reports);
+    assert_eq!(sum.failures, 0, "{reports:?}");
+    assert_eq!(fake.logins(), 2, "one login after the holder died");
+    // The lock's lifetime (the login timeout) plus one login; a second of slack for 15
+    // processes on a shared machine.
+    assert!(
+        took < LOGIN_TIMEOUT + Duration::from_secs(2),
+        "took {took:?}"
+    );
+}
