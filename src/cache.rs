@@ -505,3 +505,183 @@ async fn age(token: Weak<Token>, renew_at: Instant, expire_at: Instant) {
         token.expire();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{credentials::Credentials, scope::Scope, token::Endpoint};
+    use http::{HeaderValue, StatusCode, Uri};
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Mutex,
+    };
+
+    fn cache(login_timeout: Duration) -> Arc<Cache> {
+        let login_url = Uri::from_static("https://svc-fabric.pwks.co/api/v1/login");
+        Cache::new(Config {
+            credentials: Credentials::new("ops@example.com", "hunter2"),
+            scope: Scope::new(&login_url),
+            login_url,
+            refresh_before: Duration::from_secs(300),
+            login_timeout,
+            replay_body_limit: 0,
+            store: None,
+            store_key: None,
+        })
+    }
+
+    /// A login function that answers from `answers` in turn (the last one for ever), after
+    /// `delay`, counting its calls.
+    fn login(
+        answers: Vec<Result<Duration, Error>>,
+        delay: Duration,
+    ) -> (LoginFn, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let answers = Arc::new(Mutex::new(answers));
+        let counter = calls.clone();
+        let login: LoginFn = Arc::new(move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            let answers = answers.lock().unwrap();
+            let answer = answers[n.min(answers.len() - 1)].clone();
+            Box::pin(async move {
+                let obtained_at = Instant::now();
+                tokio::time::sleep(delay).await;
+                let mut header = HeaderValue::from_str(&format!("Bearer token-{n}")).unwrap();
+                header.set_sensitive(true);
+                answer.map(|lifetime| Obtained {
+                    header,
+                    obtained_at,
+                    lifetime,
+                    shared: false,
+                })
+            })
+        });
+        (login, calls)
+    }
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn unavailable() -> Error {
+        Error::new(Kind::Status(StatusCode::SERVICE_UNAVAILABLE, None))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_callers_share_one_login() {
+        let cache = cache(Duration::from_secs(30));
+        let (login, calls) = login(vec![Ok(DAY)], Duration::from_millis(200));
+        let waiters: Vec<_> = (0..50)
+            .map(|_| tokio::spawn(cache.token(login.clone())))
+            .collect();
+        for waiter in waiters {
+            let token = waiter.await.unwrap().unwrap();
+            assert_eq!(token.header, "Bearer token-0");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let state = cache.state();
+        assert_eq!((state.logins, state.most_waiting), (1, 50));
+        // Cached: no login for the next caller.
+        cache.token(login).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_are_retried_with_backoff_inside_the_login_timeout() {
+        let cache = cache(Duration::from_secs(30));
+        let (login, calls) = login(
+            vec![Err(unavailable()), Err(unavailable()), Ok(DAY)],
+            Duration::ZERO,
+        );
+        let start = Instant::now();
+        let token = cache.token(login).await.unwrap();
+        assert_eq!(token.header, "Bearer token-2");
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        // 250 ms then 500 ms, each plus up to half again.
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(750) && took <= Duration::from_millis(1125),
+            "{took:?}"
+        );
+        assert_eq!(cache.state().logins, 1, "one login, three attempts");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_login_out_of_time_fails_with_its_last_error_and_the_next_caller_tries_again() {
+        let cache = cache(Duration::from_secs(3));
+        let (login, calls) = login(vec![Err(unavailable())], Duration::ZERO);
+        let error = cache.token(login.clone()).await.unwrap_err();
+        assert_eq!(error.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+        let attempts = calls.load(Ordering::SeqCst);
+        assert!((3..=5).contains(&attempts), "{attempts} attempts in 3 s");
+        // Transient: the next caller starts a login of its own (after the back-off).
+        let _ = cache.token(login).await;
+        assert!(calls.load(Ordering::SeqCst) > attempts);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rejected_credentials_fail_fast_during_their_backoff() {
+        let cache = cache(Duration::from_secs(30));
+        let rejected = Error::new(Kind::Rejected(StatusCode::UNAUTHORIZED));
+        let (login, calls) = login(vec![Err(rejected)], Duration::ZERO);
+        assert!(cache.token(login.clone()).await.unwrap_err().is_rejected());
+        for _ in 0..10 {
+            assert!(cache.token(login.clone()).await.unwrap_err().is_rejected());
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_millis(7_600)).await;
+        assert!(cache.token(login).await.unwrap_err().is_rejected());
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "tried again after 5 to 7.5 s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_is_renewed_in_its_window_while_it_stays_in_use() {
+        let cache = cache(Duration::from_secs(30));
+        let (login, calls) = login(vec![Ok(Duration::from_secs(600))], Duration::from_secs(1));
+        let first = cache.token(login.clone()).await.unwrap();
+        // 600 s tokens: renewal due after 300 s (half the lifetime caps the 5 min window).
+        sleep(Duration::from_secs(301)).await;
+        assert_eq!(first.phase(), Phase::Due);
+        assert!(first.advance(Phase::Due, Phase::Renewing));
+        cache.renew(&first, login.clone());
+        // Still sent while the renewal runs.
+        let during = cache.token(login.clone()).await.unwrap();
+        assert_eq!(during.generation, first.generation);
+        sleep(Duration::from_secs(2)).await;
+        let renewed = cache.token(login).await.unwrap();
+        assert_eq!(renewed.header, "Bearer token-1");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_401_discards_its_token_once_and_a_ticket_dropped_unfinished_is_not_waited_on() {
+        let cache = cache(Duration::from_secs(30));
+        let (login, calls) = login(vec![Ok(DAY)], Duration::from_millis(10));
+        let token = cache.token(login.clone()).await.unwrap();
+        let endpoint = Endpoint {
+            method: http::Method::GET,
+            path: "/api/v1/flows".into(),
+        };
+        // Ten requests carried the token and got 401: one login replaces it.
+        for _ in 0..10 {
+            let what = cache
+                .unauthorized(token.generation, &endpoint, login.clone())
+                .unwrap();
+            assert_eq!(what, Unauthorized::Renew);
+        }
+        let next = cache.token(login.clone()).await.unwrap();
+        assert_eq!(next.generation, token.generation + 1);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+        // The core alone: a ticket whose login task vanished leaves nobody waiting for ever.
+        let core = Core::new(Timings {
+            refresh_before: Duration::from_secs(300),
+            login_timeout: Duration::from_secs(30),
+        });
+        let Next::Start(ticket, waiter) = core.next() else {
+            panic!("no token: a login starts")
+        };
+        assert!(matches!(core.next(), Next::Wait(_)), "one login at a time");
+        drop(ticket);
+        assert!(wait(waiter).await.unwrap_err().is_abandoned());
+        assert!(matches!(core.next(), Next::Start(..)), "a new login starts");
+    }
+}
