@@ -7,10 +7,13 @@
 //! ```
 
 use bytes::Bytes;
+#[path = "../tests/support/fleet.rs"]
+mod fleet;
+
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::{header::AUTHORIZATION, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
-use patchworks_auth::{test_util::FakePatchworks, AuthLayer, Credentials};
+use patchworks_auth::{store::RedisStore, test_util::FakePatchworks, AuthLayer, Credentials};
 use std::{
     convert::Infallible,
     future::{poll_fn, Future},
@@ -182,6 +185,19 @@ fn warm_path(c: &mut Criterion) {
         mut add_authorization,
     } = contenders(&runtime);
     let mut inner = inner();
+    // The same layer sharing its token through a real redis-server: the warm path must not
+    // notice the store.
+    let redis = fleet::Redis::start();
+    let mut auth_redis = redis.as_ref().map(|redis| {
+        let _guard = runtime.enter();
+        let store = RedisStore::new(&redis.url()).unwrap();
+        let auth = AuthLayer::new(credentials()).store(store).layer(self::inner());
+        runtime.block_on(async {
+            assert_eq!(auth.clone().oneshot(request()).await.unwrap().status(), 200);
+        });
+        assert_eq!(auth.state().store_outages, 0, "the store answered");
+        auth
+    });
     let mut group = c.benchmark_group("warm");
     group.bench_function("inner", |b| {
         b.iter_batched(request, |r| call(&mut inner, r), BatchSize::SmallInput)
@@ -196,10 +212,16 @@ fn warm_path(c: &mut Criterion) {
     group.bench_function("auth", |b| {
         b.iter_batched(request, |r| call(&mut auth, r), BatchSize::SmallInput)
     });
+    if let Some(auth_redis) = &mut auth_redis {
+        group.bench_function("auth_redis_store", |b| {
+            b.iter_batched(request, |r| call(auth_redis, r), BatchSize::SmallInput)
+        });
+    }
     group.bench_function("naive", |b| {
         b.iter_batched(request, |r| call(&mut naive, r), BatchSize::SmallInput)
     });
     group.finish();
+    drop(redis);
 }
 
 /// The same four, driven from `threads` OS threads at once, each with its own clone of one

@@ -629,7 +629,11 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         tokio::time::advance(Duration::from_millis(7_600)).await;
         assert!(cache.token(login).await.unwrap_err().is_rejected());
-        assert_eq!(calls.load(Ordering::SeqCst), 2, "tried again after 5 to 7.5 s");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "tried again after 5 to 7.5 s"
+        );
     }
 
     #[tokio::test(start_paused = true)]
