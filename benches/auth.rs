@@ -191,7 +191,9 @@ fn warm_path(c: &mut Criterion) {
     let mut auth_redis = redis.as_ref().map(|redis| {
         let _guard = runtime.enter();
         let store = RedisStore::new(&redis.url()).unwrap();
-        let auth = AuthLayer::new(credentials()).store(store).layer(self::inner());
+        let auth = AuthLayer::new(credentials())
+            .store(store)
+            .layer(self::inner());
         runtime.block_on(async {
             assert_eq!(auth.clone().oneshot(request()).await.unwrap().status(), 200);
         });
