@@ -51,7 +51,7 @@
 //! | Login answered with a redirect, or fetched from another URI by a redirect-following service below | Refused: the password never follows a redirect, and a token from elsewhere is never used. |
 //! | Request to another origin, or a network-path reference (`//host/..`) or `*` | Passed through untouched; no login. |
 //! | Request that has its own `Authorization` | Passed through untouched; no login, no 401 handling. |
-//! | A [store](store) shared by several processes ([`AuthLayer::store`]) | A process with no usable token (first request, expiry, a 401, a renewal) takes a newer token from the store, or logs in under the store's lock and saves its token; the others wait for it. One login for the fleet. A request with a fresh token never touches the store. |
+//! | A [store] shared by several processes ([`AuthLayer::store`]) | A process with no usable token (first request, expiry, a 401, a renewal) takes a newer token from the store, or logs in under the store's lock and saves its token; the others wait for it. One login for the fleet. A request with a fresh token never touches the store. |
 //! | The store down, slow (over 300 ms) or refusing | The process logs in by itself, as without a store, and warns once per outage; no request fails for it. Once the store answers, the fleet converges on one token without a login. |
 //! | `poll_ready` reserved capacity below the layer (`ConcurrencyLimit`, `Buffer`) and the request must wait for a login | The reservation is let go before the wait, so the login can use it; the request drives the service ready again after. |
 //! | `ResponseFuture` polled after it completed | Panics, "ResponseFuture polled after completion", in every state, as `async` blocks do. |
@@ -107,7 +107,7 @@
 //! # Feature flags
 //!
 //! - `test-util`: `test_util::FakePatchworks`, a fake Patchworks on loopback for your tests.
-//! - `redis`: [`store::RedisStore`], a token store on a Redis server, for a fleet on several
+//! - `redis`: `store::RedisStore`, a token store on a Redis server, for a fleet on several
 //!   hosts. ([`store::FileStore`] needs no feature.)
 //!
 //! [tower]: https://docs.rs/tower

@@ -5,7 +5,7 @@
 //!
 //! - [`FileStore`]: a file on a local disk, for CLIs and cron jobs on one machine (one login a
 //!   day instead of one a run) and for processes sharing a host.
-//! - [`RedisStore`] (cargo feature `redis`): a Redis server, for replicas on several hosts.
+//! - `RedisStore` (cargo feature `redis`): a Redis server, for replicas on several hosts.
 //! - Your own: implement [`TokenStore`] (four operations on opaque bytes).
 //!
 //! ```no_run
@@ -60,7 +60,7 @@
 //!
 //! # Which store
 //!
-//! | | [`FileStore`] | [`RedisStore`] |
+//! | | [`FileStore`] | `RedisStore` |
 //! |---|---|---|
 //! | Shared by | processes on one host (one user) | processes on any host |
 //! | Lock | an OS file lock, let go by the OS when its holder dies | `SET NX PX` with a random owner, let go by compare-and-delete |
@@ -101,7 +101,7 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> +
 /// The layer hands a store opaque bytes (already sealed) and keys it made; a store only keeps
 /// them. Every operation may fail or hang: the layer gives each one 300 ms, and on any error
 /// logs in by itself, so a store never fails a request. Implement it for a store of your own
-/// (a database, a secrets manager) the way [`FileStore`] and [`RedisStore`] do.
+/// (a database, a secrets manager) the way [`FileStore`] and `RedisStore` do.
 pub trait TokenStore: fmt::Debug + Send + Sync + 'static {
     /// The entry under `key`, if there is one that has not expired.
     fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>>;
