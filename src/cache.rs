@@ -34,8 +34,9 @@ const MAX_ABANDONED: usize = 3;
 /// How often a process waiting for another's login polls the store (plus up to half again).
 const STORE_POLL: Duration = Duration::from_millis(100);
 /// How often a process that logged in while the store was down tries to share its token again,
-/// or take the fleet's (plus up to half again).
-const RESYNC: Duration = Duration::from_millis(500);
+/// or take the fleet's (plus up to half again): every 500 ms at first, doubling to every 30 s
+/// while the store stays down.
+const RESYNC: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -385,8 +386,9 @@ impl Cache {
         let (cache, mine) = (Arc::downgrade(self), Arc::downgrade(token));
         tokio::spawn(async move {
             let owner = Owner::new();
+            let mut every = RESYNC.0;
             loop {
-                sleep(jitter(RESYNC)).await;
+                sleep(jitter(every)).await;
                 let (Some(cache), Some(mine)) = (cache.upgrade(), mine.upgrade()) else {
                     return; // the layer is gone, or the token was replaced
                 };
@@ -396,7 +398,10 @@ impl Cache {
                 }
                 let Some(store) = &cache.store else { return };
                 match store.load().await {
-                    Err(()) => continue,
+                    Err(()) => {
+                        every = (every * 2).min(RESYNC.1);
+                        continue;
+                    }
                     Ok(Some(shared)) if shared.header == mine.header => return,
                     Ok(Some(shared)) if !cache.fresh(&shared) => continue,
                     Ok(Some(shared)) => {

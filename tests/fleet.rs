@@ -205,6 +205,35 @@ async fn a_revocation_seen_by_sixteen_processes_costs_one_login_on_a_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_cost_the_fleet_one_login_each_and_no_expired_token_is_sent() {
+    let _one = one_at_a_time().await;
+    let Some(redis) = Redis::start() else { return };
+    let fake = FakePatchworks::start().await.unwrap();
+    // 4 s tokens: renewal due after 2 s (half the lifetime), no longer sent after 3.6 s.
+    fake.set_token_lifetime(Duration::from_secs(4));
+    let mut members = spawn(&spec(&fake, format!("redis:{}", redis.url()), None), 8);
+    let members = tokio::task::spawn_blocking(move || {
+        members.iter_mut().for_each(|m| m.wait_ready(WITHIN));
+        members
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let reports = tokio::task::spawn_blocking(|| finish(members))
+        .await
+        .unwrap();
+
+    let sum = total(&reports);
+    assert_eq!(sum.failures, 0, "{reports:?}");
+    assert_eq!(fake.expired_tokens_seen(), 0);
+    // A renewal every 2 s or so: 2 or 3 of them in 5 s, one login each for the fleet. Eight
+    // processes renewing by themselves would have logged in 8 times a round.
+    let logins = fake.logins();
+    assert!((2..=5).contains(&logins), "{logins} logins");
+    assert_eq!(sum.logins as usize, logins);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_mid_run_fails_no_request_and_the_fleet_converges_when_it_is_back() {
     let _one = one_at_a_time().await;
     let Some(mut redis) = Redis::start() else {

@@ -6,7 +6,7 @@
 mod support;
 
 use http::StatusCode;
-use patchworks_auth::{test_util::FakePatchworks, AuthLayer, Credentials};
+use patchworks_auth::{store::RedisStore, test_util::FakePatchworks, AuthLayer, Credentials};
 use std::sync::{Arc, Mutex};
 use support::*;
 use tower::Layer;
@@ -60,10 +60,31 @@ fn logs_tell_what_happened_and_never_a_secret() {
             send(&wrong, get(fake.uri("/api/v1/flows")))
                 .await
                 .unwrap_err();
-            last_api_authorization(&fake).unwrap()
+            let token = last_api_authorization(&fake).unwrap();
+
+            // A store that is down (nothing listens on port 1): every request still succeeds,
+            // and the outage is told once, however many logins go without the store.
+            let store = RedisStore::new("redis://:redis-secret-9@127.0.0.1:1/").unwrap();
+            assert!(!format!("{store:?}").contains("redis-secret-9"));
+            let stored = support::layer(&fake).store(store).layer(fake.client());
+            for _ in 0..3 {
+                assert_eq!(
+                    status(&stored, &fake, "/api/v1/flows").await,
+                    StatusCode::OK
+                );
+                fake.revoke_tokens();
+            }
+            let state = stored.state();
+            assert_eq!((state.logins, state.store_outages), (3, 1));
+            token
         })
     });
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(
+        logs.matches("token store unavailable").count(),
+        1,
+        "one warning per outage in\n{logs}"
+    );
     for expected in [
         "patchworks_login",
         "reason=\"first use\"",
@@ -79,6 +100,7 @@ fn logs_tell_what_happened_and_never_a_secret() {
     for secret in [
         patchworks_auth::test_util::PASSWORD,
         "wrong-password-42",
+        "redis-secret-9",
         token,
     ] {
         assert!(!logs.contains(secret), "{secret:?} leaked into\n{logs}");

@@ -37,8 +37,9 @@
 //! 3. A store that does not answer within 300 ms, or answers with an error, is skipped: the
 //!    process logs in by itself, as it would without a store, and warns once per outage. A
 //!    process that logged in while the store was down offers its token to the store (or takes
-//!    the fleet's) every half-second or so until it succeeds, so the fleet converges on one token
-//!    again once the store is back, without a login.
+//!    the fleet's) every half-second or so, backing off to every 30 s while the store stays down,
+//!    until it succeeds: the fleet converges on one token again once the store is back, without
+//!    a login.
 //!
 //! The store never fails a request.
 //!
