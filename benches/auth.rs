@@ -80,7 +80,7 @@ fn now<F: Future>(future: F) -> F::Output {
 fn call<S>(service: &mut S, request: Request<Body>) -> S::Response
 where
     S: Service<Request<Body>>,
-    S::Error: std::fmt::Debug,
+    S::Error: std::fmt::Debug + Send,
 {
     now(poll_fn(|cx| service.poll_ready(cx))).unwrap();
     now(service.call(request)).unwrap()
@@ -254,7 +254,7 @@ fn drive<S>(
 ) where
     S: Service<Request<Body>> + Clone + Send + 'static,
     S::Future: Send,
-    S::Error: std::fmt::Debug,
+    S::Error: std::fmt::Debug + Send,
 {
     group.bench_function(format!("{threads} thread/{name}"), |b| {
         b.iter_custom(|iters| {
@@ -463,8 +463,40 @@ fn end_to_end(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // 32 requests in flight at once, each its own task on the 2-worker runtime: where a write
+    // to memory that every request shares (a reference count, the client's pool) would show.
+    let mut group = c.benchmark_group("end_to_end_concurrent");
+    group.throughput(criterion::Throughput::Elements(CONCURRENT as u64));
+    group.bench_function(format!("static/{CONCURRENT}"), |b| {
+        b.to_async(&runtime)
+            .iter(|| concurrently(&add_authorization, &uri))
+    });
+    group.bench_function(format!("auth/{CONCURRENT}"), |b| {
+        b.to_async(&runtime).iter(|| concurrently(&auth, &uri))
+    });
+    group.finish();
     assert_eq!(fake.logins(), 1);
     assert_eq!(fake.unauthorized(), 0);
+}
+
+const CONCURRENT: usize = 32;
+
+/// [`CONCURRENT`] GETs of `uri` through clones of `client`, each in a task of its own.
+async fn concurrently<S>(client: &S, uri: &http::Uri)
+where
+    S: Service<Request<Body>, Response = Response<hyper::body::Incoming>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Debug + Send,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..CONCURRENT {
+        let request = Request::get(uri.clone()).body(Body::default()).unwrap();
+        tasks.spawn(client.clone().oneshot(request));
+    }
+    while let Some(response) = tasks.join_next().await {
+        assert_eq!(response.unwrap().unwrap().status(), StatusCode::OK);
+    }
 }
 
 criterion_group! {
