@@ -178,6 +178,12 @@ impl AuthLayer {
 }
 
 impl AuthLayer {
+    /// The token cache every service (and middleware) made from this layer shares.
+    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
+    pub(crate) fn cache(&self) -> Arc<Cache> {
+        self.cache.clone()
+    }
+
     /// What the layer knows of its token (shared by every service it made), without the token.
     pub fn state(&self) -> TokenState {
         self.cache.state()

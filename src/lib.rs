@@ -109,6 +109,7 @@
 //! - `test-util`: `test_util::FakePatchworks`, a fake Patchworks on loopback for your tests.
 //! - `redis`: `store::RedisStore`, a token store on a Redis server, for a fleet on several
 //!   hosts. ([`store::FileStore`] needs no feature.)
+//! - `reqwest`: `reqwest::AuthMiddleware`, the layer as a `reqwest_middleware::Middleware`.
 //!
 //! [tower]: https://docs.rs/tower
 //! [Patchworks]: https://www.wearepatchworks.com
@@ -132,6 +133,9 @@ mod error;
 mod future;
 mod layer;
 mod login;
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+pub mod reqwest;
 pub mod retry;
 mod scope;
 mod service;

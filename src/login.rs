@@ -18,6 +18,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::{Deserialize, Serialize};
 use serde_json::{error::Category, value::RawValue};
 use std::{
+    future::Future,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -52,41 +53,46 @@ where
 {
     // A mutex only to make the service (`Send`, maybe not `Sync`) shareable: it is cloned out
     // once per attempt.
-    let (cache, inner) = (Arc::downgrade(cache), Mutex::new(inner.clone()));
-    Arc::new(move || {
-        let inner = inner.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let cache = cache.upgrade();
-        Box::pin(async move {
-            match cache {
-                Some(cache) => attempt(&cache, inner).await,
-                None => Err(Error::new(Kind::Abandoned)),
-            }
-        })
+    let inner = Mutex::new(inner.clone());
+    login_through(cache, move || {
+        let mut inner = inner.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        move |request| async move {
+            let transport = |err: S::Error| Error::with_source(Kind::Transport, err);
+            let inner = inner.ready().await.map_err(transport)?;
+            inner.call(request).await.map_err(transport)
+        }
     })
 }
 
-/// One attempt: the login request through the wrapped service, and its answer.
-async fn attempt<S, B, RB>(cache: &Cache, mut inner: S) -> Result<Obtained, Error>
+/// A [`LoginFn`] whose attempts send the login request with the sender `make` makes for each:
+/// the one piece that differs between a tower service and another client.
+pub(crate) fn login_through<M, F, Fut, B, RB>(cache: &Arc<Cache>, make: M) -> LoginFn
 where
-    S: HttpService<B, RB>,
+    M: Fn() -> F + Send + Sync + 'static,
+    F: FnOnce(Request<B>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Response<RB>, Error>> + Send,
     B: From<Bytes>,
     RB: ResponseBody,
 {
-    let config = &cache.config;
-    let Secret::Login { email, password } = &config.credentials.secret else {
-        return Err(Error::config("an API key needs no login"));
-    };
-    let transport = |err: S::Error| Error::with_source(Kind::Transport, err);
-    let inner = inner.ready().await.map_err(transport)?;
-    let request = request(&config.login_url, email, password);
-    let sent_at = Instant::now();
-    let response = inner.call(request).await.map_err(transport)?;
-    let issued = read_answer(&config.login_url, response).await?;
-    Ok(Obtained {
-        header: issued.header,
-        obtained_at: sent_at,
-        lifetime: issued.lifetime,
-        shared: false,
+    let cache = Arc::downgrade(cache);
+    Arc::new(move || {
+        let (cache, send) = (cache.upgrade(), make());
+        Box::pin(async move {
+            let cache = cache.ok_or_else(|| Error::new(Kind::Abandoned))?;
+            let config = &cache.config;
+            let Secret::Login { email, password } = &config.credentials.secret else {
+                return Err(Error::config("an API key needs no login"));
+            };
+            let sent_at = Instant::now();
+            let response = send(request(&config.login_url, email, password)).await?;
+            let issued = read_answer(&config.login_url, response).await?;
+            Ok(Obtained {
+                header: issued.header,
+                obtained_at: sent_at,
+                lifetime: issued.lifetime,
+                shared: false,
+            })
+        })
     })
 }
 

@@ -1,0 +1,224 @@
+//! The layer for reqwest: [`AuthMiddleware`], a [`reqwest_middleware::Middleware`].
+//!
+//! It shares the token core with [`AuthLayer`]: one login at a time however many requests wait,
+//! background renewal, the 401 rules (a request replayed once after its token was renewed), the
+//! origin scope, the back-off after a failed login, and the [store](crate::store) if the layer has
+//! one. Logins go through the `reqwest::Client` you give it.
+//!
+//! ```no_run
+//! use patchworks_auth::{reqwest::AuthMiddleware, AuthLayer, Credentials};
+//! use reqwest_middleware::ClientBuilder;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! // No redirects below the layer: the token and the password never follow one.
+//! let client = reqwest::Client::builder()
+//!     .redirect(reqwest::redirect::Policy::none())
+//!     .build()?;
+//! let layer = AuthLayer::new(Credentials::from_env()?);
+//! let client = ClientBuilder::new(client.clone())
+//!     .with(AuthMiddleware::new(layer, client))
+//!     .build();
+//! let flows = client
+//!     .get("https://svc-fabric.pwks.co/api/v1/flows")
+//!     .send()
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Build the client with `redirect::Policy::none()` (reqwest follows up to 10 redirects by
+//! default): a redirect below the middleware would carry the `Authorization` header to wherever
+//! it points, and the login's password with it. A login answered by a redirect is refused.
+//!
+//! A request whose body cannot be cloned (a stream) is sent once; if it meets a 401, the token is
+//! renewed and the 401 returned.
+//!
+//! The layer's own failures come back as `reqwest_middleware::Error::Middleware`, whose
+//! `anyhow::Error` downcasts to [`Error`].
+
+use crate::{
+    cache::{Cache, LoginFn},
+    challenge::{self, Verdict},
+    error::{Error, Kind},
+    login,
+    token::{Endpoint, Phase, Token, Unauthorized},
+    AuthLayer,
+};
+use http::{header::AUTHORIZATION, StatusCode, Uri};
+use reqwest_middleware::{Middleware, Next};
+use std::{fmt, future::Future, pin::Pin, sync::Arc};
+
+/// A [`reqwest_middleware::Middleware`] that logs in to Patchworks and adds
+/// `Authorization: Bearer <token>` to requests for the Patchworks API.
+///
+/// Made from an [`AuthLayer`] (its credentials, login URL, timeouts, store) and the
+/// `reqwest::Client` to log in with. See the [module documentation](self).
+#[derive(Clone)]
+pub struct AuthMiddleware {
+    cache: Arc<Cache>,
+    login: LoginFn,
+}
+
+impl AuthMiddleware {
+    /// A middleware with the configuration of `layer`, logging in through `client`.
+    ///
+    /// It shares its token with `layer` and every service the layer made.
+    pub fn new(layer: AuthLayer, client: reqwest::Client) -> Self {
+        let cache = layer.cache();
+        let login = login_fn(&cache, client);
+        AuthMiddleware { cache, login }
+    }
+
+    /// What the middleware knows of its token, without the token.
+    pub fn state(&self) -> crate::TokenState {
+        self.cache.state()
+    }
+
+    /// A token that may be sent now: the current one (starting its renewal if it is due), or
+    /// the outcome of a login.
+    async fn token(&self) -> Result<Arc<Token>, Error> {
+        if let Some(token) = self.cache.core.current().load_full() {
+            match token.phase() {
+                Phase::Fresh | Phase::Renewing => return Ok(token),
+                Phase::Due => {
+                    if token.advance(Phase::Due, Phase::Renewing) {
+                        self.cache.renew(&token, self.login.clone());
+                    }
+                    return Ok(token);
+                }
+                Phase::Expired => {}
+            }
+        }
+        self.cache.token(self.login.clone()).await
+    }
+
+    async fn send(
+        &self,
+        mut request: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        let scope = match &self.cache.config.scope {
+            Ok(scope) => scope,
+            Err(error) => return Err(middleware_error(error.clone())),
+        };
+        let in_scope = request
+            .url()
+            .as_str()
+            .parse::<Uri>()
+            .is_ok_and(|uri| scope.contains(&uri));
+        if request.headers().contains_key(AUTHORIZATION) || !in_scope {
+            // The caller's own credentials, or not a Patchworks origin: not ours to touch.
+            return next.run(request, extensions).await;
+        }
+        let token = self.token().await.map_err(middleware_error)?;
+        request
+            .headers_mut()
+            .insert(AUTHORIZATION, token.header.clone());
+        let replay = request.try_clone();
+        let endpoint = || Endpoint {
+            method: request.method().clone(),
+            path: request.url().path().to_owned(),
+        };
+        let endpoint = endpoint();
+        let mut extensions_copy = extensions.clone();
+        let response = next.clone().run(request, extensions).await?;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            self.cache.answered(|| endpoint);
+            return Ok(response);
+        }
+        if challenge::verdict(response.headers()) == Verdict::RequestRefused {
+            return Ok(response);
+        }
+        let unauthorized = self
+            .cache
+            .unauthorized(token.generation, &endpoint, self.login.clone())
+            .map_err(middleware_error)?;
+        if unauthorized == Unauthorized::Keep {
+            return Ok(response);
+        }
+        let Some(mut replay) = replay else {
+            // The body is a stream, gone: renew the token for the next request, and hand this
+            // 401 back.
+            let _ = self.cache.token(self.login.clone()).await;
+            return Ok(response);
+        };
+        drop(response);
+        let token = self
+            .cache
+            .token(self.login.clone())
+            .await
+            .map_err(middleware_error)?;
+        tracing::debug!(
+            target: "patchworks_auth",
+            generation = token.generation,
+            "replaying the request that got 401 with the new token"
+        );
+        replay
+            .headers_mut()
+            .insert(AUTHORIZATION, token.header.clone());
+        let response = next.run(replay, &mut extensions_copy).await?;
+        self.cache
+            .replayed(endpoint, response.status() == StatusCode::UNAUTHORIZED);
+        Ok(response)
+    }
+}
+
+/// Written out as `async_trait` expands it (the trait is declared with it), so that the crate
+/// needs no `async-trait` dependency of its own.
+impl Middleware for AuthMiddleware {
+    fn handle<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
+        request: reqwest::Request,
+        extensions: &'life1 mut http::Extensions,
+        next: Next<'life2>,
+    ) -> Pin<
+        Box<
+            dyn Future<Output = reqwest_middleware::Result<reqwest::Response>>
+                + Send
+                + 'async_trait,
+        >,
+    >
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(self.send(request, extensions, next))
+    }
+}
+
+impl fmt::Debug for AuthMiddleware {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthMiddleware")
+            .field("cache", &self.cache)
+            .finish()
+    }
+}
+
+fn middleware_error(error: Error) -> reqwest_middleware::Error {
+    reqwest_middleware::Error::middleware(error)
+}
+
+/// Logs in once through `client`.
+fn login_fn(cache: &Arc<Cache>, client: reqwest::Client) -> LoginFn {
+    login::login_through(cache, move || {
+        let client = client.clone();
+        move |request: http::Request<reqwest::Body>| async move {
+            let transport = |error| Error::with_source(Kind::Transport, error);
+            let request = reqwest::Request::try_from(request).map_err(transport)?;
+            let login_url = request.url().clone();
+            let response = client
+                .execute(request)
+                .await
+                .map_err(|error| transport(error.without_url()))?;
+            if response.url() != &login_url {
+                // The client followed a redirect: the password went along, the token is not
+                // the login URL's.
+                return Err(Error::new(Kind::Redirected(None)));
+            }
+            Ok(http::Response::from(response))
+        }
+    })
+}

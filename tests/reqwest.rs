@@ -1,0 +1,123 @@
+//! `patchworks_auth::reqwest::AuthMiddleware` in a `reqwest_middleware::ClientWithMiddleware`,
+//! against the fake Patchworks over loopback TCP.
+
+use http::StatusCode;
+use patchworks_auth::{reqwest::AuthMiddleware, test_util::FakePatchworks, AuthLayer, Credentials};
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
+
+fn client(fake: &FakePatchworks, layer: AuthLayer) -> (ClientWithMiddleware, AuthMiddleware) {
+    let reqwest = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let middleware = AuthMiddleware::new(layer.login_url(fake.login_url()), reqwest.clone());
+    let client = ClientBuilder::new(reqwest).with(middleware.clone()).build();
+    (client, middleware)
+}
+
+async fn get(client: &ClientWithMiddleware, fake: &FakePatchworks, path: &str) -> StatusCode {
+    let response = client.get(fake.uri(path).to_string()).send().await;
+    response.unwrap().status()
+}
+
+#[tokio::test]
+async fn logs_in_once_for_concurrent_requests_and_reuses_the_token() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let (client, middleware) = client(&fake, AuthLayer::new(fake.credentials()));
+    assert!(!middleware.state().usable, "lazy: no login yet");
+    let statuses =
+        futures_util::future::join_all((0..20).map(|_| get(&client, &fake, "/api/v1/flows"))).await;
+    assert!(statuses.iter().all(|status| *status == StatusCode::OK));
+    assert_eq!(get(&client, &fake, "/api/v1/flows").await, StatusCode::OK);
+    assert_eq!(fake.logins(), 1);
+    assert_eq!(fake.api_calls(), 21);
+    assert!(middleware.state().usable);
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_renewed_and_the_request_replayed_with_its_body() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let (client, _) = client(&fake, AuthLayer::new(fake.credentials()));
+    assert_eq!(get(&client, &fake, "/api/v1/flows").await, StatusCode::OK);
+    fake.revoke_tokens();
+    let response = client
+        .post(fake.uri("/api/v1/flows").to_string())
+        .body(r#"{"name":"nightly"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(fake.logins(), 2);
+    let last = fake.seen().into_iter().last().unwrap();
+    assert_eq!(last.body, r#"{"name":"nightly"}"#, "replayed with its body");
+}
+
+#[tokio::test]
+async fn a_streamed_body_meets_its_401_and_the_next_request_has_a_new_token() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let (client, _) = client(&fake, AuthLayer::new(fake.credentials()));
+    assert_eq!(get(&client, &fake, "/api/v1/flows").await, StatusCode::OK);
+    fake.revoke_tokens();
+    let stream = futures_util::stream::iter([Ok::<_, std::io::Error>("{}")]);
+    let response = client
+        .post(fake.uri("/api/v1/flows").to_string())
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::UNAUTHORIZED,
+        "a stream cannot be replayed"
+    );
+    assert_eq!(get(&client, &fake, "/api/v1/flows").await, StatusCode::OK);
+    assert_eq!(fake.logins(), 2);
+}
+
+#[tokio::test]
+async fn a_permission_401_is_returned_as_is_and_other_origins_get_no_token() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let (client, _) = client(&fake, AuthLayer::new(fake.credentials()));
+    fake.forbid(
+        "/api/v1/admin",
+        Some(r#"Bearer error="insufficient_scope""#),
+    );
+    assert_eq!(
+        get(&client, &fake, "/api/v1/admin").await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(fake.logins(), 1, "no second login for a permission 401");
+
+    let elsewhere = FakePatchworks::start().await.unwrap();
+    let status = client
+        .get(format!(
+            "http://localhost:{}/api/v1/flows",
+            elsewhere.addr().port()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "sent without a token");
+    assert_eq!(elsewhere.seen()[0].authorization, None);
+    assert_eq!(elsewhere.logins() + fake.logins(), 1);
+}
+
+#[tokio::test]
+async fn rejected_credentials_are_a_typed_error() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let layer = AuthLayer::new(Credentials::new("ops@example.com", "wrong"));
+    let (client, _) = client(&fake, layer);
+    let error = client
+        .get(fake.uri("/api/v1/flows").to_string())
+        .send()
+        .await
+        .unwrap_err();
+    let reqwest_middleware::Error::Middleware(error) = error else {
+        panic!("not the middleware's error: {error}")
+    };
+    let error = error.downcast_ref::<patchworks_auth::Error>().unwrap();
+    assert!(error.is_rejected(), "{error}");
+    assert!(!format!("{error:?}{error}").contains("wrong"));
+    assert_eq!(fake.api_calls(), 0);
+}
