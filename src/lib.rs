@@ -82,19 +82,26 @@
 //!
 //! # Layer order
 //!
+//! Outermost first:
+//!
 //! ```text
 //! ServiceBuilder::new()
-//!     .layer(FollowRedirectLayer::new())  // outside: every hop passes the origin check again
-//!     .layer(TimeoutLayer::new(..))       // bounds a request, including a wait for a login
-//!     .layer(RetryLayer::new(..))         // a retried request gets the current token
-//!     .layer(AuthLayer::new(creds))
-//!     .service(client)                    // the login goes through this, too
+//!     .timeout(Duration::from_secs(30))    // 1. tower's timeout: bounds the whole call
+//!     .layer(FollowRedirectLayer::new())   // 2. tower-http: each hop is a new request
+//!     .retry(RetryPolicy::new())           // 3. each attempt gets the current token
+//!     .layer(AuthLayer::new(creds))        // 4. the token; a 401 renews it and replays once
+//!     .service(client)                     //    the login goes through the bare client
 //! ```
 //!
-//! Keep redirects outside this layer: then a redirect to another origin is a new request that
-//! the origin check sees, so the token never follows it, and the login `POST` is never
-//! redirected. A timeout outside bounds what the caller waits; it does not abort a login others
-//! wait on.
+//! 1. `ServiceBuilder::timeout` (tower's `TimeoutLayer`, not tower-http's server-side one)
+//!    outermost bounds what the caller waits, every hop, retry and login wait included; it
+//!    does not abort a login other requests share.
+//! 2. Redirects outside this layer: a redirect is a new request that passes the origin check
+//!    again, so the token never follows one to another origin, and the login `POST` is never
+//!    redirected.
+//! 3. Retries outside this layer: a retried request gets the token current then, and never sees
+//!    a 401 this layer recovers. Retried requests are cloned: their bodies must be `Clone`.
+//! 4. This layer right above the client, which it logs in through.
 //!
 //! # Secrets
 //!
@@ -145,6 +152,11 @@ mod token;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod test_util;
+
+/// The README's Rust blocks, compiled and run as doc tests so that they never rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 /// Entry points for `cargo fuzz` (see `fuzz/`); not an API.
 #[cfg(feature = "fuzzing")]

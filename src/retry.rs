@@ -40,13 +40,16 @@ use tower::{
 /// use patchworks_auth::{retry::RetryPolicy, AuthLayer, Credentials};
 /// use std::time::Duration;
 /// use tower::ServiceBuilder;
+/// use tower_http::follow_redirect::FollowRedirectLayer;
 ///
 /// # let http_client = tower::service_fn(|_: Request<Full<Bytes>>| async {
 /// #     Ok::<_, std::convert::Infallible>(http::Response::new(Full::<Bytes>::default()))
 /// # });
+/// // The crate's one layer order (see its "Layer order"): timeout, redirects, retry, the layer.
 /// let client = ServiceBuilder::new()
 ///     .timeout(Duration::from_secs(30)) // bounds the whole call, retries included
-///     .retry(RetryPolicy::new().max_retries(2))
+///     .layer(FollowRedirectLayer::new()) // each hop a new request
+///     .retry(RetryPolicy::new().max_retries(2)) // outside the layer: current token
 ///     .layer(AuthLayer::new(Credentials::new("ops@example.com", "pw")))
 ///     .service(http_client);
 /// # let _ = client;
