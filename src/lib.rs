@@ -116,6 +116,8 @@
 //! - `test-util`: `test_util::FakePatchworks`, a fake Patchworks on loopback for your tests.
 //! - `redis`: `store::RedisStore`, a token store on a Redis server, for a fleet on several
 //!   hosts. ([`store::FileStore`] needs no feature.)
+//! - `rustls`: `AuthLayer::https_client()`, a ready `PatchworksClient` (hyper-util over rustls,
+//!   timeout, redirects, retries, the layer).
 //! - `reqwest`: `reqwest::AuthMiddleware`, the layer as a `reqwest_middleware::Middleware`.
 //!
 //! [tower]: https://docs.rs/tower
@@ -133,6 +135,8 @@
 mod bounds;
 mod cache;
 mod challenge;
+#[cfg(feature = "rustls")]
+mod client;
 mod clock;
 mod config;
 mod credentials;
@@ -181,6 +185,9 @@ pub mod fuzzing {
     }
 }
 
+#[cfg(feature = "rustls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+pub use client::{PatchworksClient, DEFAULT_BASE_URL};
 pub use credentials::Credentials;
 pub use error::Error;
 pub use future::ResponseFuture;

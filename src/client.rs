@@ -1,0 +1,157 @@
+//! A ready HTTPS client: [`PatchworksClient`], from [`AuthLayer::https_client`].
+
+use crate::{retry::RetryPolicy, service::Auth, AuthLayer, Error, TokenState};
+use bytes::Bytes;
+use http::{uri::PathAndQuery, Request, Response, Uri};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+use tower::{util::BoxCloneSyncService, BoxError, Service, ServiceBuilder};
+use tower_http::follow_redirect::FollowRedirectLayer;
+
+/// Where relative request paths go by default: the Patchworks Core API.
+pub const DEFAULT_BASE_URL: &str = "https://svc-fabric.pwks.co/api/v1/";
+
+type Bare = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A Patchworks API client, ready to use: hyper-util over rustls (ring, the webpki roots,
+/// HTTP/1 and HTTP/2), with the crate's one layer order on top:
+///
+/// ```text
+/// timeout (30 s) → redirects (each hop re-checked) → RetryPolicy → AuthLayer → hyper-util
+/// ```
+///
+/// Made by [`AuthLayer::https_client`] (cargo feature `rustls`). It is `Clone + Send + Sync +
+/// 'static`, a `Service<Request<Full<Bytes>>>` answering `Response<Incoming>` with
+/// [`BoxError`]s, so it sits in axum state as it is. Clones share one connection pool and one
+/// token.
+///
+/// A request whose URI is a path (`/flows?page=2`) goes to the [base URL](Self::base_url)
+/// followed by that path: `https://svc-fabric.pwks.co/api/v1/flows?page=2` by default.
+///
+/// ```no_run
+/// use http::Request;
+/// use patchworks_auth::{AuthLayer, Credentials};
+/// use tower::ServiceExt;
+///
+/// # async fn run() -> Result<(), tower::BoxError> {
+/// let client = AuthLayer::new(Credentials::from_env()?).https_client();
+/// client.login().await?; // refuse to start with bad credentials
+/// let flows = client.oneshot(Request::get("/flows").body(Default::default())?).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct PatchworksClient {
+    stack: BoxCloneSyncService<Request<Full<Bytes>>, Response<Incoming>, BoxError>,
+    /// The layer's service, for [`login`](Self::login) and [`state`](Self::state).
+    auth: Auth<Bare>,
+    base: Uri,
+}
+
+impl AuthLayer {
+    /// A ready HTTPS client with this layer: see [`PatchworksClient`].
+    ///
+    /// Its requests time out after 30 s, follow up to 20 redirects (each hop passes the origin
+    /// check again: the token goes only where it belongs), and are retried by a default
+    /// [`RetryPolicy`] (idempotent methods, at most 3 times).
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+    pub fn https_client(self) -> PatchworksClient {
+        // The webpki roots are compiled in: no platform verifier, no file to find.
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .build();
+        let bare: Bare = Client::builder(TokioExecutor::new()).build(https);
+        let auth = tower_layer::Layer::layer(&self, bare);
+        let stack = ServiceBuilder::new()
+            .timeout(PatchworksClient::TIMEOUT)
+            .layer(FollowRedirectLayer::new())
+            .retry(RetryPolicy::new())
+            .service(auth.clone());
+        PatchworksClient {
+            stack: BoxCloneSyncService::new(stack),
+            auth,
+            base: Uri::from_static(DEFAULT_BASE_URL),
+        }
+    }
+}
+
+impl PatchworksClient {
+    /// The timeout of one call, redirects, retries and a login wait included.
+    pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// Sends path-only requests to `base` (for instance a staging API) instead of
+    /// [`DEFAULT_BASE_URL`]. Its origin must be one the layer trusts with the token (a
+    /// Patchworks host, or the login URL's).
+    pub fn base_url(mut self, base: Uri) -> Self {
+        self.base = base;
+        self
+    }
+
+    /// Logs in now unless a usable token is cached, and waits for it: call it at start-up to
+    /// refuse to start with bad credentials or an unreachable login endpoint.
+    ///
+    /// # Errors
+    ///
+    /// The login's [`Error`].
+    pub async fn login(&self) -> Result<(), Error> {
+        self.auth.login::<Full<Bytes>, Incoming>().await
+    }
+
+    /// What the layer knows of its token, without the token.
+    pub fn state(&self) -> TokenState {
+        self.auth.state()
+    }
+
+    /// `uri` made absolute against the base URL, if it is a path.
+    fn resolve(&self, uri: &Uri) -> Option<Uri> {
+        if uri.authority().is_some() {
+            return None;
+        }
+        let base = self.base.path().trim_end_matches('/');
+        let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        let mut parts = self.base.clone().into_parts();
+        parts.path_and_query = format!("{base}{path}").parse().ok();
+        Uri::from_parts(parts).ok()
+    }
+}
+
+impl Service<Request<Full<Bytes>>> for PatchworksClient {
+    type Response = Response<Incoming>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.stack.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Full<Bytes>>) -> Self::Future {
+        if let Some(uri) = self.resolve(request.uri()) {
+            *request.uri_mut() = uri;
+        }
+        self.stack.call(request)
+    }
+}
+
+impl fmt::Debug for PatchworksClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PatchworksClient")
+            .field("base", &self.base)
+            .field("auth", &self.auth)
+            .finish()
+    }
+}

@@ -1,0 +1,100 @@
+//! `AuthLayer::https_client()`: the ready client, against the fake Patchworks over loopback.
+
+use axum::{extract::State, routing::get, Router};
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use patchworks_auth::{test_util::FakePatchworks, AuthLayer, Credentials, PatchworksClient};
+use tower::ServiceExt;
+
+fn client(fake: &FakePatchworks) -> PatchworksClient {
+    AuthLayer::new(fake.credentials())
+        .login_url(fake.login_url())
+        .https_client()
+        .base_url(fake.uri("/api/v1/"))
+}
+
+fn get_path(path: &str) -> Request<Full<Bytes>> {
+    Request::get(path).body(Full::default()).unwrap()
+}
+
+#[tokio::test]
+async fn paths_go_to_the_base_url_with_the_token() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let client = client(&fake);
+    assert!(!client.state().usable, "lazy");
+    client.login().await.unwrap();
+    assert!(client.state().usable);
+    let response = client
+        .clone()
+        .oneshot(get_path("/flows?page=2"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen = fake.seen().into_iter().last().unwrap();
+    assert_eq!(seen.path, "/api/v1/flows");
+    assert!(seen.authorization.is_some());
+    assert_eq!(fake.logins(), 1);
+}
+
+#[tokio::test]
+async fn redirects_are_followed_and_503s_retried_through_the_layer() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let client = client(&fake);
+    fake.redirect("/api/v1/old-flows", "/api/v1/flows");
+    let response = client
+        .clone()
+        .oneshot(get_path("/old-flows"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        fake.seen().into_iter().last().unwrap().path,
+        "/api/v1/flows"
+    );
+
+    fake.fail_api_calls(1, StatusCode::SERVICE_UNAVAILABLE, Some(0));
+    let response = client.clone().oneshot(get_path("/flows")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "retried");
+
+    fake.revoke_tokens();
+    let response = client.oneshot(get_path("/flows")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "401 recovered");
+    assert_eq!(fake.logins(), 2);
+}
+
+#[tokio::test]
+async fn login_fails_with_the_typed_error() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let client = AuthLayer::new(Credentials::new("ops@example.com", "wrong"))
+        .login_url(fake.login_url())
+        .https_client();
+    assert!(client.login().await.unwrap_err().is_rejected());
+}
+
+/// The client in axum state, with no annotations: a handler forwards to Patchworks.
+#[tokio::test]
+async fn sits_in_axum_state_as_it_is() {
+    async fn flows(State(client): State<PatchworksClient>) -> (StatusCode, Bytes) {
+        let response = client.oneshot(get_path("/flows")).await.unwrap();
+        let status = response.status();
+        (
+            status,
+            response.into_body().collect().await.unwrap().to_bytes(),
+        )
+    }
+    let fake = FakePatchworks::start().await.unwrap();
+    let app = Router::new()
+        .route("/flows", get(flows))
+        .with_state(client(&fake));
+    let response = app
+        .oneshot(
+            Request::get("/flows")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(fake.logins(), 1);
+}
