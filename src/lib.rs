@@ -132,6 +132,7 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod body;
 mod bounds;
 mod cache;
 mod challenge;

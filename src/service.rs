@@ -24,6 +24,15 @@ use tower_service::Service;
 /// Made by [`AuthLayer`](crate::AuthLayer); see there and the [crate documentation](crate)
 /// for its behaviour. Clones share one token cache.
 ///
+/// # Request bodies
+///
+/// The request body must be one the layer can build from bytes (`From<Bytes>`), for its login
+/// and for a replay: `Full<Bytes>`, axum's `Body`, or [`body::Body`](crate::body::Body), which
+/// takes any other (`Empty<Bytes>`, `String`, `BoxBody`, `UnsyncBoxBody`, a forwarded
+/// `hyper::body::Incoming`). A body of known size up to the
+/// [replay limit](crate::AuthLayer::replay_body_limit) is kept for a replay after a 401; a
+/// streamed one is sent once, and its 401 returned once the token is renewed.
+///
 /// A request with a fresh cached token costs a pointer comparison with the cache, one atomic
 /// load of the token's state, the token header's clone (as a static header would), and a copy of
 /// the request's method, URI and headers kept until the response arrives, so that the request
