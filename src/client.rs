@@ -109,7 +109,7 @@ impl PatchworksClient {
     ///
     /// The login's [`Error`].
     pub async fn login(&self) -> Result<(), Error> {
-        self.auth.login::<Full<Bytes>, Incoming>().await
+        self.auth.login::<Full<Bytes>>().await
     }
 
     /// What the layer knows of its token, without the token.

@@ -260,7 +260,7 @@ impl Keep {
 #[allow(private_bounds)]
 impl<S, ReqBody, ResBody> ResponseFuture<S, ReqBody>
 where
-    S: HttpService<ReqBody, ResBody> + Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: HttpService<ReqBody, ResBody = ResBody>,
     ReqBody: RequestBody,
     ResBody: ResponseBody,
 {
@@ -372,19 +372,12 @@ where
     }
 }
 
-impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
+impl<S, ReqBody> Future for ResponseFuture<S, ReqBody>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    ReqBody: Body + From<Bytes> + Send + 'static,
-    ReqBody::Data: Send,
-    ReqBody::Error: Into<BoxError>,
-    ResBody: Body + Send + 'static,
-    ResBody::Data: Send,
-    ResBody::Error: Into<BoxError>,
+    S: HttpService<ReqBody>,
+    ReqBody: RequestBody,
 {
-    type Output = Result<Response<ResBody>, BoxError>;
+    type Output = Result<Response<S::ResBody>, BoxError>;
 
     /// # Panics
     ///
@@ -404,7 +397,7 @@ fn poll_state<S, ReqBody, ResBody>(
     cx: &mut Context<'_>,
 ) -> Poll<Result<Response<ResBody>, BoxError>>
 where
-    S: HttpService<ReqBody, ResBody>,
+    S: HttpService<ReqBody, ResBody = ResBody>,
     ReqBody: RequestBody,
     ResBody: ResponseBody,
 {
@@ -491,7 +484,7 @@ async fn recover<S, ReqBody, ResBody>(
     unauthorized: Response<ResBody>,
 ) -> Result<Response<ResBody>, BoxError>
 where
-    S: HttpService<ReqBody, ResBody>,
+    S: HttpService<ReqBody, ResBody = ResBody>,
     ReqBody: From<Bytes> + Send + 'static,
     ResBody: ResponseBody,
 {

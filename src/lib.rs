@@ -133,7 +133,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod body;
-mod bounds;
+pub mod bounds;
 mod cache;
 mod challenge;
 #[cfg(feature = "rustls")]

@@ -47,7 +47,7 @@ pub(crate) struct Issued {
 /// The function the login driver logs in with: one attempt through a clone of `inner`.
 pub(crate) fn login_fn<S, B, RB>(cache: &Arc<Cache>, inner: &S) -> LoginFn
 where
-    S: HttpService<B, RB>,
+    S: HttpService<B, ResBody = RB>,
     B: From<Bytes> + Send + 'static,
     RB: ResponseBody,
 {

@@ -7,9 +7,7 @@ use crate::{
     login,
     token::{Phase, Token, TokenState},
 };
-use bytes::Bytes;
 use http::{header::AUTHORIZATION, Request, Response};
-use http_body::Body;
 use std::{
     fmt,
     sync::Arc,
@@ -115,15 +113,10 @@ impl<S> Auth<S> {
     /// assert!(error.is_rejected());
     /// # }
     /// ```
-    pub async fn login<ReqBody, ResBody>(&self) -> Result<(), crate::Error>
+    pub async fn login<ReqBody>(&self) -> Result<(), crate::Error>
     where
-        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        ReqBody: From<Bytes> + Send + 'static,
-        ResBody: Body + Send + 'static,
-        ResBody::Data: Send,
-        ResBody::Error: Into<BoxError>,
+        S: HttpService<ReqBody>,
+        ReqBody: RequestBody,
     {
         if let Err(error) = &self.cache.config.scope {
             return Err(error.clone());
@@ -143,7 +136,7 @@ impl<S: Clone> Auth<S> {
     #[inline(never)]
     fn cold<ReqBody, ResBody>(&mut self, request: Request<ReqBody>) -> ResponseFuture<S, ReqBody>
     where
-        S: HttpService<ReqBody, ResBody>,
+        S: HttpService<ReqBody, ResBody = ResBody>,
         ReqBody: RequestBody,
         ResBody: ResponseBody,
     {
@@ -172,19 +165,12 @@ impl<S: fmt::Debug> fmt::Debug for Auth<S> {
     }
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Auth<S>
+impl<S, ReqBody> Service<Request<ReqBody>> for Auth<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    ReqBody: Body + From<Bytes> + Send + 'static,
-    ReqBody::Data: Send,
-    ReqBody::Error: Into<BoxError>,
-    ResBody: Body + Send + 'static,
-    ResBody::Data: Send,
-    ResBody::Error: Into<BoxError>,
+    S: HttpService<ReqBody>,
+    ReqBody: RequestBody,
 {
-    type Response = Response<ResBody>;
+    type Response = Response<S::ResBody>;
     type Error = BoxError;
     type Future = ResponseFuture<S, ReqBody>;
 
