@@ -515,14 +515,7 @@ where
     };
     drop(unauthorized);
     let token = cache.token(login).await?;
-    tracing::debug!(
-        target: "patchworks_auth",
-        generation = token.generation,
-        "replaying the request that got 401 with the new token"
-    );
-    request
-        .headers_mut()
-        .insert(AUTHORIZATION, token.header.clone());
+    token.authorize_replay(request.headers_mut());
     let response = inner
         .ready()
         .await

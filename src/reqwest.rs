@@ -149,14 +149,7 @@ impl AuthMiddleware {
             .token(self.login.clone())
             .await
             .map_err(middleware_error)?;
-        tracing::debug!(
-            target: "patchworks_auth",
-            generation = token.generation,
-            "replaying the request that got 401 with the new token"
-        );
-        replay
-            .headers_mut()
-            .insert(AUTHORIZATION, token.header.clone());
+        token.authorize_replay(replay.headers_mut());
         let response = next.run(replay, &mut extensions_copy).await?;
         self.cache
             .replayed(endpoint, response.status() == StatusCode::UNAUTHORIZED);

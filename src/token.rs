@@ -160,6 +160,17 @@ impl Token {
         self.phase() != Phase::Expired
     }
 
+    /// Puts the token in the headers of a request that got 401 with the token before, to send
+    /// it again.
+    pub(crate) fn authorize_replay(&self, headers: &mut http::HeaderMap) {
+        tracing::debug!(
+            target: "patchworks_auth",
+            generation = self.generation,
+            "replaying the request that got 401 with the new token"
+        );
+        headers.insert(http::header::AUTHORIZATION, self.header.clone());
+    }
+
     /// Hands the token the task that ages it, aborted when the token is dropped.
     pub(crate) fn set_timer(&self, timer: AbortHandle) {
         let _ = self.timer.set(timer);
