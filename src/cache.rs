@@ -339,7 +339,7 @@ impl Cache {
                         target: "patchworks_auth",
                         reason = reason.as_str(),
                         generation = token.generation,
-                        lifetime = ?token.expires_at.map(|at| at - token.obtained_at),
+                        lifetime = ?token.lifetime(),
                         took = ?token.obtained_at.elapsed(),
                         "logged in to Patchworks"
                     );
@@ -368,12 +368,11 @@ impl Cache {
 
     /// Ages a token on Tokio's clock (see [`age`]).
     fn keep_aged(&self, token: &Arc<Token>) {
-        let (Some(expires_at), Ok(runtime)) =
-            (token.expires_at, tokio::runtime::Handle::try_current())
+        let (Some(lifetime), Ok(runtime)) =
+            (token.lifetime(), tokio::runtime::Handle::try_current())
         else {
             return;
         };
-        let lifetime = expires_at - token.obtained_at;
         let (renew_at, expire_at) = self.core.timings().schedule(token.obtained_at, lifetime);
         let timer = runtime.spawn(age(Arc::downgrade(token), renew_at, expire_at));
         token.set_timer(timer.abort_handle());
@@ -418,7 +417,7 @@ impl Cache {
                     Ok(None) => {
                         if store.lock(&owner, cache.config.login_timeout).await == Ok(true) {
                             if let Ok(None) = store.load().await {
-                                let lifetime = mine.expires_at.map(|at| at - mine.obtained_at);
+                                let lifetime = mine.lifetime();
                                 if let Some(lifetime) = lifetime {
                                     let obtained = Obtained {
                                         header: mine.header.clone(),

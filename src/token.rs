@@ -160,6 +160,11 @@ impl Token {
         self.phase() != Phase::Expired
     }
 
+    /// How long it lives from when it was obtained; `None` for an API key.
+    pub(crate) fn lifetime(&self) -> Option<Duration> {
+        self.expires_at.map(|at| at - self.obtained_at)
+    }
+
     /// Puts the token in the headers of a request that got 401 with the token before, to send
     /// it again.
     pub(crate) fn authorize_replay(&self, headers: &mut http::HeaderMap) {
