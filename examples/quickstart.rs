@@ -15,16 +15,19 @@ use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use patchworks_auth::{test_util::FakePatchworks, AuthLayer, Credentials};
 use std::time::Duration;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
+use tracing::Level;
+use tracing_subscriber::{filter::Targets, fmt, prelude::*};
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "patchworks_auth=info".into()),
-        )
-        .with_target(false)
-        .compact()
+    // `RUST_LOG` as `target=level` pairs, say `patchworks_auth=debug`.
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|directives| directives.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_target("patchworks_auth", Level::INFO));
+    tracing_subscriber::registry()
+        .with(fmt::layer().with_target(false).compact())
+        .with(filter)
         .init();
 
     if std::env::var_os(Credentials::EMAIL_VAR).is_some() {

@@ -33,6 +33,8 @@ use patchworks_auth::{retry::RetryPolicy, test_util::FakePatchworks, AuthLayer, 
 use std::time::Duration;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tower_http::follow_redirect::FollowRedirectLayer;
+use tracing::Level;
+use tracing_subscriber::{filter::Targets, fmt, prelude::*};
 
 /// The stack, for any HTTP client.
 fn stack<S>(
@@ -73,13 +75,14 @@ where
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "patchworks_auth=debug".into()),
-        )
-        .with_target(false)
-        .compact()
+    // `RUST_LOG` as `target=level` pairs, say `patchworks_auth=debug`.
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|directives| directives.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_target("patchworks_auth", Level::DEBUG));
+    tracing_subscriber::registry()
+        .with(fmt::layer().with_target(false).compact())
+        .with(filter)
         .init();
 
     if std::env::var_os(Credentials::EMAIL_VAR).is_some() {
