@@ -85,9 +85,79 @@ const POLLED_AFTER_COMPLETION: &str = "ResponseFuture polled after completion";
 /// What a sent request needs to recover from a 401: a service to log in and replay with, the
 /// cache, and which token it carried.
 struct Ctx<S> {
-    inner: S,
-    cache: Arc<Cache>,
+    keeper: Keeper<S>,
     generation: u64,
+}
+
+/// Where a sent request's service and cache for a 401 come from.
+enum Keeper<S> {
+    /// The service that sent it (driven ready again for a replay), and the shared cache.
+    Sender(S, Arc<Cache>),
+    /// The sending [`Auth`](crate::Auth)'s own copy ([`Own`]).
+    Own(Arc<Own<S>>),
+}
+
+impl<S: Clone> Keeper<S> {
+    fn cache(&self) -> &Arc<Cache> {
+        match self {
+            Keeper::Sender(_, cache) => cache,
+            Keeper::Own(own) => &own.cache,
+        }
+    }
+
+    fn into_parts(self) -> (S, Arc<Cache>) {
+        match self {
+            Keeper::Sender(inner, cache) => (inner, cache),
+            Keeper::Own(own) => (
+                own.inner
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .clone(),
+                own.cache.clone(),
+            ),
+        }
+    }
+}
+
+/// What a long-lived [`Auth`](crate::Auth) keeps of its own for one token, so that its warm
+/// requests write no memory that another service's requests write: its own copy of the token
+/// header (whose reference count each request bumps), and its own reference count that keeps
+/// the cache and a clone of the inner service (for a replay after a 401) alive while a request
+/// is in flight. Without it, each request bumps the shared cache's count and the token's shared
+/// header, and clones the inner service: two threads' requests bounce those cache lines.
+pub(crate) struct Own<S> {
+    cache: Arc<Cache>,
+    pub(crate) generation: u64,
+    pub(crate) header: HeaderValue,
+    /// Only for a replay (rare); the `Mutex` keeps `Own` `Sync` for any `Send` service.
+    inner: std::sync::Mutex<S>,
+}
+
+impl<S> Own<S> {
+    pub(crate) fn new(cache: Arc<Cache>, token: &Token, inner: S) -> Arc<Self> {
+        Arc::new(Own {
+            cache,
+            generation: token.generation,
+            header: token.private_header(),
+            inner: std::sync::Mutex::new(inner),
+        })
+    }
+}
+
+/// A ready service for a warm request, as the service or a login wait hands it over.
+pub(crate) enum Ready<'a, S> {
+    /// A service of the request's own (a clone, driven ready after a login wait).
+    Owned(S, Arc<Cache>),
+    /// The `Auth`'s own ready inner service, and its [`Own`].
+    Borrowed(&'a mut S, &'a Arc<Own<S>>),
+}
+
+/// A ready service that a request keeps until it sends (after its body is read).
+enum Sender<S> {
+    /// It stays with the request for a replay.
+    Alone(S, Arc<Cache>),
+    /// The `Auth`'s [`Own`] serves for a replay.
+    WithOwn(S, Arc<Own<S>>),
 }
 
 /// A request waiting for a token: `inner` is a clone, not ready.
@@ -99,7 +169,8 @@ struct Cold<S, ReqBody> {
 
 /// A request waiting for its body to be buffered.
 struct Pending<S> {
-    ctx: Ctx<S>,
+    sender: Sender<S>,
+    generation: u64,
     parts: http::request::Parts,
     header: HeaderValue,
     limit: usize,
@@ -274,16 +345,15 @@ where
         Self::new(State::Failed { error: Some(error) })
     }
 
-    /// A request that has a token: `inner` is ready.
+    /// A request that has a token, sent by a ready service.
     #[inline(always)]
     pub(crate) fn warm(
-        inner: S,
-        cache: &Arc<Cache>,
+        ready: Ready<'_, S>,
         request: Request<ReqBody>,
         header: HeaderValue,
         generation: u64,
     ) -> Self {
-        Self::new(warm(inner, cache, request, header, generation))
+        Self::new(warm(ready, request, header, generation))
     }
 
     /// A request that waits for a login first: `inner` is a clone, not ready.
@@ -308,68 +378,112 @@ where
     }
 }
 
-/// The state of a request that has a token: `inner` is ready.
+/// The state of a request that has a token, sent by a ready service.
 #[inline(always)]
 fn warm<S, ReqBody>(
-    inner: S,
-    cache: &Arc<Cache>,
+    ready: Ready<'_, S>,
     request: Request<ReqBody>,
     header: HeaderValue,
     generation: u64,
 ) -> State<S, ReqBody>
 where
-    S: Service<Request<ReqBody>>,
+    S: Service<Request<ReqBody>> + Clone,
     ReqBody: Body,
 {
-    let ctx = Ctx {
-        inner,
-        cache: cache.clone(),
-        generation,
-    };
-    let limit = cache.config.replay_body_limit;
-    match Keep::for_body(request.body(), limit) {
-        Keep::Empty => {
-            let replay = Replay::copy(&request, Some(Bytes::new()));
-            send(ctx, request, header, replay)
-        }
+    let limit = match &ready {
+        Ready::Owned(_, cache) => cache,
+        Ready::Borrowed(_, own) => &own.cache,
+    }
+    .config
+    .replay_body_limit;
+    let replay = match Keep::for_body(request.body(), limit) {
+        Keep::Empty => Replay::copy(&request, Some(Bytes::new())),
+        // A large or streaming body: its cost dwarfs a copy of the headers.
+        Keep::Nothing => Replay::copy(&request, None),
         Keep::Buffer => {
+            // The body is read before the request is sent: the ready service waits with it.
+            let sender = match ready {
+                Ready::Owned(inner, cache) => Sender::Alone(inner, cache),
+                Ready::Borrowed(inner, own) => {
+                    // A clone (not ready) stays for the `Auth`'s next request.
+                    let clone = inner.clone();
+                    Sender::WithOwn(std::mem::replace(inner, clone), own.clone())
+                }
+            };
             let (parts, body) = request.into_parts();
-            State::Buffering {
+            return State::Buffering {
                 body,
                 buffer: BodyBuffer::Empty,
                 pending: Some(Pending {
-                    ctx,
+                    sender,
+                    generation,
                     parts,
                     header,
                     limit,
                 }),
-            }
+            };
         }
-        Keep::Nothing => {
-            // A large or streaming body: its cost dwarfs a copy of the headers.
-            let replay = Replay::copy(&request, None);
-            send(ctx, request, header, replay)
+    };
+    match ready {
+        Ready::Owned(inner, cache) => send(
+            Sender::Alone(inner, cache),
+            request,
+            header,
+            replay,
+            generation,
+        ),
+        // The warm path of a long-lived service: no clone of the inner service, the cache or
+        // the shared header.
+        Ready::Borrowed(inner, own) => State::Sent {
+            future: authorize(inner, request, header),
+            ctx: Some(Ctx {
+                keeper: Keeper::Own(own.clone()),
+                generation,
+            }),
+            replay: Some(replay),
+        },
+    }
+}
+
+/// Sends with a service the request holds.
+fn send<S, ReqBody>(
+    sender: Sender<S>,
+    request: Request<ReqBody>,
+    header: HeaderValue,
+    replay: Replay,
+    generation: u64,
+) -> State<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    let (future, keeper) = match sender {
+        Sender::Alone(mut inner, cache) => (
+            authorize(&mut inner, request, header),
+            Keeper::Sender(inner, cache),
+        ),
+        Sender::WithOwn(mut inner, own) => {
+            (authorize(&mut inner, request, header), Keeper::Own(own))
         }
+    };
+    State::Sent {
+        future,
+        ctx: Some(Ctx { keeper, generation }),
+        replay: Some(replay),
     }
 }
 
 /// Attaches the token and calls the (ready) inner service.
 #[inline(always)]
-fn send<S, ReqBody>(
-    mut ctx: Ctx<S>,
+fn authorize<S, ReqBody>(
+    inner: &mut S,
     mut request: Request<ReqBody>,
     header: HeaderValue,
-    replay: Replay,
-) -> State<S, ReqBody>
+) -> S::Future
 where
     S: Service<Request<ReqBody>>,
 {
     request.headers_mut().insert(AUTHORIZATION, header);
-    State::Sent {
-        future: ctx.inner.call(request),
-        ctx: Some(ctx),
-        replay: Some(replay),
-    }
+    inner.call(request)
 }
 
 impl<S, ReqBody> Future for ResponseFuture<S, ReqBody>
@@ -412,11 +526,15 @@ where
                 let limit = pending.as_ref().expect(POLLED_AFTER_COMPLETION).limit;
                 let bytes = ready!(buffer.poll_fill(body, limit, cx))?;
                 let Pending {
-                    ctx, parts, header, ..
+                    sender,
+                    generation,
+                    parts,
+                    header,
+                    ..
                 } = pending.take().expect(POLLED_AFTER_COMPLETION);
                 let request = Request::from_parts(parts, ReqBody::from(bytes.clone()));
                 let replay = Replay::copy(&request, Some(bytes));
-                state.set(send(ctx, request, header, replay));
+                state.set(send(sender, request, header, replay, generation));
             }
             StateProj::Sent {
                 future,
@@ -428,7 +546,7 @@ where
                 let replay = replay.take().expect(POLLED_AFTER_COMPLETION);
                 if response.status() != StatusCode::UNAUTHORIZED {
                     // Evidence that the token is good, and that this endpoint does not refuse.
-                    ctx.cache.answered(|| replay.endpoint());
+                    ctx.keeper.cache().answered(|| replay.endpoint());
                     return Poll::Ready(Ok(response));
                 }
                 if challenge::verdict(response.headers()) == Verdict::RequestRefused {
@@ -455,7 +573,12 @@ where
                     cache,
                     request,
                 } = pending;
-                state.set(warm(inner, &cache, request, header, generation));
+                state.set(warm(
+                    Ready::Owned(inner, cache),
+                    request,
+                    header,
+                    generation,
+                ));
             }
             StateProj::Slow { future } => return future.as_mut().poll(cx),
             StateProj::Failed { error } => {
@@ -488,11 +611,8 @@ where
     ReqBody: From<Bytes> + Send + 'static,
     ResBody: ResponseBody,
 {
-    let Ctx {
-        mut inner,
-        cache,
-        generation,
-    } = ctx;
+    let Ctx { keeper, generation } = ctx;
+    let (mut inner, cache) = keeper.into_parts();
     let endpoint = replay.endpoint();
     let login = login_fn(&cache, &inner);
     if !replay.body_kept {

@@ -3,7 +3,7 @@
 use crate::{
     bounds::{HttpService, RequestBody, ResponseBody},
     cache::{Cache, Current},
-    future::ResponseFuture,
+    future::{Own, Ready, ResponseFuture},
     login,
     token::{Phase, Token, TokenState},
 };
@@ -35,12 +35,28 @@ use tower_service::Service;
 /// load of the token's state, the token header's clone (as a static header would), and a copy of
 /// the request's method, URI and headers kept until the response arrives, so that the request
 /// can be replayed after a 401.
+///
+/// Clones share the cache. A clone kept for many requests (one per thread or task) makes, after
+/// a few of them, its own copy of the token header and its own handle to the cache and to a
+/// clone of the inner service for replays: from then on its requests write no memory that
+/// another clone's requests write, and the inner service is not cloned per request. A clone
+/// made for one request (`oneshot`) uses the shared ones, as a static header would.
 pub struct Auth<S> {
     inner: S,
     cache: Arc<Cache>,
     /// This service's view of the current token: a pointer comparison on the request path.
     token: arc_swap::Cache<Current, Option<Arc<Token>>>,
+    /// This service's own copy for the current token, once it has sent [`OWN_AFTER`] warm
+    /// requests with it; `None` in a new clone.
+    own: Option<Arc<Own<S>>>,
+    /// Warm requests sent without `own` since it was last made or found out of date.
+    shared_sends: u32,
 }
+
+/// How many warm requests a service sends through the shared state before it makes its own
+/// copy ([`Own`]): a clone made for one request (`oneshot`) never pays for a copy, and a
+/// long-lived one (a clone per thread or task) soon stops writing memory other clones write.
+const OWN_AFTER: u32 = 16;
 
 impl<S> Auth<S> {
     pub(crate) fn new(inner: S, cache: Arc<Cache>) -> Self {
@@ -49,6 +65,8 @@ impl<S> Auth<S> {
             inner,
             cache,
             token,
+            own: None,
+            shared_sends: 0,
         }
     }
 
@@ -59,6 +77,8 @@ impl<S> Auth<S> {
 
     /// Gets a mutable reference to the underlying service.
     pub fn get_mut(&mut self) -> &mut S {
+        // The copy kept for replays may no longer be what the caller makes of the service.
+        self.own = None;
         &mut self.inner
     }
 
@@ -152,6 +172,8 @@ impl<S: Clone> Clone for Auth<S> {
             inner: self.inner.clone(),
             cache: self.cache.clone(),
             token: self.token.clone(),
+            own: None,
+            shared_sends: 0,
         }
     }
 }
@@ -201,11 +223,30 @@ where
             }
             Phase::Expired => return self.cold(request),
         }
-        let (header, generation) = (token.header.clone(), token.generation);
-        // `call` may rely on `poll_ready`: the ready service goes with the request, and a clone
-        // (not ready) stays for the next one.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::warm(inner, &self.cache, request, header, generation)
+        let generation = token.generation;
+        let own = match &mut self.own {
+            Some(own) if own.generation == generation => own,
+            stale => {
+                self.shared_sends += 1;
+                if self.shared_sends < OWN_AFTER {
+                    let header = token.header.clone();
+                    // `call` may rely on `poll_ready`: the ready service goes with the request,
+                    // and a clone (not ready) stays for the next one.
+                    let clone = self.inner.clone();
+                    let inner = std::mem::replace(&mut self.inner, clone);
+                    let ready = Ready::Owned(inner, self.cache.clone());
+                    return ResponseFuture::warm(ready, request, header, generation);
+                }
+                self.shared_sends = 0;
+                stale.insert(Own::new(self.cache.clone(), token, self.inner.clone()))
+            }
+        };
+        let header = own.header.clone();
+        ResponseFuture::warm(
+            Ready::Borrowed(&mut self.inner, own),
+            request,
+            header,
+            generation,
+        )
     }
 }

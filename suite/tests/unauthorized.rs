@@ -8,7 +8,7 @@ use http_body_util::Full;
 use patchworks_auth::test_util::{hold_clock, FakePatchworks};
 use std::time::Duration;
 use support::*;
-use tower::Layer;
+use tower::{Layer, Service};
 
 #[tokio::test]
 async fn a_revoked_token_is_renewed_and_the_request_replayed() {
@@ -194,4 +194,67 @@ async fn revocations_in_quick_succession_are_each_recovered() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(fake.logins(), 6);
+}
+
+/// A service kept for many requests (a clone per thread or task) makes a copy of its own for
+/// the current token after a few requests (so that its requests write no memory other clones
+/// write). Everything a clone made for one request does, it does too: recover from a 401 with a
+/// replay (body included), even once the service is dropped, and take each new token.
+#[tokio::test]
+async fn a_long_lived_service_recovers_and_follows_new_tokens_like_a_fresh_clone() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let mut service = client(&fake);
+    async fn call(service: &mut Client, request: Request<Full<Bytes>>) -> StatusCode {
+        tower::ServiceExt::ready(service)
+            .await
+            .unwrap()
+            .call(request)
+            .await
+            .unwrap()
+            .status()
+    }
+    let flows = || get(fake.uri("/api/v1/flows"));
+    for _ in 0..40 {
+        assert_eq!(call(&mut service, flows()).await, StatusCode::OK);
+    }
+    assert_eq!(fake.logins(), 1);
+
+    // A GET and a POST on the same long-lived service, each with a revoked token.
+    fake.revoke_tokens();
+    assert_eq!(call(&mut service, flows()).await, StatusCode::OK);
+    assert_eq!((fake.logins(), fake.unauthorized()), (2, 1));
+    let new_token = last_api_authorization(&fake).unwrap();
+    for _ in 0..40 {
+        assert_eq!(call(&mut service, flows()).await, StatusCode::OK);
+    }
+    assert_eq!(fake.unauthorized(), 1, "every request took the new token");
+    assert_eq!(last_api_authorization(&fake).unwrap(), new_token);
+
+    fake.revoke_tokens();
+    let body = Bytes::from_static(br#"{"name":"nightly sync"}"#);
+    let post = Request::post(fake.uri("/api/v1/flows"))
+        .body(Full::new(body.clone()))
+        .unwrap();
+    assert_eq!(call(&mut service, post).await, StatusCode::OK);
+    let posts: Vec<_> = fake
+        .seen()
+        .into_iter()
+        .filter(|seen| seen.method == Method::POST && seen.path == "/api/v1/flows")
+        .collect();
+    assert_eq!(posts.len(), 2, "sent, then replayed once");
+    assert!(posts.iter().all(|seen| seen.body == body));
+    assert_eq!((fake.logins(), fake.unauthorized()), (3, 2));
+
+    // In flight with a revoked token when its service, the last handle, is dropped.
+    for _ in 0..40 {
+        assert_eq!(call(&mut service, flows()).await, StatusCode::OK);
+    }
+    fake.revoke_tokens();
+    let response = {
+        let ready = tower::ServiceExt::ready(&mut service).await.unwrap();
+        ready.call(flows())
+    };
+    drop(service);
+    assert_eq!(response.await.unwrap().status(), StatusCode::OK);
+    assert_eq!((fake.logins(), fake.unauthorized()), (4, 3));
 }
