@@ -346,7 +346,7 @@ where
     }
 
     /// A request that has a token, sent by a ready service.
-    #[inline(always)]
+    #[inline]
     pub(crate) fn warm(
         ready: Ready<'_, S>,
         request: Request<ReqBody>,
@@ -372,14 +372,14 @@ where
         })
     }
 
-    #[inline(always)]
+    #[inline]
     fn new(state: State<S, ReqBody>) -> Self {
         ResponseFuture { state }
     }
 }
 
 /// The state of a request that has a token, sent by a ready service.
-#[inline(always)]
+#[inline]
 fn warm<S, ReqBody>(
     ready: Ready<'_, S>,
     request: Request<ReqBody>,
@@ -473,7 +473,7 @@ where
 }
 
 /// Attaches the token and calls the (ready) inner service.
-#[inline(always)]
+#[inline]
 fn authorize<S, ReqBody>(
     inner: &mut S,
     mut request: Request<ReqBody>,

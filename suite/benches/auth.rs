@@ -10,7 +10,7 @@ use bytes::Bytes;
 #[path = "../tests/support/fleet.rs"]
 mod fleet;
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use criterion::{criterion_group, BatchSize, Criterion};
 use http::{header::AUTHORIZATION, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use patchworks_auth::{store::RedisStore, test_util::FakePatchworks, AuthLayer, Credentials};
@@ -507,4 +507,44 @@ criterion_group! {
         .sample_size(40);
     targets = warm_path, contended, stampede, end_to_end
 }
-criterion_main!(benches);
+
+/// `criterion_main!`, plus a mode for a profiler: with `AUTH_PROFILE=<inner|static|auth>:<n>`
+/// it sends `n` warm requests through one contender and exits, so that the difference between
+/// two `n` under `valgrind --tool=callgrind` is the instructions of that many requests (see
+/// BENCHMARKS.md).
+fn main() {
+    if let Ok(spec) = std::env::var("AUTH_PROFILE") {
+        return profile(&spec);
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
+
+fn profile(spec: &str) {
+    let (name, n) = spec
+        .split_once(':')
+        .expect("AUTH_PROFILE=<inner|static|auth>:<n>");
+    let n: u64 = n.parse().expect("a number of requests");
+    let runtime = runtime(1);
+    let _guard = runtime.enter();
+    let Contenders {
+        auth,
+        add_authorization,
+        ..
+    } = contenders(&runtime);
+    fn run<S>(mut service: S, n: u64)
+    where
+        S: Service<Request<Body>>,
+        S::Error: std::fmt::Debug + Send,
+    {
+        for _ in 0..n {
+            std::hint::black_box(call(&mut service, request()));
+        }
+    }
+    match name {
+        "inner" => run(inner(), n),
+        "static" => run(add_authorization, n),
+        "auth" => run(auth, n),
+        other => panic!("no contender {other:?}"),
+    }
+}
