@@ -542,10 +542,12 @@ where
                 replay,
             } => {
                 let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                let ctx = ctx.take().expect(POLLED_AFTER_COMPLETION);
-                let replay = replay.take().expect(POLLED_AFTER_COMPLETION);
                 if response.status() != StatusCode::UNAUTHORIZED {
                     // Evidence that the token is good, and that this endpoint does not refuse.
+                    // Read in place: moving the replay copy out costs a `memcpy` per request.
+                    let (Some(ctx), Some(replay)) = (ctx.as_ref(), replay.as_ref()) else {
+                        panic!("{POLLED_AFTER_COMPLETION}");
+                    };
                     ctx.keeper.cache().answered(|| replay.endpoint());
                     return Poll::Ready(Ok(response));
                 }
@@ -553,6 +555,8 @@ where
                     // `Bearer error="insufficient_scope"` and the like: the API's answer.
                     return Poll::Ready(Ok(response));
                 }
+                let ctx = ctx.take().expect(POLLED_AFTER_COMPLETION);
+                let replay = replay.take().expect(POLLED_AFTER_COMPLETION);
                 let future = Box::pin(recover(ctx, replay, response));
                 state.set(State::Slow { future });
             }

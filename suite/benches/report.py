@@ -21,9 +21,15 @@ def median(group, name):
     for root in roots:
         path = root / group / name / "new" / "estimates.json"
         if not path.exists():
-            sys.exit(f"no result at {path}: run `cargo bench --bench auth` first")
+            return None
         values.append(json.loads(path.read_text())["median"]["point_estimate"])
     return statistics.median(values)
+
+
+def medians(group, names):
+    """The medians of `names` in `group`, or None when a run left one out (a filtered run)."""
+    found = {name: median(group, name) for name in names}
+    return None if None in found.values() else found
 
 
 def show(ns):
@@ -33,35 +39,46 @@ def show(ns):
     return f"{ns:.1f} ns"
 
 
-warm = {n: median("warm", n) for n in ("inner", "static", "auth", "naive")}
-print("| warm path, 1 thread | median / request | vs inner | vs static |")
-print("|---|---|---|---|")
-for name, ns in warm.items():
-    print(f"| {name} | {show(ns)} | {ns / warm['inner']:.2f} | {ns / warm['static']:.2f} |")
-print(f"\nauth/static = {warm['auth'] / warm['static']:.2f}, auth/naive = {warm['auth'] / warm['naive']:.2f}\n")
+warm = medians("warm", ("inner", "static", "auth"))
+if warm:
+    naive = median("warm", "naive")
+    print("| warm path, 1 thread | median / request | vs inner | vs static |")
+    print("|---|---|---|---|")
+    for name, ns in dict(warm, **({"naive": naive} if naive else {})).items():
+        print(f"| {name} | {show(ns)} | {ns / warm['inner']:.2f} | {ns / warm['static']:.2f} |")
+    print(f"\nauth/static = {warm['auth'] / warm['static']:.3f}\n")
 
-print("| contended | 1 thread: Mreq/s | 2 threads: Mreq/s | scaling 1 -> 2 | vs static at 2 |")
-print("|---|---|---|---|---|")
-rate = {}
-for name in ("inner", "static", "auth", "naive"):
-    one = 1e3 / median("contended", f"1 thread_{name}")
-    two = 1e3 / median("contended", f"2 thread_{name}")
-    rate[name] = (one, two)
-for name, (one, two) in rate.items():
-    print(f"| {name} | {one:.2f} | {two:.2f} | {two / one:.2f}x | {two / rate['static'][1]:.2f} |")
+names = [n for n in ("inner", "static", "auth", "naive") if median("contended", f"2 thread_{n}")]
+if names and median("contended", "1 thread_inner"):
+    print("| contended | 1 thread: Mreq/s | 2 threads: Mreq/s | scaling 1 -> 2 | scaling vs inner's |")
+    print("|---|---|---|---|---|")
+    rate = {}
+    for name in names:
+        rate[name] = (1e3 / median("contended", f"1 thread_{name}"),
+                      1e3 / median("contended", f"2 thread_{name}"))
+    inner_scaling = rate["inner"][1] / rate["inner"][0]
+    for name, (one, two) in rate.items():
+        print(f"| {name} | {one:.2f} | {two:.2f} | {two / one:.2f}x | {two / one / inner_scaling:.3f} |")
+    print()
 
-print("\n| burst | time until the last response | vs one request needing one login |")
-print("|---|---|---|")
-for kind, n in (("cold", 10000), ("401", 1000)):
-    one = median("stampede", f"{kind}_1")
-    many = median("stampede", f"{kind}_{n}")
-    print(f"| {kind}, 1 request | {show(one)} | 1.00 |")
-    print(f"| {kind}, {n} requests | {show(many)} | {many / one:.2f} |")
-warm = median("stampede", "warm_10000")
-print(f"| warm, 10000 requests (the harness: 10,000 tasks, no login) | {show(warm)} | - |")
+burst = medians("stampede", ("cold_1", "cold_10000", "401_1", "401_1000", "warm_10000"))
+if burst:
+    print("| burst | time until the last response | vs one request needing one login |")
+    print("|---|---|---|")
+    for kind, n in (("cold", 10000), ("401", 1000)):
+        one, many = burst[f"{kind}_1"], burst[f"{kind}_{n}"]
+        print(f"| {kind}, 1 request | {show(one)} | 1.00 |")
+        print(f"| {kind}, {n} requests | {show(many)} | {many / one:.2f} |")
+    print(f"| warm, 10000 requests (the harness: 10,000 tasks, no login) | {show(burst['warm_10000'])} | - |\n")
 
-e2e = {n: median("end_to_end", n) for n in ("static", "auth")}
-print("\n| end to end (hyper-util over loopback) | median / request | vs static |")
-print("|---|---|---|")
-for name, ns in e2e.items():
-    print(f"| {name} | {show(ns)} | {ns / e2e['static']:.3f} |")
+for group, title, names in (
+    ("end_to_end", "end to end, one request at a time", ("static", "auth")),
+    ("end_to_end_concurrent", "end to end, 32 requests in flight", ("static_32", "auth_32")),
+):
+    e2e = medians(group, names)
+    if e2e:
+        print(f"| {title} (hyper-util over loopback) | median | vs static |")
+        print("|---|---|---|")
+        for name, ns in e2e.items():
+            print(f"| {name} | {show(ns)} | {ns / e2e[names[0]]:.3f} |")
+        print()
