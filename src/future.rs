@@ -93,54 +93,72 @@ struct Ctx<S> {
 enum Keeper<S> {
     /// The service that sent it (driven ready again for a replay), and the shared cache.
     Sender(S, Arc<Cache>),
-    /// The sending [`Auth`](crate::Auth)'s own copy ([`Own`]).
-    Own(Arc<Own<S>>),
+    /// The sending [`Auth`](crate::Auth)'s [`Replayer`].
+    Replayer(Arc<Replayer<S>>),
 }
 
 impl<S: Clone> Keeper<S> {
     fn cache(&self) -> &Arc<Cache> {
         match self {
             Keeper::Sender(_, cache) => cache,
-            Keeper::Own(own) => &own.cache,
+            Keeper::Replayer(replayer) => &replayer.cache,
         }
     }
 
-    fn into_parts(self) -> (S, Arc<Cache>) {
+    /// A service to log in and replay with, and the cache; `None` only if the replayer was
+    /// never given its service, which [`Replayer::ready`] does before any request is sent.
+    fn into_parts(self) -> Option<(S, Arc<Cache>)> {
         match self {
-            Keeper::Sender(inner, cache) => (inner, cache),
-            Keeper::Own(own) => (
-                own.inner
+            Keeper::Sender(inner, cache) => Some((inner, cache)),
+            Keeper::Replayer(replayer) => {
+                let inner = replayer.inner.get()?;
+                let inner = inner
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .clone(),
-                own.cache.clone(),
-            ),
+                    .clone();
+                Some((inner, replayer.cache.clone()))
+            }
         }
     }
 }
 
-/// What a long-lived [`Auth`](crate::Auth) keeps of its own for one token, so that its warm
-/// requests write no memory that another service's requests write: its own copy of the token
-/// header (whose reference count each request bumps), and its own reference count that keeps
-/// the cache and a clone of the inner service (for a replay after a 401) alive while a request
-/// is in flight. Without it, each request bumps the shared cache's count and the token's shared
-/// header, and clones the inner service: two threads' requests bounce those cache lines.
-pub(crate) struct Own<S> {
-    cache: Arc<Cache>,
-    pub(crate) generation: u64,
-    pub(crate) header: HeaderValue,
-    /// Only for a replay (rare); the `Mutex` keeps `Own` `Sync` for any `Send` service.
-    inner: std::sync::Mutex<S>,
+/// What a request in flight keeps for a 401: the cache, and a clone of the inner service to
+/// log in and replay with. One reference count per request, instead of a clone of the inner
+/// service (for hyper-util's client, several shared reference counts) and of the cache's `Arc`.
+pub(crate) struct Replayer<S> {
+    pub(crate) cache: Arc<Cache>,
+    /// Only for a replay (rare); the `Mutex` keeps `Replayer` `Sync` for any `Send` service.
+    /// Set by the first request: the layer wraps services that are not (yet known to be)
+    /// `Clone`.
+    inner: std::sync::OnceLock<std::sync::Mutex<S>>,
 }
 
-impl<S> Own<S> {
-    pub(crate) fn new(cache: Arc<Cache>, token: &Token, inner: S) -> Arc<Self> {
-        Arc::new(Own {
+impl<S> Replayer<S> {
+    /// A replayer whose service comes with the first request ([`Replayer::ready`]).
+    pub(crate) fn new(cache: Arc<Cache>) -> Arc<Self> {
+        Arc::new(Replayer {
             cache,
-            generation: token.generation,
-            header: token.private_header(),
-            inner: std::sync::Mutex::new(inner),
+            inner: std::sync::OnceLock::new(),
         })
+    }
+
+    /// A replayer with its service.
+    pub(crate) fn with(cache: Arc<Cache>, inner: S) -> Arc<Self> {
+        Arc::new(Replayer {
+            cache,
+            inner: std::sync::OnceLock::from(std::sync::Mutex::new(inner)),
+        })
+    }
+
+    /// Gives the replayer a clone of `inner` unless it has one: called before a request that
+    /// it may have to replay is sent.
+    #[inline]
+    pub(crate) fn ready(&self, inner: &S)
+    where
+        S: Clone,
+    {
+        self.inner
+            .get_or_init(|| std::sync::Mutex::new(inner.clone()));
     }
 }
 
@@ -148,16 +166,16 @@ impl<S> Own<S> {
 pub(crate) enum Ready<'a, S> {
     /// A service of the request's own (a clone, driven ready after a login wait).
     Owned(S, Arc<Cache>),
-    /// The `Auth`'s own ready inner service, and its [`Own`].
-    Borrowed(&'a mut S, &'a Arc<Own<S>>),
+    /// The `Auth`'s ready inner service, and its [`Replayer`].
+    Borrowed(&'a mut S, &'a Arc<Replayer<S>>),
 }
 
 /// A ready service that a request keeps until it sends (after its body is read).
 enum Sender<S> {
     /// It stays with the request for a replay.
     Alone(S, Arc<Cache>),
-    /// The `Auth`'s [`Own`] serves for a replay.
-    WithOwn(S, Arc<Own<S>>),
+    /// The `Auth`'s [`Replayer`] serves for a replay.
+    WithReplayer(S, Arc<Replayer<S>>),
 }
 
 /// A request waiting for a token: `inner` is a clone, not ready.
@@ -392,7 +410,7 @@ where
 {
     let limit = match &ready {
         Ready::Owned(_, cache) => cache,
-        Ready::Borrowed(_, own) => &own.cache,
+        Ready::Borrowed(_, replayer) => &replayer.cache,
     }
     .config
     .replay_body_limit;
@@ -404,10 +422,10 @@ where
             // The body is read before the request is sent: the ready service waits with it.
             let sender = match ready {
                 Ready::Owned(inner, cache) => Sender::Alone(inner, cache),
-                Ready::Borrowed(inner, own) => {
+                Ready::Borrowed(inner, replayer) => {
                     // A clone (not ready) stays for the `Auth`'s next request.
                     let clone = inner.clone();
-                    Sender::WithOwn(std::mem::replace(inner, clone), own.clone())
+                    Sender::WithReplayer(std::mem::replace(inner, clone), replayer.clone())
                 }
             };
             let (parts, body) = request.into_parts();
@@ -432,12 +450,11 @@ where
             replay,
             generation,
         ),
-        // The warm path of a long-lived service: no clone of the inner service, the cache or
-        // the shared header.
-        Ready::Borrowed(inner, own) => State::Sent {
+        // The warm path: no clone of the inner service or the cache.
+        Ready::Borrowed(inner, replayer) => State::Sent {
             future: authorize(inner, request, header),
             ctx: Some(Ctx {
-                keeper: Keeper::Own(own.clone()),
+                keeper: Keeper::Replayer(replayer.clone()),
                 generation,
             }),
             replay: Some(replay),
@@ -461,9 +478,10 @@ where
             authorize(&mut inner, request, header),
             Keeper::Sender(inner, cache),
         ),
-        Sender::WithOwn(mut inner, own) => {
-            (authorize(&mut inner, request, header), Keeper::Own(own))
-        }
+        Sender::WithReplayer(mut inner, replayer) => (
+            authorize(&mut inner, request, header),
+            Keeper::Replayer(replayer),
+        ),
     };
     State::Sent {
         future,
@@ -616,7 +634,9 @@ where
     ResBody: ResponseBody,
 {
     let Ctx { keeper, generation } = ctx;
-    let (mut inner, cache) = keeper.into_parts();
+    let Some((mut inner, cache)) = keeper.into_parts() else {
+        return Ok(unauthorized);
+    };
     let endpoint = replay.endpoint();
     let login = login_fn(&cache, &inner);
     if !replay.body_kept {

@@ -3,11 +3,11 @@
 use crate::{
     bounds::{HttpService, RequestBody, ResponseBody},
     cache::{Cache, Current},
-    future::{Own, Ready, ResponseFuture},
+    future::{Ready, Replayer, ResponseFuture},
     login,
     token::{Phase, Token, TokenState},
 };
-use http::{header::AUTHORIZATION, Request, Response};
+use http::{header::AUTHORIZATION, HeaderValue, Request, Response};
 use std::{
     fmt,
     sync::Arc,
@@ -36,21 +36,34 @@ use tower_service::Service;
 /// the request's method, URI and headers kept until the response arrives, so that the request
 /// can be replayed after a 401.
 ///
-/// Clones share the cache. A clone kept for many requests (one per thread or task) makes, after
-/// a few of them, its own copy of the token header and its own handle to the cache and to a
-/// clone of the inner service for replays: from then on its requests write no memory that
-/// another clone's requests write, and the inner service is not cloned per request. A clone
-/// made for one request (`oneshot`) uses the shared ones, as a static header would.
+/// The inner service is not cloned per request: a replay after a 401 goes through a clone of it
+/// that the first request keeps for all clones. Clones share the cache. A clone kept for many
+/// requests (one per thread or task) makes, after a few of them, its own copy of the token
+/// header and of that handle: from then on its requests write no memory that another clone's
+/// requests write. A clone made for one request (`oneshot`) uses the shared ones, as a static
+/// header would.
 pub struct Auth<S> {
     inner: S,
-    cache: Arc<Cache>,
+    /// What the clones of this service share for their requests' 401s: the cache, and a clone
+    /// of the inner service.
+    shared: Arc<Replayer<S>>,
     /// This service's view of the current token: a pointer comparison on the request path.
     token: arc_swap::Cache<Current, Option<Arc<Token>>>,
     /// This service's own copy for the current token, once it has sent [`OWN_AFTER`] warm
     /// requests with it; `None` in a new clone.
-    own: Option<Arc<Own<S>>>,
+    own: Option<Own<S>>,
     /// Warm requests sent without `own` since it was last made or found out of date.
     shared_sends: u32,
+}
+
+/// What a long-lived [`Auth`] keeps of its own for one token, so that its warm requests write
+/// no memory that another service's requests write: its own copy of the token header (whose
+/// reference count each request bumps) and its own [`Replayer`] (whose reference count each
+/// request in flight holds). Shared, those two lines would bounce between threads' caches.
+struct Own<S> {
+    generation: u64,
+    header: HeaderValue,
+    replayer: Arc<Replayer<S>>,
 }
 
 /// How many warm requests a service sends through the shared state before it makes its own
@@ -62,8 +75,8 @@ impl<S> Auth<S> {
     pub(crate) fn new(inner: S, cache: Arc<Cache>) -> Self {
         let token = arc_swap::Cache::new(Current(cache.clone()));
         Auth {
+            shared: Replayer::new(cache),
             inner,
-            cache,
             token,
             own: None,
             shared_sends: 0,
@@ -77,7 +90,7 @@ impl<S> Auth<S> {
 
     /// Gets a mutable reference to the underlying service.
     pub fn get_mut(&mut self) -> &mut S {
-        // The copy kept for replays may no longer be what the caller makes of the service.
+        // A copy kept for replays may no longer be what the caller makes of the service.
         self.own = None;
         &mut self.inner
     }
@@ -107,7 +120,7 @@ impl<S> Auth<S> {
     /// # }
     /// ```
     pub fn state(&self) -> TokenState {
-        self.cache.state()
+        self.shared.cache.state()
     }
 }
 
@@ -138,11 +151,11 @@ impl<S> Auth<S> {
         S: HttpService<ReqBody>,
         ReqBody: RequestBody,
     {
-        if let Err(error) = &self.cache.config.scope {
+        if let Err(error) = &self.shared.cache.config.scope {
             return Err(error.clone());
         }
-        let login = login::login_fn(&self.cache, &self.inner);
-        self.cache.token(login).await.map(drop)
+        let login = login::login_fn(&self.shared.cache, &self.inner);
+        self.shared.cache.token(login).await.map(drop)
     }
 }
 
@@ -162,7 +175,7 @@ impl<S: Clone> Auth<S> {
     {
         let unreserved = self.inner.clone();
         drop(std::mem::replace(&mut self.inner, unreserved));
-        ResponseFuture::cold(self.inner.clone(), self.cache.clone(), request)
+        ResponseFuture::cold(self.inner.clone(), self.shared.cache.clone(), request)
     }
 }
 
@@ -170,7 +183,7 @@ impl<S: Clone> Clone for Auth<S> {
     fn clone(&self) -> Self {
         Auth {
             inner: self.inner.clone(),
-            cache: self.cache.clone(),
+            shared: self.shared.clone(),
             token: self.token.clone(),
             own: None,
             shared_sends: 0,
@@ -182,7 +195,7 @@ impl<S: fmt::Debug> fmt::Debug for Auth<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Auth")
             .field("inner", &self.inner)
-            .field("cache", &self.cache)
+            .field("cache", &self.shared.cache)
             .finish()
     }
 }
@@ -202,7 +215,7 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let scope = match &self.cache.config.scope {
+        let scope = match &self.shared.cache.config.scope {
             Ok(scope) => scope,
             Err(error) => return ResponseFuture::failed(error.clone()),
         };
@@ -217,8 +230,9 @@ where
             Phase::Fresh | Phase::Renewing => {}
             Phase::Due => {
                 if token.advance(Phase::Due, Phase::Renewing) {
-                    self.cache
-                        .renew(token, login::login_fn(&self.cache, &self.inner));
+                    self.shared
+                        .cache
+                        .renew(token, login::login_fn(&self.shared.cache, &self.inner));
                 }
             }
             Phase::Expired => return self.cold(request),
@@ -229,24 +243,19 @@ where
             stale => {
                 self.shared_sends += 1;
                 if self.shared_sends < OWN_AFTER {
-                    let header = token.header.clone();
-                    // `call` may rely on `poll_ready`: the ready service goes with the request,
-                    // and a clone (not ready) stays for the next one.
-                    let clone = self.inner.clone();
-                    let inner = std::mem::replace(&mut self.inner, clone);
-                    let ready = Ready::Owned(inner, self.cache.clone());
-                    return ResponseFuture::warm(ready, request, header, generation);
+                    self.shared.ready(&self.inner);
+                    let ready = Ready::Borrowed(&mut self.inner, &self.shared);
+                    return ResponseFuture::warm(ready, request, token.header.clone(), generation);
                 }
                 self.shared_sends = 0;
-                stale.insert(Own::new(self.cache.clone(), token, self.inner.clone()))
+                stale.insert(Own {
+                    generation,
+                    header: token.private_header(),
+                    replayer: Replayer::with(self.shared.cache.clone(), self.inner.clone()),
+                })
             }
         };
-        let header = own.header.clone();
-        ResponseFuture::warm(
-            Ready::Borrowed(&mut self.inner, own),
-            request,
-            header,
-            generation,
-        )
+        let ready = Ready::Borrowed(&mut self.inner, &own.replayer);
+        ResponseFuture::warm(ready, request, own.header.clone(), generation)
     }
 }
