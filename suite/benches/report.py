@@ -5,6 +5,7 @@
 
 With folders as arguments (copies of target/criterion from several runs), each figure is the
 median of the runs' medians: on a shared, noisy machine one run can meet a busy neighbour.
+A table whose benchmarks a filtered run left out is skipped.
 """
 import json
 import pathlib
