@@ -89,9 +89,13 @@ impl<S> Auth<S> {
     }
 
     /// Gets a mutable reference to the underlying service.
+    ///
+    /// Replays after a 401 then go through a clone of the service as it is at this service's
+    /// next request, not of the one the clones share.
     pub fn get_mut(&mut self) -> &mut S {
-        // A copy kept for replays may no longer be what the caller makes of the service.
+        // The copies kept for replays may no longer be what the caller makes of the service.
         self.own = None;
+        self.shared = Replayer::new(self.shared.cache.clone());
         &mut self.inner
     }
 

@@ -258,3 +258,65 @@ async fn a_long_lived_service_recovers_and_follows_new_tokens_like_a_fresh_clone
     assert_eq!(response.await.unwrap().status(), StatusCode::OK);
     assert_eq!((fake.logins(), fake.unauthorized()), (4, 3));
 }
+
+/// An inner service that replaces the body of every API call with its tag.
+#[derive(Clone)]
+struct Tagger {
+    tag: &'static str,
+    client: patchworks_auth::test_util::HttpClient,
+}
+
+impl Service<Request<Full<Bytes>>> for Tagger {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = hyper_util::client::legacy::Error;
+    type Future = hyper_util::client::legacy::ResponseFuture;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.client.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Full<Bytes>>) -> Self::Future {
+        if request.uri().path() != patchworks_auth::test_util::LOGIN_PATH {
+            *request.body_mut() = Full::new(Bytes::from_static(self.tag.as_bytes()));
+        }
+        self.client.call(request)
+    }
+}
+
+/// `get_mut` changes what the service's replays go through, too: they are not sent by the copy
+/// of the inner service that its clones share.
+#[tokio::test]
+async fn a_replay_goes_through_the_inner_service_as_get_mut_left_it() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let tagger = Tagger {
+        tag: "before",
+        client: fake.client(),
+    };
+    let mut service = layer(&fake).layer(tagger);
+    let post = || {
+        Request::post(fake.uri("/api/v1/flows"))
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap()
+    };
+    for _ in 0..40 {
+        let ready = tower::ServiceExt::ready(&mut service).await.unwrap();
+        assert_eq!(ready.call(post()).await.unwrap().status(), StatusCode::OK);
+    }
+    service.get_mut().tag = "after";
+    fake.revoke_tokens();
+    let ready = tower::ServiceExt::ready(&mut service).await.unwrap();
+    assert_eq!(ready.call(post()).await.unwrap().status(), StatusCode::OK);
+
+    let bodies: Vec<_> = fake
+        .seen()
+        .into_iter()
+        .filter(|seen| seen.path == "/api/v1/flows")
+        .map(|seen| seen.body)
+        .collect();
+    assert_eq!(bodies.len(), 42, "40, then one sent and replayed");
+    assert_eq!(bodies[40], "after", "sent");
+    assert_eq!(bodies[41], "after", "replayed");
+}
