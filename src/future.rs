@@ -85,41 +85,8 @@ const POLLED_AFTER_COMPLETION: &str = "ResponseFuture polled after completion";
 /// What a sent request needs to recover from a 401: a service to log in and replay with, the
 /// cache, and which token it carried.
 struct Ctx<S> {
-    keeper: Keeper<S>,
+    replayer: Arc<Replayer<S>>,
     generation: u64,
-}
-
-/// Where a sent request's service and cache for a 401 come from.
-enum Keeper<S> {
-    /// The service that sent it (driven ready again for a replay), and the shared cache.
-    Sender(S, Arc<Cache>),
-    /// The sending [`Auth`](crate::Auth)'s [`Replayer`].
-    Replayer(Arc<Replayer<S>>),
-}
-
-impl<S: Clone> Keeper<S> {
-    fn cache(&self) -> &Arc<Cache> {
-        match self {
-            Keeper::Sender(_, cache) => cache,
-            Keeper::Replayer(replayer) => &replayer.cache,
-        }
-    }
-
-    /// A service to log in and replay with, and the cache; `None` only if the replayer was
-    /// never given its service, which [`Replayer::ready`] does before any request is sent.
-    fn into_parts(self) -> Option<(S, Arc<Cache>)> {
-        match self {
-            Keeper::Sender(inner, cache) => Some((inner, cache)),
-            Keeper::Replayer(replayer) => {
-                let inner = replayer.inner.get()?;
-                let inner = inner
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .clone();
-                Some((inner, replayer.cache.clone()))
-            }
-        }
-    }
 }
 
 /// What a request in flight keeps for a 401: the cache, and a clone of the inner service to
@@ -134,6 +101,19 @@ pub(crate) struct Replayer<S> {
 }
 
 impl<S> Replayer<S> {
+    /// A clone of its service, to log in and replay with; `None` only if it was never given
+    /// one, which [`Replayer::ready`] does before any request is sent.
+    fn service(&self) -> Option<S>
+    where
+        S: Clone,
+    {
+        let inner = self.inner.get()?;
+        let inner = inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Some(inner.clone())
+    }
+
     /// A replayer whose service comes with the first request ([`Replayer::ready`]).
     pub(crate) fn new(cache: Arc<Cache>) -> Arc<Self> {
         Arc::new(Replayer {
@@ -165,30 +145,22 @@ impl<S> Replayer<S> {
 /// A ready service for a warm request, as the service or a login wait hands it over.
 pub(crate) enum Ready<'a, S> {
     /// A service of the request's own (a clone, driven ready after a login wait).
-    Owned(S, Arc<Cache>),
-    /// The `Auth`'s ready inner service, and its [`Replayer`].
-    Borrowed(&'a mut S, &'a Arc<Replayer<S>>),
-}
-
-/// A ready service that a request keeps until it sends (after its body is read).
-enum Sender<S> {
-    /// It stays with the request for a replay.
-    Alone(S, Arc<Cache>),
-    /// The `Auth`'s [`Replayer`] serves for a replay.
-    WithReplayer(S, Arc<Replayer<S>>),
+    Owned(S),
+    /// The `Auth`'s ready inner service.
+    Borrowed(&'a mut S),
 }
 
 /// A request waiting for a token: `inner` is a clone, not ready.
 struct Cold<S, ReqBody> {
     inner: S,
-    cache: Arc<Cache>,
+    replayer: Arc<Replayer<S>>,
     request: Request<ReqBody>,
 }
 
-/// A request waiting for its body to be buffered.
+/// A request waiting for its body to be buffered: `sender` is ready.
 struct Pending<S> {
-    sender: Sender<S>,
-    generation: u64,
+    sender: S,
+    ctx: Ctx<S>,
     parts: http::request::Parts,
     header: HeaderValue,
     limit: usize,
@@ -367,11 +339,16 @@ where
     #[inline]
     pub(crate) fn warm(
         ready: Ready<'_, S>,
+        replayer: Arc<Replayer<S>>,
         request: Request<ReqBody>,
         header: HeaderValue,
         generation: u64,
     ) -> Self {
-        Self::new(warm(ready, request, header, generation))
+        let ctx = Ctx {
+            replayer,
+            generation,
+        };
+        Self::new(warm(ready, ctx, request, header))
     }
 
     /// A request that waits for a login first: `inner` is a clone, not ready.
@@ -379,12 +356,13 @@ where
     /// Only the wait for the login is boxed (a small future): the request waits in place.
     #[cold]
     #[inline(never)]
-    pub(crate) fn cold(inner: S, cache: Arc<Cache>, request: Request<ReqBody>) -> Self {
+    pub(crate) fn cold(inner: S, replayer: Arc<Replayer<S>>, request: Request<ReqBody>) -> Self {
+        let cache = &replayer.cache;
         Self::new(State::Waiting {
-            login: Box::pin(cache.token(login_fn(&cache, &inner))),
+            login: Box::pin(cache.token(login_fn(cache, &inner))),
             cold: Some(Cold {
                 inner,
-                cache,
+                replayer,
                 request,
             }),
         })
@@ -400,20 +378,15 @@ where
 #[inline]
 fn warm<S, ReqBody>(
     ready: Ready<'_, S>,
+    ctx: Ctx<S>,
     request: Request<ReqBody>,
     header: HeaderValue,
-    generation: u64,
 ) -> State<S, ReqBody>
 where
     S: Service<Request<ReqBody>> + Clone,
     ReqBody: Body,
 {
-    let limit = match &ready {
-        Ready::Owned(_, cache) => cache,
-        Ready::Borrowed(_, replayer) => &replayer.cache,
-    }
-    .config
-    .replay_body_limit;
+    let limit = ctx.replayer.cache.config.replay_body_limit;
     let replay = match Keep::for_body(request.body(), limit) {
         Keep::Empty => Replay::copy(&request, Some(Bytes::new())),
         // A large or streaming body: its cost dwarfs a copy of the headers.
@@ -421,11 +394,11 @@ where
         Keep::Buffer => {
             // The body is read before the request is sent: the ready service waits with it.
             let sender = match ready {
-                Ready::Owned(inner, cache) => Sender::Alone(inner, cache),
-                Ready::Borrowed(inner, replayer) => {
+                Ready::Owned(inner) => inner,
+                Ready::Borrowed(inner) => {
                     // A clone (not ready) stays for the `Auth`'s next request.
                     let clone = inner.clone();
-                    Sender::WithReplayer(std::mem::replace(inner, clone), replayer.clone())
+                    std::mem::replace(inner, clone)
                 }
             };
             let (parts, body) = request.into_parts();
@@ -434,7 +407,7 @@ where
                 buffer: BodyBuffer::Empty,
                 pending: Some(Pending {
                     sender,
-                    generation,
+                    ctx,
                     parts,
                     header,
                     limit,
@@ -442,50 +415,14 @@ where
             };
         }
     };
-    match ready {
-        Ready::Owned(inner, cache) => send(
-            Sender::Alone(inner, cache),
-            request,
-            header,
-            replay,
-            generation,
-        ),
-        // The warm path: no clone of the inner service or the cache.
-        Ready::Borrowed(inner, replayer) => State::Sent {
-            future: authorize(inner, request, header),
-            ctx: Some(Ctx {
-                keeper: Keeper::Replayer(replayer.clone()),
-                generation,
-            }),
-            replay: Some(replay),
-        },
-    }
-}
-
-/// Sends with a service the request holds.
-fn send<S, ReqBody>(
-    sender: Sender<S>,
-    request: Request<ReqBody>,
-    header: HeaderValue,
-    replay: Replay,
-    generation: u64,
-) -> State<S, ReqBody>
-where
-    S: Service<Request<ReqBody>>,
-{
-    let (future, keeper) = match sender {
-        Sender::Alone(mut inner, cache) => (
-            authorize(&mut inner, request, header),
-            Keeper::Sender(inner, cache),
-        ),
-        Sender::WithReplayer(mut inner, replayer) => (
-            authorize(&mut inner, request, header),
-            Keeper::Replayer(replayer),
-        ),
+    // No clone of the inner service or the cache: the `Auth`'s ready service sends.
+    let future = match ready {
+        Ready::Owned(mut inner) => authorize(&mut inner, request, header),
+        Ready::Borrowed(inner) => authorize(inner, request, header),
     };
     State::Sent {
         future,
-        ctx: Some(Ctx { keeper, generation }),
+        ctx: Some(ctx),
         replay: Some(replay),
     }
 }
@@ -544,15 +481,19 @@ where
                 let limit = pending.as_ref().expect(POLLED_AFTER_COMPLETION).limit;
                 let bytes = ready!(buffer.poll_fill(body, limit, cx))?;
                 let Pending {
-                    sender,
-                    generation,
+                    mut sender,
+                    ctx,
                     parts,
                     header,
                     ..
                 } = pending.take().expect(POLLED_AFTER_COMPLETION);
                 let request = Request::from_parts(parts, ReqBody::from(bytes.clone()));
                 let replay = Replay::copy(&request, Some(bytes));
-                state.set(send(sender, request, header, replay, generation));
+                state.set(State::Sent {
+                    future: authorize(&mut sender, request, header),
+                    ctx: Some(ctx),
+                    replay: Some(replay),
+                });
             }
             StateProj::Sent {
                 future,
@@ -566,7 +507,7 @@ where
                     let (Some(ctx), Some(replay)) = (ctx.as_ref(), replay.as_ref()) else {
                         panic!("{POLLED_AFTER_COMPLETION}");
                     };
-                    ctx.keeper.cache().answered(|| replay.endpoint());
+                    ctx.replayer.cache.answered(|| replay.endpoint());
                     return Poll::Ready(Ok(response));
                 }
                 if challenge::verdict(response.headers()) == Verdict::RequestRefused {
@@ -592,15 +533,14 @@ where
                 let (header, generation) = (token.header.clone(), token.generation);
                 let Cold {
                     inner,
-                    cache,
+                    replayer,
                     request,
                 } = pending;
-                state.set(warm(
-                    Ready::Owned(inner, cache),
-                    request,
-                    header,
+                let ctx = Ctx {
+                    replayer,
                     generation,
-                ));
+                };
+                state.set(warm(Ready::Owned(inner), ctx, request, header));
             }
             StateProj::Slow { future } => return future.as_mut().poll(cx),
             StateProj::Failed { error } => {
@@ -633,12 +573,16 @@ where
     ReqBody: From<Bytes> + Send + 'static,
     ResBody: ResponseBody,
 {
-    let Ctx { keeper, generation } = ctx;
-    let Some((mut inner, cache)) = keeper.into_parts() else {
+    let Ctx {
+        replayer,
+        generation,
+    } = ctx;
+    let Some(mut inner) = replayer.service() else {
         return Ok(unauthorized);
     };
+    let cache = &replayer.cache;
     let endpoint = replay.endpoint();
-    let login = login_fn(&cache, &inner);
+    let login = login_fn(cache, &inner);
     if !replay.body_kept {
         // The body is gone: renew the token for the next request, and hand this 401 back.
         if matches!(

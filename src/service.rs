@@ -179,7 +179,8 @@ impl<S: Clone> Auth<S> {
     {
         let unreserved = self.inner.clone();
         drop(std::mem::replace(&mut self.inner, unreserved));
-        ResponseFuture::cold(self.inner.clone(), self.shared.cache.clone(), request)
+        self.shared.ready(&self.inner);
+        ResponseFuture::cold(self.inner.clone(), self.shared.clone(), request)
     }
 }
 
@@ -248,8 +249,9 @@ where
                 self.shared_sends += 1;
                 if self.shared_sends < OWN_AFTER {
                     self.shared.ready(&self.inner);
-                    let ready = Ready::Borrowed(&mut self.inner, &self.shared);
-                    return ResponseFuture::warm(ready, request, token.header.clone(), generation);
+                    let (ready, replayer) = (Ready::Borrowed(&mut self.inner), self.shared.clone());
+                    let header = token.header.clone();
+                    return ResponseFuture::warm(ready, replayer, request, header, generation);
                 }
                 self.shared_sends = 0;
                 stale.insert(Own {
@@ -259,7 +261,7 @@ where
                 })
             }
         };
-        let ready = Ready::Borrowed(&mut self.inner, &own.replayer);
-        ResponseFuture::warm(ready, request, own.header.clone(), generation)
+        let (ready, replayer) = (Ready::Borrowed(&mut self.inner), own.replayer.clone());
+        ResponseFuture::warm(ready, replayer, request, own.header.clone(), generation)
     }
 }
