@@ -229,7 +229,9 @@ mod tests {
 }
 
 /// Property tests over what the network controls: the header's bytes.
-#[cfg(test)]
+///
+/// Run by `suite/` (`cfg(suite)`), which has proptest.
+#[cfg(all(test, suite))]
 mod properties {
     use super::*;
     use proptest::prelude::*;

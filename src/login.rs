@@ -463,7 +463,9 @@ mod tests {
 }
 
 /// Property tests over what the network controls: the answer's bytes and the token's claims.
-#[cfg(test)]
+///
+/// Run by `suite/` (`cfg(suite)`), which has proptest.
+#[cfg(all(test, suite))]
 mod properties {
     use super::*;
     use proptest::prelude::*;
