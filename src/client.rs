@@ -72,9 +72,11 @@ impl AuthLayer {
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
             .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .build();
+            .enable_http1();
+        // Always on with `rustls`; only the test suite's build goes without (suite/Cargo.toml).
+        #[cfg(feature = "http2")]
+        let https = https.enable_http2();
+        let https = https.build();
         let bare: Bare = Client::builder(TokioExecutor::new()).build(https);
         let auth = tower_layer::Layer::layer(&self, bare);
         let stack = ServiceBuilder::new()

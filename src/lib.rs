@@ -117,7 +117,8 @@
 //! - `redis`: `store::RedisStore`, a token store on a Redis server, for a fleet on several
 //!   hosts. ([`store::FileStore`] needs no feature.)
 //! - `rustls`: `AuthLayer::https_client()`, a ready `PatchworksClient` (hyper-util over rustls,
-//!   timeout, redirects, retries, the layer).
+//!   timeout, redirects, retries, the layer). It turns on `http2`.
+//! - `http2`: HTTP/2 (negotiated by ALPN) for that client.
 //! - `reqwest`: `reqwest::AuthMiddleware`, the layer as a `reqwest_middleware::Middleware`.
 //!
 //! [tower]: https://docs.rs/tower
