@@ -453,14 +453,27 @@ where
     /// If polled again after it returned `Ready`, in whatever state it ended, as `async` blocks
     /// and tower's own futures do: "ResponseFuture polled after completion".
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        let output = ready!(poll_state(this.state.as_mut(), cx));
-        this.state.set(State::Done);
-        Poll::Ready(output)
+        poll_state(self.project().state, cx)
     }
 }
 
-/// Drives the request through its states until it has a response or an error.
+/// `?` for a state that ends in an error: the request is `Done`.
+macro_rules! end_on_error {
+    ($state:expr, $result:expr) => {
+        match $result {
+            Ok(value) => value,
+            Err(error) => {
+                $state.set(State::Done);
+                return Poll::Ready(Err(error.into()));
+            }
+        }
+    };
+}
+
+/// Drives the request through its states until it has a response or an error, and leaves it
+/// `Done`. Each state that ends returns its output itself: moving a response through one more
+/// frame costs a `memcpy` per request.
+#[inline]
 fn poll_state<S, ReqBody, ResBody>(
     mut state: Pin<&mut State<S, ReqBody>>,
     cx: &mut Context<'_>,
@@ -472,14 +485,18 @@ where
 {
     loop {
         match state.as_mut().project() {
-            StateProj::Passthrough { future } => return future.poll(cx).map_err(Into::into),
+            StateProj::Passthrough { future } => {
+                let output = ready!(future.poll(cx)).map_err(Into::into);
+                state.set(State::Done);
+                return Poll::Ready(output);
+            }
             StateProj::Buffering {
                 body,
                 buffer,
                 pending,
             } => {
                 let limit = pending.as_ref().expect(POLLED_AFTER_COMPLETION).limit;
-                let bytes = ready!(buffer.poll_fill(body, limit, cx))?;
+                let bytes = end_on_error!(state, ready!(buffer.poll_fill(body, limit, cx)));
                 let Pending {
                     mut sender,
                     ctx,
@@ -500,7 +517,7 @@ where
                 ctx,
                 replay,
             } => {
-                let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                let response = end_on_error!(state, ready!(future.poll(cx)));
                 if response.status() != StatusCode::UNAUTHORIZED {
                     // Evidence that the token is good, and that this endpoint does not refuse.
                     // Read in place: moving the replay copy out costs a `memcpy` per request.
@@ -508,10 +525,12 @@ where
                         panic!("{POLLED_AFTER_COMPLETION}");
                     };
                     ctx.replayer.cache.answered(|| replay.endpoint());
+                    state.set(State::Done);
                     return Poll::Ready(Ok(response));
                 }
                 if challenge::verdict(response.headers()) == Verdict::RequestRefused {
                     // `Bearer error="insufficient_scope"` and the like: the API's answer.
+                    state.set(State::Done);
                     return Poll::Ready(Ok(response));
                 }
                 let ctx = ctx.take().expect(POLLED_AFTER_COMPLETION);
@@ -520,7 +539,7 @@ where
                 state.set(State::Slow { future });
             }
             StateProj::Waiting { login, cold } => {
-                let token = ready!(login.as_mut().poll(cx))?;
+                let token = end_on_error!(state, ready!(login.as_mut().poll(cx)));
                 let cold = cold.take().expect(POLLED_AFTER_COMPLETION);
                 state.set(State::Readying {
                     cold: Some((cold, token)),
@@ -528,7 +547,7 @@ where
             }
             StateProj::Readying { cold } => {
                 let (pending, _) = cold.as_mut().expect(POLLED_AFTER_COMPLETION);
-                ready!(pending.inner.poll_ready(cx)).map_err(Into::into)?;
+                end_on_error!(state, ready!(pending.inner.poll_ready(cx)));
                 let (pending, token) = cold.take().expect(POLLED_AFTER_COMPLETION);
                 let (header, generation) = (token.header.clone(), token.generation);
                 let Cold {
@@ -542,9 +561,15 @@ where
                 };
                 state.set(warm(Ready::Owned(inner), ctx, request, header));
             }
-            StateProj::Slow { future } => return future.as_mut().poll(cx),
+            StateProj::Slow { future } => {
+                let output = ready!(future.as_mut().poll(cx));
+                state.set(State::Done);
+                return Poll::Ready(output);
+            }
             StateProj::Failed { error } => {
-                return Poll::Ready(Err(error.take().expect(POLLED_AFTER_COMPLETION).into()));
+                let error = error.take().expect(POLLED_AFTER_COMPLETION);
+                state.set(State::Done);
+                return Poll::Ready(Err(error.into()));
             }
             StateProj::Done => panic!("{POLLED_AFTER_COMPLETION}"),
         }
