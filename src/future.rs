@@ -55,7 +55,7 @@ pin_project! {
         Buffering {
             #[pin] body: ReqBody,
             buffer: BodyBuffer,
-            pending: Option<Pending<S>>,
+            pending: Option<Box<Pending<S>>>,
         },
         // Sent with the token; a 401 moves on to `Slow`.
         Sent {
@@ -66,10 +66,10 @@ pin_project! {
         // No usable token: waiting for the login.
         Waiting {
             login: BoxFuture<Result<Arc<Token>, Error>>,
-            cold: Option<Cold<S, ReqBody>>,
+            cold: Option<Box<Cold<S, ReqBody>>>,
         },
         // The token came: driving the inner service ready again.
-        Readying { cold: Option<(Cold<S, ReqBody>, Arc<Token>)> },
+        Readying { cold: Option<(Box<Cold<S, ReqBody>>, Arc<Token>)> },
         // Recovering from a 401.
         Slow { future: BoxFuture<Result<S::Response, BoxError>> },
         // The layer cannot be used (its configuration is refused).
@@ -353,18 +353,19 @@ where
 
     /// A request that waits for a login first: `inner` is a clone, not ready.
     ///
-    /// Only the wait for the login is boxed (a small future): the request waits in place.
+    /// The wait for the login and the request are boxed: a rare state kept out of the future's
+    /// size, which every request moves.
     #[cold]
     #[inline(never)]
     pub(crate) fn cold(inner: S, replayer: Arc<Replayer<S>>, request: Request<ReqBody>) -> Self {
         let cache = &replayer.cache;
         Self::new(State::Waiting {
             login: Box::pin(cache.token(login_fn(cache, &inner))),
-            cold: Some(Cold {
+            cold: Some(Box::new(Cold {
                 inner,
                 replayer,
                 request,
-            }),
+            })),
         })
     }
 
@@ -405,13 +406,13 @@ where
             return State::Buffering {
                 body,
                 buffer: BodyBuffer::Empty,
-                pending: Some(Pending {
+                pending: Some(Box::new(Pending {
                     sender,
                     ctx,
                     parts,
                     header,
                     limit,
-                }),
+                })),
             };
         }
     };
@@ -503,7 +504,7 @@ where
                     parts,
                     header,
                     ..
-                } = pending.take().expect(POLLED_AFTER_COMPLETION);
+                } = *pending.take().expect(POLLED_AFTER_COMPLETION);
                 let request = Request::from_parts(parts, ReqBody::from(bytes.clone()));
                 let replay = Replay::copy(&request, Some(bytes));
                 state.set(State::Sent {
@@ -554,7 +555,7 @@ where
                     inner,
                     replayer,
                     request,
-                } = pending;
+                } = *pending;
                 let ctx = Ctx {
                     replayer,
                     generation,
