@@ -8,6 +8,9 @@
 //! new login once the token expired, and the recovery from a 401. With `PATCHWORKS_EMAIL` and
 //! `PATCHWORKS_PASSWORD` set, it talks to the real Patchworks instead.
 
+#[path = "support/logging.rs"]
+mod logging;
+
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri};
 use http_body_util::Full;
@@ -16,19 +19,10 @@ use patchworks_auth::{test_util::FakePatchworks, AuthLayer, Credentials};
 use std::time::Duration;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tracing::Level;
-use tracing_subscriber::{filter::Targets, fmt, prelude::*};
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    // `RUST_LOG` as `target=level` pairs, say `patchworks_auth=debug`.
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|directives| directives.parse::<Targets>().ok())
-        .unwrap_or_else(|| Targets::new().with_target("patchworks_auth", Level::INFO));
-    tracing_subscriber::registry()
-        .with(fmt::layer().with_target(false).compact())
-        .with(filter)
-        .init();
+    logging::init(Level::INFO);
 
     if std::env::var_os(Credentials::EMAIL_VAR).is_some() {
         real().await

@@ -25,6 +25,9 @@
 //! Against a fake Patchworks on loopback, or the real one when `PATCHWORKS_EMAIL` and
 //! `PATCHWORKS_PASSWORD` are set.
 
+#[path = "support/logging.rs"]
+mod logging;
+
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri};
 use http_body_util::Full;
@@ -34,7 +37,6 @@ use std::time::Duration;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tower_http::follow_redirect::FollowRedirectLayer;
 use tracing::Level;
-use tracing_subscriber::{filter::Targets, fmt, prelude::*};
 
 /// The stack, for any HTTP client.
 fn stack<S>(
@@ -75,15 +77,7 @@ where
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    // `RUST_LOG` as `target=level` pairs, say `patchworks_auth=debug`.
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|directives| directives.parse::<Targets>().ok())
-        .unwrap_or_else(|| Targets::new().with_target("patchworks_auth", Level::DEBUG));
-    tracing_subscriber::registry()
-        .with(fmt::layer().with_target(false).compact())
-        .with(filter)
-        .init();
+    logging::init(Level::DEBUG);
 
     if std::env::var_os(Credentials::EMAIL_VAR).is_some() {
         let https = hyper_rustls::HttpsConnectorBuilder::new()

@@ -9,6 +9,9 @@
 //! Against a fake Patchworks on loopback, or the real one when `PATCHWORKS_EMAIL` and
 //! `PATCHWORKS_PASSWORD` are set.
 
+#[path = "../../examples/support/logging.rs"]
+mod logging;
+
 use axum::{extract::State, http::header::CONTENT_TYPE, routing::get, Router};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, Uri};
@@ -17,7 +20,6 @@ use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use patchworks_auth::{test_util::FakePatchworks, AuthLayer, Credentials};
 use tower::{util::BoxCloneSyncService, BoxError, Layer, ServiceExt};
 use tracing::Level;
-use tracing_subscriber::{filter::Targets, fmt, prelude::*};
 
 /// The outbound client, whatever its connector: what the handlers need to know of it.
 type Patchworks =
@@ -54,15 +56,7 @@ async fn list_flows(
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    // `RUST_LOG` as `target=level` pairs, say `patchworks_auth=debug`.
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|directives| directives.parse::<Targets>().ok())
-        .unwrap_or_else(|| Targets::new().with_target("patchworks_auth", Level::INFO));
-    tracing_subscriber::registry()
-        .with(fmt::layer().with_target(false).compact())
-        .with(filter)
-        .init();
+    logging::init(Level::INFO);
 
     // Keep the fake alive as long as the server.
     let mut _fake = None;
