@@ -13,7 +13,11 @@ mod fleet;
 use criterion::{criterion_group, BatchSize, Criterion};
 use http::{header::AUTHORIZATION, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
-use patchworks_auth::{store::RedisStore, test_util::FakePatchworks, AuthLayer, Credentials};
+use patchworks_auth::{
+    store::RedisStore,
+    test_util::{FakePatchworks, HttpClient},
+    AuthLayer, Credentials,
+};
 use std::{
     convert::Infallible,
     future::{poll_fn, Future},
@@ -257,32 +261,40 @@ fn drive<S>(
     S::Error: std::fmt::Debug + Send,
 {
     group.bench_function(format!("{threads} thread/{name}"), |b| {
-        b.iter_custom(|iters| {
-            let per_thread = iters.div_ceil(threads);
-            let start = std::sync::Barrier::new(threads as usize + 1);
-            // The scope returns once every thread is done: time from the start to there.
-            let began = std::thread::scope(|scope| {
-                for _ in 0..threads {
-                    let (mut service, start) = (service.clone(), &start);
-                    scope.spawn(move || {
-                        let runtime = tokio::runtime::Builder::new_current_thread()
-                            .build()
-                            .unwrap();
-                        start.wait();
-                        runtime.block_on(async {
-                            for _ in 0..per_thread {
-                                let response = service.ready().await.unwrap().call(request()).await;
-                                std::hint::black_box(response.unwrap());
-                            }
-                        });
-                    });
-                }
-                start.wait();
-                Instant::now()
-            });
-            began.elapsed()
-        })
+        b.iter_custom(|iters| on_threads(&service, threads, iters.div_ceil(threads)))
     });
+}
+
+/// How long `threads` OS threads take to send `per_thread` warm requests each, each thread with
+/// its own clone of `service` and a runtime of its own.
+fn on_threads<S>(service: &S, threads: u64, per_thread: u64) -> Duration
+where
+    S: Service<Request<Body>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Debug + Send,
+{
+    let start = std::sync::Barrier::new(threads as usize + 1);
+    // The scope returns once every thread is done: time from the start to there.
+    let began = std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let (mut service, start) = (service.clone(), &start);
+            scope.spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                start.wait();
+                runtime.block_on(async {
+                    for _ in 0..per_thread {
+                        let response = service.ready().await.unwrap().call(request()).await;
+                        std::hint::black_box(response.unwrap());
+                    }
+                });
+            });
+        }
+        start.wait();
+        Instant::now()
+    });
+    began.elapsed()
 }
 
 /// An inner service whose login takes 5 ms, and that accepts only the latest token. API calls
@@ -428,9 +440,16 @@ fn stampede(c: &mut Criterion) {
 }
 
 /// A hyper-util client over loopback TCP to an in-process hyper server.
-fn end_to_end(c: &mut Criterion) {
-    let runtime = runtime(2);
-    let (fake, auth, add_authorization) = runtime.block_on(async {
+/// The fake Patchworks, and the layer and a static header over a hyper-util client to it, both
+/// carrying a token the fake issued (the layer has logged in).
+fn over_loopback(
+    runtime: &tokio::runtime::Runtime,
+) -> (
+    FakePatchworks,
+    patchworks_auth::Auth<HttpClient>,
+    AddAuthorization<HttpClient>,
+) {
+    runtime.block_on(async {
         let fake = FakePatchworks::start().await.unwrap();
         let auth = AuthLayer::new(fake.credentials())
             .login_url(fake.login_url())
@@ -445,7 +464,12 @@ fn end_to_end(c: &mut Criterion) {
         let token = token.strip_prefix("Bearer ").unwrap().to_owned();
         let add_authorization = AddAuthorization::bearer(fake.client(), &token);
         (fake, auth, add_authorization)
-    });
+    })
+}
+
+fn end_to_end(c: &mut Criterion) {
+    let runtime = runtime(2);
+    let (fake, auth, add_authorization) = over_loopback(&runtime);
     let uri = fake.uri("/api/v1/flows");
     let mut group = c.benchmark_group("end_to_end");
     group.bench_function("static", |b| {
@@ -512,9 +536,15 @@ criterion_group! {
 /// it sends `n` warm requests through one contender and exits, so that the difference between
 /// two `n` under `valgrind --tool=callgrind` is the instructions of that many requests (see
 /// BENCHMARKS.md).
+///
+/// With `AUTH_PAIRED=<rounds>` it measures the issue-11 ratios in alternation instead (see
+/// [`paired`]).
 fn main() {
     if let Ok(spec) = std::env::var("AUTH_PROFILE") {
         return profile(&spec);
+    }
+    if let Ok(rounds) = std::env::var("AUTH_PAIRED") {
+        return paired(rounds.parse().expect("AUTH_PAIRED=<rounds>"));
     }
     benches();
     Criterion::default().configure_from_args().final_summary();
@@ -547,4 +577,99 @@ fn profile(spec: &str) {
         "auth" => run(auth, n),
         other => panic!("no contender {other:?}"),
     }
+}
+
+/// The layer against its references, measured in alternation: each round times the contenders
+/// one after the other (in turn first), so that the machine's drift, which on a shared machine
+/// moves a whole criterion run by a quarter, falls on both sides of each ratio. Prints, per
+/// ratio, its median and quartiles over the rounds:
+///
+/// - warm: auth / static, one thread, 20,000 requests each;
+/// - contended: the layer's 1 -> 2 thread scaling / the bare inner service's, 100,000 requests
+///   per thread;
+/// - end to end: auth / static, 20 batches of 32 requests in flight over loopback.
+fn paired(rounds: usize) {
+    let runtime = runtime(1);
+    let Contenders {
+        mut auth,
+        mut add_authorization,
+        ..
+    } = contenders(&runtime);
+    let loopback = self::runtime(2);
+    let (fake, auth_e2e, static_e2e) = over_loopback(&loopback);
+    let uri = fake.uri("/api/v1/flows");
+
+    fn timed(f: &mut dyn FnMut()) -> f64 {
+        let began = Instant::now();
+        f();
+        began.elapsed().as_secs_f64()
+    }
+    /// `b()` over `a()`, each measured in turn first.
+    fn ratio(round: usize, a: &mut dyn FnMut() -> f64, b: &mut dyn FnMut() -> f64) -> f64 {
+        if round.is_multiple_of(2) {
+            let a = a();
+            b() / a
+        } else {
+            let b = b();
+            b / a()
+        }
+    }
+    /// 20 batches of requests in flight at once.
+    async fn batches<S>(client: &S, uri: &http::Uri)
+    where
+        S: Service<Request<Body>, Response = Response<hyper::body::Incoming>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send,
+        S::Error: std::fmt::Debug + Send,
+    {
+        for _ in 0..20 {
+            concurrently(client, uri).await;
+        }
+    }
+    /// Throughput on two threads over throughput on one.
+    fn scaling(on: &dyn Fn(u64) -> Duration) -> f64 {
+        2.0 * on(1).as_secs_f64() / on(2).as_secs_f64()
+    }
+    let (mut warm, mut contended, mut end_to_end) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        warm.push(ratio(
+            round,
+            &mut || {
+                timed(&mut || {
+                    (0..20_000).for_each(|_| drop(call(&mut add_authorization, request())))
+                })
+            },
+            &mut || timed(&mut || (0..20_000).for_each(|_| drop(call(&mut auth, request())))),
+        ));
+        contended.push(ratio(
+            round,
+            &mut || scaling(&|threads| on_threads(&inner(), threads, 100_000)),
+            &mut || scaling(&|threads| on_threads(&auth, threads, 100_000)),
+        ));
+        end_to_end.push(ratio(
+            round,
+            &mut || timed(&mut || loopback.block_on(batches(&static_e2e, &uri))),
+            &mut || timed(&mut || loopback.block_on(batches(&auth_e2e, &uri))),
+        ));
+    }
+    println!("{rounds} rounds, in alternation");
+    for (name, mut ratios) in [
+        ("warm, auth/static", warm),
+        ("contended, auth's 1 -> 2 scaling / inner's", contended),
+        ("end to end, 32 in flight, auth/static", end_to_end),
+    ] {
+        ratios.sort_by(f64::total_cmp);
+        let at = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
+        println!(
+            "{name}: median {:.3}, quartiles {:.3} to {:.3}, range {:.3} to {:.3}",
+            at(0.5),
+            at(0.25),
+            at(0.75),
+            at(0.0),
+            at(1.0)
+        );
+    }
+    assert_eq!(fake.logins(), 1);
 }
