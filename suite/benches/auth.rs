@@ -535,16 +535,21 @@ criterion_group! {
 /// `criterion_main!`, plus a mode for a profiler: with `AUTH_PROFILE=<inner|static|auth>:<n>`
 /// it sends `n` warm requests through one contender and exits, so that the difference between
 /// two `n` under `valgrind --tool=callgrind` is the instructions of that many requests (see
-/// BENCHMARKS.md).
+/// BENCHMARKS.md); with `AUTH_PROFILE=e2e-<static|auth>:<n>`, `n` batches of 32 requests in
+/// flight over loopback.
 ///
-/// With `AUTH_PAIRED=<rounds>` it measures the issue-11 ratios in alternation instead (see
-/// [`paired`]).
+/// With `AUTH_PAIRED=<rounds>[:<ratio>]` it measures the issue-11 ratios (or the one named:
+/// `warm`, `contended` or `end_to_end`) in alternation instead (see [`paired`]).
 fn main() {
     if let Ok(spec) = std::env::var("AUTH_PROFILE") {
         return profile(&spec);
     }
-    if let Ok(rounds) = std::env::var("AUTH_PAIRED") {
-        return paired(rounds.parse().expect("AUTH_PAIRED=<rounds>"));
+    if let Ok(spec) = std::env::var("AUTH_PAIRED") {
+        let (rounds, only) = spec
+            .split_once(':')
+            .map_or((&*spec, None), |(n, r)| (n, Some(r)));
+        let usage = "AUTH_PAIRED=<rounds>[:warm|contended|end_to_end]";
+        return paired(rounds.parse().expect(usage), only);
     }
     benches();
     Criterion::default().configure_from_args().final_summary();
@@ -553,8 +558,23 @@ fn main() {
 fn profile(spec: &str) {
     let (name, n) = spec
         .split_once(':')
-        .expect("AUTH_PROFILE=<inner|static|auth>:<n>");
+        .expect("AUTH_PROFILE=<inner|static|auth|e2e-static|e2e-auth>:<n>");
     let n: u64 = n.parse().expect("a number of requests");
+    if let Some(who) = name.strip_prefix("e2e-") {
+        // `n` batches of 32 requests in flight over loopback, client and fake server both.
+        let loopback = runtime(2);
+        let (fake, auth, add_authorization) = over_loopback(&loopback);
+        let uri = fake.uri("/api/v1/flows");
+        return loopback.block_on(async {
+            for _ in 0..n {
+                match who {
+                    "static" => concurrently(&add_authorization, &uri).await,
+                    "auth" => concurrently(&auth, &uri).await,
+                    other => panic!("no contender {other:?}"),
+                }
+            }
+        });
+    }
     let runtime = runtime(1);
     let _guard = runtime.enter();
     let Contenders {
@@ -582,13 +602,24 @@ fn profile(spec: &str) {
 /// The layer against its references, measured in alternation: each round times the contenders
 /// one after the other (in turn first), so that the machine's drift, which on a shared machine
 /// moves a whole criterion run by a quarter, falls on both sides of each ratio. Prints, per
-/// ratio, its median and quartiles over the rounds:
+/// ratio, its median, the median's 95% confidence interval (by order statistics, which assume
+/// nothing of the noise's shape), and the quartiles over the rounds. The interval covers the
+/// noise within one process; between two processes of one binary the warm median moves by
+/// several hundredths (where the code and the stack land), so two binaries are compared over
+/// several processes each (see BENCHMARKS.md):
 ///
 /// - warm: auth / static, one thread, 20,000 requests each;
 /// - contended: the layer's 1 -> 2 thread scaling / the bare inner service's, 100,000 requests
 ///   per thread;
 /// - end to end: auth / static, 20 batches of 32 requests in flight over loopback.
-fn paired(rounds: usize) {
+fn paired(rounds: usize, only: Option<&str>) {
+    let measures = |ratio: &str| only.is_none_or(|only| only == ratio);
+    assert!(
+        ["warm", "contended", "end_to_end"]
+            .iter()
+            .any(|ratio| measures(ratio)),
+        "no ratio {only:?}"
+    );
     let runtime = runtime(1);
     let Contenders {
         mut auth,
@@ -634,25 +665,31 @@ fn paired(rounds: usize) {
     }
     let (mut warm, mut contended, mut end_to_end) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
-        warm.push(ratio(
-            round,
-            &mut || {
-                timed(&mut || {
-                    (0..20_000).for_each(|_| drop(call(&mut add_authorization, request())))
-                })
-            },
-            &mut || timed(&mut || (0..20_000).for_each(|_| drop(call(&mut auth, request())))),
-        ));
-        contended.push(ratio(
-            round,
-            &mut || scaling(&|threads| on_threads(&inner(), threads, 100_000)),
-            &mut || scaling(&|threads| on_threads(&auth, threads, 100_000)),
-        ));
-        end_to_end.push(ratio(
-            round,
-            &mut || timed(&mut || loopback.block_on(batches(&static_e2e, &uri))),
-            &mut || timed(&mut || loopback.block_on(batches(&auth_e2e, &uri))),
-        ));
+        if measures("warm") {
+            warm.push(ratio(
+                round,
+                &mut || {
+                    timed(&mut || {
+                        (0..20_000).for_each(|_| drop(call(&mut add_authorization, request())))
+                    })
+                },
+                &mut || timed(&mut || (0..20_000).for_each(|_| drop(call(&mut auth, request())))),
+            ));
+        }
+        if measures("contended") {
+            contended.push(ratio(
+                round,
+                &mut || scaling(&|threads| on_threads(&inner(), threads, 100_000)),
+                &mut || scaling(&|threads| on_threads(&auth, threads, 100_000)),
+            ));
+        }
+        if measures("end_to_end") {
+            end_to_end.push(ratio(
+                round,
+                &mut || timed(&mut || loopback.block_on(batches(&static_e2e, &uri))),
+                &mut || timed(&mut || loopback.block_on(batches(&auth_e2e, &uri))),
+            ));
+        }
     }
     println!("{rounds} rounds, in alternation");
     for (name, mut ratios) in [
@@ -660,11 +697,21 @@ fn paired(rounds: usize) {
         ("contended, auth's 1 -> 2 scaling / inner's", contended),
         ("end to end, 32 in flight, auth/static", end_to_end),
     ] {
+        if ratios.is_empty() {
+            continue;
+        }
         ratios.sort_by(f64::total_cmp);
-        let at = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
+        let n = ratios.len();
+        let at = |q: f64| ratios[((n - 1) as f64 * q).round() as usize];
+        // The median lies between the order statistics n/2 -+ 1.96 sqrt(n)/2 with 95%
+        // probability, whatever the distribution of the rounds.
+        let half_width = 1.96 * (n as f64).sqrt() / 2.0;
+        let rank = |offset: f64| ((n as f64 / 2.0 + offset).round().max(0.0) as usize).min(n - 1);
         println!(
-            "{name}: median {:.3}, quartiles {:.3} to {:.3}, range {:.3} to {:.3}",
+            "{name}: median {:.3} (95% {:.3} to {:.3}), quartiles {:.3} to {:.3}, range {:.3} to {:.3}",
             at(0.5),
+            ratios[rank(-half_width)],
+            ratios[rank(half_width)],
             at(0.25),
             at(0.75),
             at(0.0),
