@@ -26,6 +26,9 @@ pub(crate) struct Scope {
 #[derive(Clone, Debug)]
 struct Origin {
     https: bool,
+    /// The authority as the login URL spells it (it carries no user information): a request
+    /// spelled the same way is matched by one comparison, before the host and port are parsed.
+    authority: String,
     host: String,
     port: u16,
 }
@@ -39,6 +42,7 @@ impl Origin {
         };
         Some(Origin {
             https,
+            authority: uri.authority()?.as_str().to_owned(),
             host: normalize(uri.host()?).to_ascii_lowercase(),
             port: uri.port_u16().unwrap_or(if https { 443 } else { 80 }),
         })
@@ -97,7 +101,12 @@ impl Scope {
             Some(scheme) if *scheme == Scheme::HTTP => false,
             _ => return false,
         };
-        if https && KNOWN_HOSTS.contains(&authority.as_str()) {
+        // Byte for byte first: a documented host, or the login URL's origin spelled as the login
+        // URL spells it (a staging host, a proxy, a fake on loopback). The general rule below
+        // splits the authority and parses its port: some 600 instructions a request.
+        if (https && KNOWN_HOSTS.contains(&authority.as_str()))
+            || (https == self.login.https && authority.as_str() == self.login.authority)
+        {
             return true;
         }
         let host = normalize(host(authority.as_str()));
@@ -291,5 +300,35 @@ mod tests {
         let scope = self::scope("https://auth.example.com/login").unwrap();
         assert!(contains(&scope, "https://auth.example.com:443/api"));
         assert!(!contains(&scope, "http://auth.example.com/api"));
+    }
+
+    #[test]
+    fn the_login_origin_spelled_otherwise_is_the_same_origin() {
+        // Spelled as the login URL: matched by one comparison. Spelled otherwise: by host and
+        // port. Either way the same answers.
+        let scope = scope("https://Auth.Example.com:443/login").unwrap();
+        for yes in [
+            "https://Auth.Example.com:443/api",
+            "https://auth.example.com/api",
+            "https://AUTH.EXAMPLE.COM./api",
+        ] {
+            assert!(contains(&scope, yes), "{yes}");
+        }
+        // A builder's `HTTPS` is not the standard scheme (`http` compares it unequal to
+        // `Scheme::HTTPS`), and a connector need not encrypt it: no token.
+        let built = Uri::builder()
+            .scheme("HTTPS")
+            .authority("Auth.Example.com:443")
+            .path_and_query("/api")
+            .build()
+            .unwrap();
+        assert!(!scope.contains(&built));
+        for no in [
+            "http://Auth.Example.com:443/api",
+            "https://Auth.Example.com:4430/api",
+            "https://Auth.Example.co/api",
+        ] {
+            assert!(!contains(&scope, no), "{no}");
+        }
     }
 }
