@@ -198,6 +198,16 @@ mod tests {
         scope.contains(&uri.parse().unwrap())
     }
 
+    /// `scope` gives the token to each of `yes` and to none of `no`.
+    fn assert_scope(scope: &Scope, yes: &[&str], no: &[&str]) {
+        for uri in yes {
+            assert!(contains(scope, uri), "{uri}");
+        }
+        for uri in no {
+            assert!(!contains(scope, uri), "{uri}");
+        }
+    }
+
     #[test]
     fn login_url_must_be_https_or_loopback() {
         assert!(scope("https://svc-fabric.pwks.co/api/v1/login").is_ok());
@@ -222,7 +232,7 @@ mod tests {
     #[test]
     fn patchworks_hosts_over_https_only() {
         let scope = scope("https://svc-fabric.pwks.co/api/v1/login").unwrap();
-        for yes in [
+        let yes = [
             "https://core.wearepatchworks.com/api/v1/flows",
             "https://START.WeArePatchworks.com/x",
             "https://app.wearepatchworks.com./x",
@@ -230,10 +240,8 @@ mod tests {
             "https://svc-fabric.pwks.co/api/v1/anything",
             "/api/v1/flows",
             "/",
-        ] {
-            assert!(contains(&scope, yes), "{yes}");
-        }
-        for no in [
+        ];
+        let no = [
             "http://core.wearepatchworks.com/api/v1/flows",
             "https://wearepatchworks.com.evil.com/x",
             "https://evilwearepatchworks.com/x",
@@ -244,9 +252,8 @@ mod tests {
             "//evil.example/api/v1/flows",
             "//core.wearepatchworks.com/api/v1/flows",
             "*",
-        ] {
-            assert!(!contains(&scope, no), "{no}");
-        }
+        ];
+        assert_scope(&scope, &yes, &no);
     }
 
     #[test]
@@ -307,13 +314,17 @@ mod tests {
         // Spelled as the login URL: matched by one comparison. Spelled otherwise: by host and
         // port. Either way the same answers.
         let scope = scope("https://Auth.Example.com:443/login").unwrap();
-        for yes in [
+        let yes = [
             "https://Auth.Example.com:443/api",
             "https://auth.example.com/api",
             "https://AUTH.EXAMPLE.COM./api",
-        ] {
-            assert!(contains(&scope, yes), "{yes}");
-        }
+        ];
+        let no = [
+            "http://Auth.Example.com:443/api",
+            "https://Auth.Example.com:4430/api",
+            "https://Auth.Example.co/api",
+        ];
+        assert_scope(&scope, &yes, &no);
         // A builder's `HTTPS` is not the standard scheme (`http` compares it unequal to
         // `Scheme::HTTPS`), and a connector need not encrypt it: no token.
         let built = Uri::builder()
@@ -323,12 +334,5 @@ mod tests {
             .build()
             .unwrap();
         assert!(!scope.contains(&built));
-        for no in [
-            "http://Auth.Example.com:443/api",
-            "https://Auth.Example.com:4430/api",
-            "https://Auth.Example.co/api",
-        ] {
-            assert!(!contains(&scope, no), "{no}");
-        }
     }
 }
