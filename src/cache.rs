@@ -1,36 +1,49 @@
-//! The login driver: runs the logins the [token core](crate::token) asks for, on the Tokio
-//! runtime, through "a function that logs in" ([`LoginFn`]), and through the shared
-//! [store](crate::store) when there is one. It keeps the core's tokens aged with Tokio timers.
+//! The driver: carries out the [token core](crate::token)'s decisions on Tokio.
 //!
-//! It knows nothing of services or bodies either: the service hands it a [`LoginFn`] made from
-//! the wrapped service ([`crate::login::attempt`]).
+//! It holds the core behind a lock that is never held across an await, the current token in an
+//! `ArcSwap` for the request path, and a `watch` channel that every change of the core is
+//! announced on: a request that waits for a login subscribes, then asks the core, so no change
+//! between the two is missed. It runs logins (through "a function that logs in", [`LoginFn`],
+//! which the adapters make) and the shared [store](crate::store), and ages tokens with timers.
+//!
+//! Work in flight is owned by a guard: a login is run by a [`Claim`], and a claim dropped
+//! unfinished (with its task, its future or its runtime) hands the login back to the core, so
+//! the next request starts another and nobody waits on a login nobody runs. A renewal handed
+//! back so is due again at once, and the request that takes it up waits for it, so that it runs
+//! while a runtime does.
 
 use crate::{
+    challenge,
+    clock::Coarse,
     config::Config,
-    credentials::api_key_header,
-    credentials::Secret,
-    error::{Error, Kind},
+    credentials::{api_key_header, Secret},
+    error::Error,
     store::{Owner, Shared},
     token::{
-        backoff, jitter, Core, Endpoint, Failure, Next, Obtained, Phase, Reason, Renewal, Ticket,
-        Timings, Token, TokenState, Unauthorized,
+        Attempts, Core, Ended, Endpoint, Failure, Need, Obtained, Reason, Renew, Start, Step,
+        Timings, TokenState, Unauthorized,
     },
 };
 use arc_swap::ArcSwapOption;
+use http::{HeaderMap, HeaderValue};
 use std::{
     fmt,
-    future::Future,
-    pin::Pin,
-    sync::{Arc, Weak},
+    future::{poll_fn, Future},
+    pin::{pin, Pin},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard, OnceLock, Weak,
+    },
+    task::Poll,
     time::Duration,
 };
 use tokio::{
     sync::watch,
-    time::{sleep, sleep_until, timeout_at, Instant},
+    task::AbortHandle,
+    time::{sleep, sleep_until, Instant},
 };
+use tower::util::rng::{HasherRng, Rng};
 
-/// How many logins a waiter starts itself when the ones it waited on died with their runtime.
-const MAX_ABANDONED: usize = 3;
 /// How often a process waiting for another's login polls the store (plus up to half again).
 const STORE_POLL: Duration = Duration::from_millis(100);
 /// How often a process that logged in while the store was down tries to share its token again,
@@ -43,11 +56,188 @@ pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>
 /// A function that logs in once: one attempt, no retries (the driver retries).
 pub(crate) type LoginFn = Arc<dyn Fn() -> BoxFuture<Result<Obtained, Error>> + Send + Sync>;
 
+/// A draw in `[0, 1)` for the core's jittered back-offs.
+fn jitter() -> f64 {
+    HasherRng::default().next_f64()
+}
+
+/// `base` plus up to half again, at random.
+fn jittered(base: Duration) -> Duration {
+    base.mul_f64(1.0 + 0.5 * jitter())
+}
+
+/// Where a token is in its life, as the request path sees it. Only ever moves forward, but for
+/// `Renewing` going back to `Due` when a renewal failed or was abandoned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Phase {
+    /// Sent as it is.
+    Fresh = 0,
+    /// Still sent, and the first request to see this starts a background renewal.
+    Due = 1,
+    /// Still sent while the background renewal runs.
+    Renewing = 2,
+    /// Never sent again: requests wait for a new login.
+    Expired = 3,
+}
+
+/// A token the core made current, as the request path reads it.
+///
+/// Its age is kept twice: a Tokio timer moves its phase forward (which a paused test clock
+/// drives too), and every request compares the coarse monotonic clock with its deadlines, so a
+/// timer that did not run (its runtime dropped, idle or late) never lets an expired token out.
+pub(crate) struct Token {
+    /// `Bearer <token>`, marked sensitive.
+    pub(crate) header: HeaderValue,
+    /// Counts the tokens the core made current: a 401 names the token it answered.
+    pub(crate) generation: u64,
+    phase: AtomicU8,
+    /// When its login request was sent.
+    pub(crate) obtained_at: Instant,
+    /// When it expires; `None` for an API key.
+    pub(crate) expires_at: Option<Instant>,
+    /// On the coarse clock: when its renewal is due (the request path's one comparison), when
+    /// it stops being sent, and when a failed renewal is due again.
+    renew_by: Coarse,
+    send_by: Coarse,
+    retry_by: AtomicU64,
+    /// The timer task that ages this token; aborted when the token is dropped.
+    timer: OnceLock<AbortHandle>,
+}
+
+impl Token {
+    fn new(obtained: &Obtained, generation: u64, deadlines: Option<(Instant, Instant)>) -> Token {
+        let (now, coarse) = (Instant::now(), Coarse::now());
+        let at = |deadline: Instant| coarse.after(deadline.saturating_duration_since(now));
+        Token {
+            header: obtained.header.clone(),
+            generation,
+            phase: AtomicU8::new(Phase::Fresh as u8),
+            obtained_at: obtained.obtained_at,
+            expires_at: deadlines.map(|_| obtained.obtained_at + obtained.lifetime),
+            renew_by: deadlines.map_or(Coarse::NEVER, |(renew, _)| at(renew)),
+            send_by: deadlines.map_or(Coarse::NEVER, |(_, send)| at(send)),
+            retry_by: AtomicU64::new(u64::MAX),
+            timer: OnceLock::new(),
+        }
+    }
+
+    /// The token's phase, caught up with the coarse clock if its timer is late.
+    #[inline]
+    pub(crate) fn phase(&self) -> Phase {
+        if Coarse::now() >= self.renew_by {
+            self.catch_up();
+        }
+        self.timer_phase()
+    }
+
+    /// The phase its timer (or an earlier request) set, without reading the clock.
+    #[inline]
+    fn timer_phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Fresh,
+            1 => Phase::Due,
+            2 => Phase::Renewing,
+            _ => Phase::Expired,
+        }
+    }
+
+    /// The timer did not run (yet) but the clock says the token is due or expired, or a failed
+    /// renewal may be tried again.
+    #[cold]
+    #[inline(never)]
+    fn catch_up(&self) {
+        let now = Coarse::now();
+        match self.timer_phase() {
+            _ if now >= self.send_by => self.phase.store(Phase::Expired as u8, Ordering::Release),
+            Phase::Fresh => _ = self.advance(Phase::Fresh, Phase::Due),
+            Phase::Renewing if now.nanos() >= self.retry_by.load(Ordering::Relaxed) => {
+                self.retry_by.store(u64::MAX, Ordering::Relaxed);
+                self.advance(Phase::Renewing, Phase::Due);
+            }
+            _ => {}
+        }
+    }
+
+    /// Moves from `from` to `to` if the token is still in `from`; `true` for the one caller
+    /// that made the move.
+    pub(crate) fn advance(&self, from: Phase, to: Phase) -> bool {
+        self.phase
+            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// How long it lives from when it was obtained; `None` for an API key.
+    pub(crate) fn lifetime(&self) -> Option<Duration> {
+        self.expires_at.map(|at| at - self.obtained_at)
+    }
+
+    /// Puts the token in the headers of a request that got 401 with the token before, to send
+    /// it again.
+    pub(crate) fn authorize_replay(&self, headers: &mut HeaderMap) {
+        tracing::debug!(
+            target: "patchworks_auth",
+            generation = self.generation,
+            "replaying the request that got 401 with the new token"
+        );
+        headers.insert(http::header::AUTHORIZATION, self.header.clone());
+    }
+
+    /// A copy of the header whose bytes are its own, for one service's requests: their clones
+    /// bump a reference count that no other service's requests touch. Shared once here, so that
+    /// its clones allocate nothing.
+    pub(crate) fn private_header(&self) -> HeaderValue {
+        let Ok(mut header) = HeaderValue::from_bytes(self.header.as_bytes()) else {
+            // Not seen: the bytes of a header value make a header value.
+            return self.header.clone();
+        };
+        header.set_sensitive(true);
+        drop(header.clone());
+        header
+    }
+}
+
+impl Drop for Token {
+    fn drop(&mut self) {
+        if let Some(timer) = self.timer.get() {
+            timer.abort();
+        }
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("header", &"<redacted>")
+            .field("generation", &self.generation)
+            .field("phase", &self.timer_phase())
+            .finish()
+    }
+}
+
+/// What a request does with the token it read; see [`Cache::check`].
+pub(crate) enum Check {
+    Send,
+    Join(BoxFuture<()>),
+    Wait,
+}
+
 /// The token cache shared by every service an [`AuthLayer`](crate::AuthLayer) makes: the core,
-/// what it was built with, and the shared store if any.
+/// what it was built with, the current token, and the shared store if any.
 pub(crate) struct Cache {
     pub(crate) config: Config,
-    pub(crate) core: Core,
+    core: Mutex<Core>,
+    /// The token requests carry; `None` before the first login and after a 401 discarded it.
+    /// Written only under the `core` lock, with the core's own view of it.
+    current: ArcSwapOption<Token>,
+    /// Whether the request path reports answers to the core ([`Core::wants_answers`]).
+    wants_answers: AtomicBool,
+    /// Bumped after every change of the core: what requests waiting on a login wake on.
+    changes: watch::Sender<u64>,
+    /// Logins run so far (tokens taken from a shared store are not logins).
+    logins: AtomicU64,
+    /// The most requests that waited on one login, counted when it answered.
+    most_waiting: AtomicUsize,
     store: Option<Shared>,
 }
 
@@ -57,120 +247,276 @@ impl Cache {
             refresh_before: config.refresh_before,
             login_timeout: config.login_timeout,
         };
-        let (core, store) = match &config.credentials.secret {
+        let (api_key, store) = match &config.credentials.secret {
             Secret::Login { email, password } => (
-                Core::new(timings),
+                None,
                 config.store.as_ref().map(|store| {
                     Shared::new(store, &config.login_url, email, password, config.store_key)
                 }),
             ),
             // An API key is the token: in place from the start, never aged, never renewed, and
             // never stored.
-            Secret::ApiKey(key) => match api_key_header(key) {
-                Some(header) => (Core::api_key(timings, header), None),
-                None => {
+            Secret::ApiKey(key) => {
+                let header = api_key_header(key);
+                if header.is_none() {
                     config.scope = Err(Error::config(
                         "the API key is not a valid header value (empty, or with control \
                          characters); check the key",
                     ));
-                    (Core::new(timings), None)
                 }
-            },
+                (header, None)
+            }
         };
+        let now = Instant::now();
+        let current = api_key.clone().map(|header| {
+            let obtained = Obtained {
+                header,
+                obtained_at: now,
+                lifetime: Duration::ZERO,
+                shared: false,
+            };
+            Arc::new(Token::new(&obtained, 0, None))
+        });
         Arc::new(Cache {
             config,
-            core,
+            core: Mutex::new(Core::new(timings, api_key, now)),
+            current: ArcSwapOption::new(current),
+            wants_answers: AtomicBool::new(false),
+            changes: watch::Sender::new(0),
+            logins: AtomicU64::new(0),
+            most_waiting: AtomicUsize::new(0),
             store,
         })
     }
 
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        // The lock is never held across an await or user code, so a poisoned lock only means a
+        // panic elsewhere; the core is still consistent.
+        self.core
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The current token.
+    #[cfg(feature = "reqwest")]
+    pub(crate) fn current(&self) -> &ArcSwapOption<Token> {
+        &self.current
+    }
+
+    /// Announces a change of the core to the requests waiting on one.
+    fn changed(&self, core: &Core) {
+        self.wants_answers
+            .store(core.wants_answers(), Ordering::Relaxed);
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     /// What is known of the token, without the token.
     pub(crate) fn state(&self) -> TokenState {
-        let mut state = self.core.state();
-        state.store_outages = self.store.as_ref().map_or(0, Shared::outages);
-        state
+        let core = self.lock();
+        let current = self.current.load_full();
+        let api_key = current.as_ref().is_some_and(|t| t.expires_at.is_none());
+        TokenState {
+            obtained_at: current
+                .as_ref()
+                .filter(|_| !api_key)
+                .map(|token| token.obtained_at.into_std()),
+            expires_at: current
+                .as_ref()
+                .and_then(|token| token.expires_at)
+                .map(Instant::into_std),
+            usable: current.is_some_and(|token| token.phase() != Phase::Expired),
+            logins: self.logins.load(Ordering::Relaxed),
+            most_waiting: self.most_waiting.load(Ordering::Relaxed),
+            last_error: core.last_error().cloned(),
+            store_outages: self.store.as_ref().map_or(0, Shared::outages),
+        }
     }
 
     /// A token that may be sent: the current one, or the outcome of the login in flight, or of
-    /// a new login. Fails at once only when no login can succeed now (see [`Next::Failed`]).
-    ///
-    /// A waiter whose login died with its runtime starts one itself, on its own runtime.
+    /// a new login, as the core decides. Fails only when the core says so.
     pub(crate) fn token(
         self: &Arc<Self>,
         login: LoginFn,
     ) -> impl Future<Output = Result<Arc<Token>, Error>> + Send + 'static {
         let cache = self.clone();
         async move {
-            for _ in 0..=MAX_ABANDONED {
-                let inflight = match cache.core.next() {
-                    Next::Ready(token) => return Ok(token),
-                    Next::Failed(error) => return Err(error),
-                    Next::Wait(inflight) => inflight,
-                    Next::Start(ticket, inflight) => {
-                        cache.run(ticket, login.clone())?;
-                        inflight
+            let (mut waited, mut restarts) = (None, 0);
+            loop {
+                // Subscribed before the core is asked: a change after the answer wakes us.
+                let mut changes = cache.changes.subscribe();
+                let need = cache.lock().need(Instant::now(), waited, restarts);
+                match need {
+                    Need::Send => {
+                        if let Some(token) = cache.current.load_full() {
+                            return Ok(token);
+                        }
+                        continue; // discarded since: ask again
                     }
-                };
-                match wait(inflight).await {
-                    Err(error) if error.is_abandoned() => continue,
-                    outcome => return outcome,
+                    Need::Fail(error) => return Err(error),
+                    Need::Wait(id) => waited = Some(id),
+                    Need::Start(start) => {
+                        restarts += u32::from(waited.is_some());
+                        waited = Some(start.id);
+                        cache.run(start, login.clone())?;
+                    }
                 }
+                // The sender lives as long as `cache`: this only ends on a change.
+                let _ = changes.changed().await;
             }
-            Err(Error::new(Kind::Abandoned))
+        }
+    }
+
+    /// What a request does with the token it read: send it (`Check::Send`), send it and wait
+    /// for the renewal it took up (`Check::Join`), or wait for a login (`Check::Wait`). The
+    /// first request to see the token due starts its renewal, with the login `login` makes.
+    #[inline]
+    pub(crate) fn check(
+        self: &Arc<Self>,
+        token: &Arc<Token>,
+        login: impl FnOnce() -> LoginFn,
+    ) -> Check {
+        match token.phase() {
+            Phase::Fresh | Phase::Renewing => Check::Send,
+            Phase::Due if token.advance(Phase::Due, Phase::Renewing) => {
+                self.renew(token, login()).map_or(Check::Send, Check::Join)
+            }
+            Phase::Due => Check::Send,
+            Phase::Expired => Check::Wait,
         }
     }
 
     /// Starts a background renewal for a token in its refresh window. Called by the one request
-    /// that moved the token from `Due` to `Renewing`.
+    /// that moved the token from `Due` to `Renewing`. Returns a future to wait for when the
+    /// renewal takes up one that was abandoned with its runtime: the request waits for it, so
+    /// that it runs while a runtime does.
     #[cold]
     #[inline(never)]
-    pub(crate) fn renew(self: &Arc<Self>, token: &Arc<Token>, login: LoginFn) {
-        match self.core.renew(token) {
-            Renewal::InFlight => {}
-            Renewal::Later(at) => retry_renewal_at(token, at),
-            Renewal::Start(ticket) => {
-                if let Err(error) = self.run(ticket, login) {
-                    // No runtime to log in on: try again later, from a request that has one.
+    pub(crate) fn renew(
+        self: &Arc<Self>,
+        token: &Arc<Token>,
+        login: LoginFn,
+    ) -> Option<BoxFuture<()>> {
+        let decision = self.lock().renew(Instant::now(), token.generation);
+        match decision {
+            Renew::Nothing => None,
+            Renew::Later(at) => {
+                retry_renewal_at(token, at);
+                None
+            }
+            Renew::Start(start) => {
+                let (id, taken_up) = (start.id, start.taken_up);
+                let mut changes = self.changes.subscribe();
+                if let Err(error) = self.run(start, login) {
                     tracing::warn!(target: "patchworks_auth", %error, "background renewal not started");
-                    token.advance(Phase::Renewing, Phase::Due);
+                    return None;
+                }
+                let cache = self.clone();
+                taken_up.then(|| -> BoxFuture<()> {
+                    Box::pin(async move {
+                        loop {
+                            let running = cache.lock().running() == Some(id);
+                            if !running {
+                                return;
+                            }
+                            let _ = changes.changed().await;
+                        }
+                    })
+                })
+            }
+        }
+    }
+
+    /// A request with token `generation` had an answer other than 401 from `endpoint` (made only
+    /// if the core wants it).
+    #[inline]
+    pub(crate) fn answered(&self, generation: u64, endpoint: impl FnOnce() -> Endpoint) {
+        if self.wants_answers.load(Ordering::Relaxed) {
+            self.report(generation, endpoint(), false, false);
+        }
+    }
+
+    /// A request replayed with token `generation` after a 401 was answered: refused again
+    /// (`refused`) or not.
+    pub(crate) fn replayed(&self, generation: u64, endpoint: Endpoint, refused: bool) {
+        self.report(generation, endpoint, true, refused);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn report(&self, generation: u64, endpoint: Endpoint, replay: bool, refused: bool) {
+        let mut core = self.lock();
+        let now = Instant::now();
+        if replay {
+            core.replayed(now, generation, endpoint, refused);
+        } else {
+            core.answered(now, generation, endpoint);
+        }
+        self.wants_answers
+            .store(core.wants_answers(), Ordering::Relaxed);
+    }
+
+    /// The API answered 401 with `headers` to a request to `endpoint` that carried token
+    /// `generation`: what the core makes of it, for every adapter. Resolves to the token to
+    /// replay with, or `None` to return the 401 as it is.
+    ///
+    /// When the token is renewed, a request that can be replayed (`replayable`) waits for the
+    /// new token and fails with the login's error if there is none; one that cannot is answered
+    /// with its 401 once the login is over, whatever its outcome.
+    pub(crate) fn unauthorized(
+        self: &Arc<Self>,
+        generation: u64,
+        endpoint: &Endpoint,
+        headers: &HeaderMap,
+        replayable: bool,
+        login: LoginFn,
+    ) -> impl Future<Output = Result<Option<Arc<Token>>, Error>> + Send + 'static {
+        let verdict = challenge::verdict(headers);
+        let mut core = self.lock();
+        let decision = core.unauthorized(Instant::now(), generation, endpoint, verdict);
+        if decision == (Unauthorized::Renew { discard: true }) {
+            // The core discards only the token the 401 answered, which is the current one.
+            self.current.store(None);
+            self.changed(&core);
+            tracing::info!(
+                target: "patchworks_auth",
+                generation,
+                "API answered 401: token discarded, logging in again"
+            );
+        } else if decision == Unauthorized::Keep {
+            tracing::debug!(
+                target: "patchworks_auth",
+                method = %endpoint.method,
+                path = %endpoint.path,
+                ?verdict,
+                "401 taken as the API's answer to the request: returned as is"
+            );
+        }
+        drop(core);
+        let token = (decision != Unauthorized::Keep).then(|| self.token(login));
+        async move {
+            match token {
+                None => Ok(None),
+                Some(token) if replayable => token.await.map(Some),
+                Some(token) => {
+                    let _ = token.await;
+                    Ok(None)
                 }
             }
         }
     }
 
-    /// A request with a token had an answer other than 401.
-    #[inline]
-    pub(crate) fn answered(&self, endpoint: impl FnOnce() -> Endpoint) {
-        self.core.answered(endpoint);
-    }
-
-    /// A request replayed after a 401 was answered: refused again (`true`) or not.
-    pub(crate) fn replayed(&self, endpoint: Endpoint, refused: bool) {
-        self.core.replayed(endpoint, refused);
-    }
-
-    /// A 401 on token `generation` from `endpoint` (see [`Core::unauthorized`]); starts the
-    /// login that replaces the token, if it is discarded.
-    pub(crate) fn unauthorized(
-        self: &Arc<Self>,
-        generation: u64,
-        endpoint: &Endpoint,
-        login: LoginFn,
-    ) -> Result<Unauthorized, Error> {
-        let (unauthorized, ticket) = self.core.unauthorized(generation, endpoint)?;
-        if let Some(ticket) = ticket {
-            self.run(ticket, login)?;
-        }
-        Ok(unauthorized)
-    }
-
-    /// Runs a ticket's login on the current Tokio runtime; it runs to its end even if every
-    /// request waiting on it is dropped.
-    fn run(self: &Arc<Self>, ticket: Ticket, login: LoginFn) -> Result<(), Error> {
+    /// Runs login `start` on the current Tokio runtime under a [`Claim`]; it runs to its end
+    /// even if every request waiting on it is dropped, and is handed back if its runtime goes.
+    fn run(self: &Arc<Self>, start: Start, login: LoginFn) -> Result<(), Error> {
+        let claim = Claim {
+            cache: self.clone(),
+            id: start.id,
+            done: false,
+        };
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::config("a login needs a Tokio runtime; call the service from within one")
         })?;
-        let reason = ticket.reason;
+        let reason = start.reason;
         tracing::debug!(target: "patchworks_auth", reason = reason.as_str(), "login started");
         let span = tracing::info_span!(
             target: "patchworks_auth",
@@ -178,24 +524,23 @@ impl Cache {
             reason = reason.as_str(),
             login_host = self.config.login_url.host().unwrap_or_default(),
         );
-        let cache = self.clone();
         runtime.spawn(tracing::Instrument::instrument(
             async move {
-                let outcome = cache.obtain(&ticket, &login).await;
-                cache.finish(ticket, outcome);
+                let outcome = claim.cache.obtain(&start, &login).await;
+                claim.finish(reason, outcome);
             },
             span,
         ));
         Ok(())
     }
 
-    /// A token for `ticket`: from the shared store if it holds a newer one, else from a login
-    /// (one for the whole fleet when the store can coordinate it).
-    async fn obtain(&self, ticket: &Ticket, login: &LoginFn) -> Result<Obtained, Failure> {
+    /// A token for login `start`: from the shared store if it holds one the core takes, else
+    /// from a login (one for the whole fleet when the store can coordinate it).
+    async fn obtain(&self, start: &Start, login: &LoginFn) -> Result<Obtained, Failure> {
         let Some(store) = &self.store else {
-            return self.log_in(login, ticket.after.clone()).await;
+            return self.log_in(login, start.after.clone()).await;
         };
-        let newer = |obtained: &Obtained| self.newer(ticket, obtained);
+        let takes = |shared: &Obtained| self.lock().takes(start, shared, Instant::now());
         // A lock lapses after its lifetime (the login timeout) and a waiter takes it over, so a
         // holder that died delays the others by that much. A waiter gives up and logs in by
         // itself only after the lifetime and one more login (its new holder's) have passed:
@@ -204,20 +549,21 @@ impl Cache {
         let owner = Owner::new();
         loop {
             match store.load().await {
-                Ok(Some(shared)) if newer(&shared) => return Ok(shared),
+                Ok(Some(shared)) if takes(&shared) => return Ok(shared),
                 Ok(_) => {}
-                Err(()) => return self.log_in(login, ticket.after.clone()).await,
+                Err(()) => return self.log_in(login, start.after.clone()).await,
             }
             match store.lock(&owner, self.config.login_timeout).await {
                 Ok(true) => {
                     // Taken: another process may have saved and let go since the load.
                     let outcome = match store.load().await {
-                        Ok(Some(shared)) if newer(&shared) => Ok(shared),
-                        _ => self.log_in(login, ticket.after.clone()).await,
+                        Ok(Some(shared)) if takes(&shared) => Ok(shared),
+                        _ => self.log_in(login, start.after.clone()).await,
                     };
                     if let Ok(obtained) = &outcome {
                         if !obtained.shared {
-                            store.save(obtained, self.core.timings()).await;
+                            let timings = *self.lock().timings();
+                            store.save(obtained, &timings).await;
                         }
                     }
                     store.unlock(&owner).await;
@@ -225,174 +571,102 @@ impl Cache {
                 }
                 Ok(false) if Instant::now() < wait_until => {
                     // Another process logs in: its token will be in the store.
-                    sleep(jitter(STORE_POLL)).await;
+                    sleep(jittered(STORE_POLL)).await;
                 }
                 Ok(false) => {
                     tracing::warn!(
                         target: "patchworks_auth",
                         "the store's login lock outlived its lifetime: logging in without it"
                     );
-                    let outcome = self.log_in(login, ticket.after.clone()).await;
+                    let outcome = self.log_in(login, start.after.clone()).await;
                     if let Ok(obtained) = &outcome {
-                        store.save(obtained, self.core.timings()).await;
+                        let timings = *self.lock().timings();
+                        store.save(obtained, &timings).await;
                     }
                     return outcome;
                 }
-                Err(()) => return self.log_in(login, ticket.after.clone()).await,
+                Err(()) => return self.log_in(login, start.after.clone()).await,
             }
         }
     }
 
-    /// Whether a token found in the store may replace what `ticket` replaces: not the same
-    /// token, and for a renewal, not itself due for renewal.
-    fn newer(&self, ticket: &Ticket, shared: &Obtained) -> bool {
-        if let Some(stale) = &ticket.stale {
-            if stale.header == shared.header {
-                return false;
-            }
-        }
-        ticket.reason != Reason::Renewal || self.fresh(shared)
-    }
-
-    /// Whether a token is not yet due for renewal.
-    fn fresh(&self, shared: &Obtained) -> bool {
-        let timings = self.core.timings();
-        Instant::now() < timings.schedule(shared.obtained_at, shared.lifetime).0
-    }
-
-    /// One login: attempts through `login` until one succeeds, one fails in a way that needs a
-    /// fix, or the login timeout runs out.
-    ///
-    /// A transient failure (5xx, 429, no connection, an attempt taking a third of the login
-    /// timeout) is tried again after a jittered back-off, or after the `Retry-After` the
-    /// endpoint asked for; the first attempt waits out the back-off of the failure before it.
+    /// One login: attempts through `login` as the core's [`Attempts`] decides, until one
+    /// succeeds, one fails in a way that needs a fix, or the login timeout runs out. No attempt
+    /// is cut before then; a slow one gets a second beside it, and the first good answer wins.
     async fn log_in(&self, login: &LoginFn, after: Option<Failure>) -> Result<Obtained, Failure> {
-        self.core.count_login();
-        let login_timeout = self.config.login_timeout;
-        let start = Instant::now();
-        let deadline = start + login_timeout;
-        let per_attempt = login_timeout / 3;
-        // The failure before this login stands until an attempt of its own fails.
-        let (mut attempts, mut next_at, mut last) = match after {
-            Some(failure) => (failure.attempts, failure.retry_at, Some(failure.error)),
-            None => (0, start, None),
-        };
+        self.logins.fetch_add(1, Ordering::Relaxed);
+        let timings = *self.lock().timings();
+        let mut attempts = Attempts::new(&timings, Instant::now(), after);
+        let mut flying: Vec<(u32, BoxFuture<Result<Obtained, Error>>)> = Vec::with_capacity(2);
         loop {
-            if next_at >= deadline {
-                // The wait alone outlasts the login: fail now rather than make callers wait for
-                // nothing, and let the next login start when the wait is over.
-                let error = last.unwrap_or_else(|| Error::new(Kind::Timeout(login_timeout)));
-                return Err(Failure {
-                    error,
-                    retry_at: next_at,
-                    attempts,
-                });
-            }
-            sleep_until(next_at).await;
-            let attempt_ends = deadline.min(Instant::now() + per_attempt);
-            let error = match timeout_at(attempt_ends, login()).await {
-                Ok(Ok(obtained)) => return Ok(obtained),
-                Ok(Err(error)) => error,
-                Err(_) if attempt_ends >= deadline => Error::new(Kind::Timeout(login_timeout)),
-                Err(_) => Error::new(Kind::Timeout(per_attempt)),
+            let until = match attempts.step(Instant::now()) {
+                Step::Start(id) => {
+                    flying.push((id, login()));
+                    continue;
+                }
+                Step::Fail(failure) => return Err(failure),
+                Step::Wait(until) => until,
             };
-            attempts = attempts.saturating_add(1);
-            let wait = backoff(&error, attempts).max(error.retry_after().unwrap_or_default());
-            next_at = Instant::now() + wait;
-            tracing::debug!(
-                target: "patchworks_auth",
-                attempts,
-                retry_in = ?wait,
-                %error,
-                "login attempt failed"
-            );
-            if !error.is_transient() || Instant::now() >= deadline {
-                return Err(Failure {
-                    error,
-                    retry_at: next_at,
-                    attempts,
-                });
-            }
-            last = Some(error);
-        }
-    }
-
-    /// Hands a login's outcome to the core, logs it, and keeps the new token aged.
-    fn finish(self: &Arc<Self>, ticket: Ticket, outcome: Result<Obtained, Failure>) {
-        let reason = ticket.reason;
-        let (shared, retry_at) = match &outcome {
-            Ok(obtained) => (obtained.shared, None),
-            Err(failure) => (false, Some(failure.retry_at)),
-        };
-        match (self.core.finish(ticket, outcome), retry_at) {
-            (Ok(token), _) => {
-                self.keep_aged(&token);
-                if shared {
-                    tracing::info!(
-                        target: "patchworks_auth",
-                        reason = reason.as_str(),
-                        generation = token.generation,
-                        "token taken from the shared store"
-                    );
-                } else {
-                    tracing::info!(
-                        target: "patchworks_auth",
-                        reason = reason.as_str(),
-                        generation = token.generation,
-                        lifetime = ?token.lifetime(),
-                        took = ?token.obtained_at.elapsed(),
-                        "logged in to Patchworks"
-                    );
-                    if self.store.as_ref().is_some_and(Shared::is_down) {
-                        self.resync(&token);
+            let mut timer = pin!(sleep_until(until));
+            let answer = poll_fn(|cx| {
+                for i in 0..flying.len() {
+                    if let Poll::Ready(answer) = flying[i].1.as_mut().poll(cx) {
+                        return Poll::Ready(Some((flying.swap_remove(i).0, answer)));
                     }
                 }
-            }
-            (Err(error), retry_at) => {
-                let retry_at = retry_at.unwrap_or_else(Instant::now);
-                tracing::warn!(
-                    target: "patchworks_auth",
-                    reason = reason.as_str(),
-                    retry_in = ?retry_at.saturating_duration_since(Instant::now()),
-                    %error,
-                    "Patchworks login failed"
-                );
-                if let Some(token) = self.core.current().load_full() {
-                    // A failed background renewal: the token stays in use until it expires, and
-                    // renewal is tried again after the back-off.
-                    retry_renewal_at(&token, retry_at);
-                }
+                timer.as_mut().poll(cx).map(|()| None)
+            })
+            .await;
+            match answer {
+                Some((_, Ok(obtained))) => return Ok(obtained),
+                Some((id, Err(error))) => attempts.failed(id, Instant::now(), error, jitter()),
+                None => {}
             }
         }
     }
 
     /// Ages a token on Tokio's clock (see [`age`]).
-    fn keep_aged(&self, token: &Arc<Token>) {
-        let (Some(lifetime), Ok(runtime)) =
-            (token.lifetime(), tokio::runtime::Handle::try_current())
-        else {
-            return;
-        };
-        let (renew_at, expire_at) = self.core.timings().schedule(token.obtained_at, lifetime);
-        let timer = runtime.spawn(age(Arc::downgrade(token), renew_at, expire_at));
-        token.set_timer(timer.abort_handle());
+    fn keep_aged(&self, token: &Arc<Token>, renew_at: Instant, send_by: Instant) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let timer = runtime.spawn(age(Arc::downgrade(token), renew_at, send_by));
+            let _ = token.timer.set(timer.abort_handle());
+        }
+    }
+
+    /// Makes `obtained` current as the core's `generation`, aged until `send_by`.
+    fn install(
+        &self,
+        obtained: &Obtained,
+        generation: u64,
+        renew_at: Instant,
+        send_by: Instant,
+    ) -> Arc<Token> {
+        let token = Arc::new(Token::new(obtained, generation, Some((renew_at, send_by))));
+        self.current.store(Some(token.clone()));
+        self.keep_aged(&token, renew_at, send_by);
+        token
     }
 
     /// After a login made while the store was down: until the token expires, tries now and
     /// then to take the fleet's token from the store, or to share this one, so that the fleet
     /// converges on one token again without a login once the store is back.
     fn resync(self: &Arc<Self>, token: &Arc<Token>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let (cache, mine) = (Arc::downgrade(self), Arc::downgrade(token));
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let owner = Owner::new();
             let mut every = RESYNC.0;
             loop {
-                sleep(jitter(every)).await;
+                sleep(jittered(every)).await;
                 let (Some(cache), Some(mine)) = (cache.upgrade(), mine.upgrade()) else {
                     return; // the layer is gone, or the token was replaced
                 };
-                let current = cache.core.current().load_full();
-                if !mine.usable() || !current.is_some_and(|current| Arc::ptr_eq(&current, &mine)) {
+                let current = cache.current.load_full();
+                if mine.phase() == Phase::Expired
+                    || !current.is_some_and(|current| Arc::ptr_eq(&current, &mine))
+                {
                     return;
                 }
                 let Some(store) = &cache.store else { return };
@@ -402,10 +676,16 @@ impl Cache {
                         continue;
                     }
                     Ok(Some(shared)) if shared.header == mine.header => return,
-                    Ok(Some(shared)) if !cache.fresh(&shared) => continue,
                     Ok(Some(shared)) => {
-                        if let Some(token) = cache.core.adopt(shared) {
-                            cache.keep_aged(&token);
+                        let mut core = cache.lock();
+                        let (renew_at, _) =
+                            core.timings().schedule(shared.obtained_at, shared.lifetime);
+                        if Instant::now() >= renew_at {
+                            continue;
+                        }
+                        if let Some((generation, renew_at, send_by)) = core.adopt(shared.clone()) {
+                            let token = cache.install(&shared, generation, renew_at, send_by);
+                            cache.changed(&core);
                             tracing::info!(
                                 target: "patchworks_auth",
                                 generation = token.generation,
@@ -415,22 +695,23 @@ impl Cache {
                         return;
                     }
                     Ok(None) => {
+                        let Some(lifetime) = mine.lifetime() else {
+                            return;
+                        };
                         if store.lock(&owner, cache.config.login_timeout).await == Ok(true) {
                             if let Ok(None) = store.load().await {
-                                let lifetime = mine.lifetime();
-                                if let Some(lifetime) = lifetime {
-                                    let obtained = Obtained {
-                                        header: mine.header.clone(),
-                                        obtained_at: mine.obtained_at,
-                                        lifetime,
-                                        shared: false,
-                                    };
-                                    store.save(&obtained, cache.core.timings()).await;
-                                    tracing::info!(
-                                        target: "patchworks_auth",
-                                        "store back: shared this process's token"
-                                    );
-                                }
+                                let obtained = Obtained {
+                                    header: mine.header.clone(),
+                                    obtained_at: mine.obtained_at,
+                                    lifetime,
+                                    shared: false,
+                                };
+                                let timings = *cache.lock().timings();
+                                store.save(&obtained, &timings).await;
+                                tracing::info!(
+                                    target: "patchworks_auth",
+                                    "store back: shared this process's token"
+                                );
                             }
                             store.unlock(&owner).await;
                         }
@@ -438,6 +719,97 @@ impl Cache {
                 }
             }
         });
+    }
+}
+
+/// The right to run one login, and the duty to report it: dropped unfinished (with its task,
+/// its future or its runtime), it hands the login back to the core.
+struct Claim {
+    cache: Arc<Cache>,
+    id: u64,
+    done: bool,
+}
+
+impl Claim {
+    /// Reports the login's outcome: the new token becomes current, or the failure is kept for
+    /// the back-off; every request that waited wakes.
+    fn finish(mut self, reason: Reason, outcome: Result<Obtained, Failure>) {
+        self.done = true;
+        let cache = &self.cache;
+        let mut core = cache.lock();
+        let ended = core.login_ended(self.id, Instant::now(), outcome.clone());
+        let installed = match (&ended, &outcome) {
+            (
+                Ended::Installed {
+                    generation,
+                    renew_at,
+                    send_by,
+                },
+                Ok(obtained),
+            ) => Some(cache.install(obtained, *generation, *renew_at, *send_by)),
+            (Ended::Failed { retry_at, .. }, _) => {
+                if let Some(token) = cache.current.load_full() {
+                    // A failed background renewal: the token stays in use until it expires, and
+                    // renewal is tried again after the back-off.
+                    retry_renewal_at(&token, *retry_at);
+                }
+                None
+            }
+            _ => None,
+        };
+        cache.changed(&core);
+        drop(core);
+        // Every request waiting holds a receiver: counted here, once per login.
+        cache
+            .most_waiting
+            .fetch_max(cache.changes.receiver_count(), Ordering::Relaxed);
+        match (installed, ended) {
+            (Some(token), _) => {
+                let shared = outcome.as_ref().is_ok_and(|o| o.shared);
+                if shared {
+                    tracing::info!(
+                        target: "patchworks_auth",
+                        generation = token.generation,
+                        "took the fleet's token from the store"
+                    );
+                } else {
+                    tracing::info!(
+                        target: "patchworks_auth",
+                        generation = token.generation,
+                        lifetime = ?token.lifetime(),
+                        took = ?token.obtained_at.elapsed(),
+                        "logged in to Patchworks"
+                    );
+                    if cache.store.as_ref().is_some_and(Shared::is_down) {
+                        cache.resync(&token);
+                    }
+                }
+            }
+            (None, Ended::Failed { error, retry_at }) => tracing::warn!(
+                target: "patchworks_auth",
+                reason = reason.as_str(),
+                retry_in = ?retry_at.saturating_duration_since(Instant::now()),
+                %error,
+                "Patchworks login failed"
+            ),
+            _ => {}
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut core = self.cache.lock();
+        if core.abandoned(self.id) {
+            // A renewal: the token is due again, and the next request takes it up.
+            if let Some(token) = self.cache.current.load_full() {
+                token.advance(Phase::Renewing, Phase::Due);
+            }
+        }
+        self.cache.changed(&core);
     }
 }
 
@@ -450,7 +822,7 @@ impl std::ops::Deref for Current {
     type Target = ArcSwapOption<Token>;
 
     fn deref(&self) -> &Self::Target {
-        self.0.core.current()
+        &self.0.current
     }
 }
 
@@ -458,238 +830,48 @@ impl fmt::Debug for Cache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cache")
             .field("config", &self.config)
-            .field("token", &self.core.current().load())
+            .field("token", &self.current.load())
             .finish()
     }
 }
 
-/// Waits for the outcome of a login in flight.
-async fn wait(mut inflight: watch::Receiver<crate::token::Outcome>) -> Result<Arc<Token>, Error> {
-    match inflight.wait_for(Option::is_some).await {
-        Ok(outcome) => outcome.clone().unwrap_or(Err(Error::new(Kind::Abandoned))),
-        // The login task was dropped: its runtime shut down.
-        Err(_) => Err(Error::new(Kind::Abandoned)),
-    }
-}
-
-/// Moves a token whose renewal failed back to `Due` once the back-off ends.
+/// Moves a token whose renewal failed back to `Due` once the back-off ends: by a timer, and by
+/// the coarse clock on the request path for when the timer's runtime is gone.
 fn retry_renewal_at(token: &Arc<Token>, at: Instant) {
     if token.timer_phase() != Phase::Renewing {
         return;
     }
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        // No runtime to keep time on: let the next request try again.
-        token.advance(Phase::Renewing, Phase::Due);
-        return;
-    };
-    let token = Arc::downgrade(token);
-    runtime.spawn(async move {
-        sleep_until(at).await;
-        if let Some(token) = token.upgrade() {
-            token.advance(Phase::Renewing, Phase::Due);
-        }
-    });
+    let coarse = Coarse::now().after(at.saturating_duration_since(Instant::now()));
+    token.retry_by.store(coarse.nanos(), Ordering::Relaxed);
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let token = Arc::downgrade(token);
+        runtime.spawn(async move {
+            sleep_until(at).await;
+            if let Some(token) = token.upgrade() {
+                token.advance(Phase::Renewing, Phase::Due);
+            }
+        });
+    }
 }
 
-/// Ages a token on Tokio's clock: due for renewal at `renew_at`, expired at `expire_at`.
+/// Ages a token on Tokio's clock: due for renewal at `renew_at`, expired at `send_by`.
 ///
 /// If the task is dropped before that (its runtime shut down while the token lives on, say in a
 /// client shared between runtimes), the token is aged by the coarse clock alone: it stays usable
 /// for as long as it is valid.
-async fn age(token: Weak<Token>, renew_at: Instant, expire_at: Instant) {
-    if renew_at < expire_at {
+async fn age(token: Weak<Token>, renew_at: Instant, send_by: Instant) {
+    if renew_at < send_by {
         sleep_until(renew_at).await;
         match token.upgrade() {
             Some(token) => token.advance(Phase::Fresh, Phase::Due),
             None => return,
         };
     }
-    sleep_until(expire_at).await;
+    sleep_until(send_by).await;
     if let Some(token) = token.upgrade() {
-        token.expire();
+        token.phase.store(Phase::Expired as u8, Ordering::Release);
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{credentials::Credentials, scope::Scope, token::Endpoint};
-    use http::{HeaderValue, StatusCode, Uri};
-    use std::sync::{
-        atomic::{AtomicUsize, Ordering},
-        Mutex,
-    };
-
-    fn cache(login_timeout: Duration) -> Arc<Cache> {
-        let login_url = Uri::from_static("https://svc-fabric.pwks.co/api/v1/login");
-        Cache::new(Config {
-            credentials: Credentials::new("ops@example.com", "hunter2"),
-            scope: Scope::new(&login_url),
-            login_url,
-            refresh_before: Duration::from_secs(300),
-            login_timeout,
-            replay_body_limit: 0,
-            store: None,
-            store_key: None,
-        })
-    }
-
-    /// A login function that answers from `answers` in turn (the last one for ever), after
-    /// `delay`, counting its calls.
-    fn login(
-        answers: Vec<Result<Duration, Error>>,
-        delay: Duration,
-    ) -> (LoginFn, Arc<AtomicUsize>) {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let answers = Arc::new(Mutex::new(answers));
-        let counter = calls.clone();
-        let login: LoginFn = Arc::new(move || {
-            let n = counter.fetch_add(1, Ordering::SeqCst);
-            let answers = answers.lock().unwrap();
-            let answer = answers[n.min(answers.len() - 1)].clone();
-            Box::pin(async move {
-                let obtained_at = Instant::now();
-                tokio::time::sleep(delay).await;
-                let mut header = HeaderValue::from_str(&format!("Bearer token-{n}")).unwrap();
-                header.set_sensitive(true);
-                answer.map(|lifetime| Obtained {
-                    header,
-                    obtained_at,
-                    lifetime,
-                    shared: false,
-                })
-            })
-        });
-        (login, calls)
-    }
-
-    const DAY: Duration = Duration::from_secs(86_400);
-
-    fn unavailable() -> Error {
-        Error::new(Kind::Status(StatusCode::SERVICE_UNAVAILABLE, None))
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn concurrent_callers_share_one_login() {
-        let cache = cache(Duration::from_secs(30));
-        let (login, calls) = login(vec![Ok(DAY)], Duration::from_millis(200));
-        let waiters: Vec<_> = (0..50)
-            .map(|_| tokio::spawn(cache.token(login.clone())))
-            .collect();
-        for waiter in waiters {
-            let token = waiter.await.unwrap().unwrap();
-            assert_eq!(token.header, "Bearer token-0");
-        }
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-        let state = cache.state();
-        assert_eq!((state.logins, state.most_waiting), (1, 50));
-        // Cached: no login for the next caller.
-        cache.token(login).await.unwrap();
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn transient_failures_are_retried_with_backoff_inside_the_login_timeout() {
-        let cache = cache(Duration::from_secs(30));
-        let (login, calls) = login(
-            vec![Err(unavailable()), Err(unavailable()), Ok(DAY)],
-            Duration::ZERO,
-        );
-        let start = Instant::now();
-        let token = cache.token(login).await.unwrap();
-        assert_eq!(token.header, "Bearer token-2");
-        assert_eq!(calls.load(Ordering::SeqCst), 3);
-        // 250 ms then 500 ms, each plus up to half again.
-        let took = start.elapsed();
-        assert!(
-            took >= Duration::from_millis(750) && took <= Duration::from_millis(1125),
-            "{took:?}"
-        );
-        assert_eq!(cache.state().logins, 1, "one login, three attempts");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_login_out_of_time_fails_with_its_last_error_and_the_next_caller_tries_again() {
-        let cache = cache(Duration::from_secs(3));
-        let (login, calls) = login(vec![Err(unavailable())], Duration::ZERO);
-        let error = cache.token(login.clone()).await.unwrap_err();
-        assert_eq!(error.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
-        let attempts = calls.load(Ordering::SeqCst);
-        assert!((3..=5).contains(&attempts), "{attempts} attempts in 3 s");
-        // Transient: the next caller starts a login of its own (after the back-off).
-        let _ = cache.token(login).await;
-        assert!(calls.load(Ordering::SeqCst) > attempts);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn rejected_credentials_fail_fast_during_their_backoff() {
-        let cache = cache(Duration::from_secs(30));
-        let rejected = Error::new(Kind::Rejected(StatusCode::UNAUTHORIZED));
-        let (login, calls) = login(vec![Err(rejected)], Duration::ZERO);
-        assert!(cache.token(login.clone()).await.unwrap_err().is_rejected());
-        for _ in 0..10 {
-            assert!(cache.token(login.clone()).await.unwrap_err().is_rejected());
-        }
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-        tokio::time::advance(Duration::from_millis(7_600)).await;
-        assert!(cache.token(login).await.unwrap_err().is_rejected());
-        assert_eq!(
-            calls.load(Ordering::SeqCst),
-            2,
-            "tried again after 5 to 7.5 s"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_token_is_renewed_in_its_window_while_it_stays_in_use() {
-        let cache = cache(Duration::from_secs(30));
-        let (login, calls) = login(vec![Ok(Duration::from_secs(600))], Duration::from_secs(1));
-        let first = cache.token(login.clone()).await.unwrap();
-        // 600 s tokens: renewal due after 300 s (half the lifetime caps the 5 min window).
-        sleep(Duration::from_secs(301)).await;
-        assert_eq!(first.phase(), Phase::Due);
-        assert!(first.advance(Phase::Due, Phase::Renewing));
-        cache.renew(&first, login.clone());
-        // Still sent while the renewal runs.
-        let during = cache.token(login.clone()).await.unwrap();
-        assert_eq!(during.generation, first.generation);
-        sleep(Duration::from_secs(2)).await;
-        let renewed = cache.token(login).await.unwrap();
-        assert_eq!(renewed.header, "Bearer token-1");
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_401_discards_its_token_once_and_a_ticket_dropped_unfinished_is_not_waited_on() {
-        let cache = cache(Duration::from_secs(30));
-        let (login, calls) = login(vec![Ok(DAY)], Duration::from_millis(10));
-        let token = cache.token(login.clone()).await.unwrap();
-        let endpoint = Endpoint {
-            method: http::Method::GET,
-            path: "/api/v1/flows".into(),
-        };
-        // Ten requests carried the token and got 401: one login replaces it.
-        for _ in 0..10 {
-            let what = cache
-                .unauthorized(token.generation, &endpoint, login.clone())
-                .unwrap();
-            assert_eq!(what, Unauthorized::Renew);
-        }
-        let next = cache.token(login.clone()).await.unwrap();
-        assert_eq!(next.generation, token.generation + 1);
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
-
-        // The core alone: a ticket whose login task vanished leaves nobody waiting for ever.
-        let core = Core::new(Timings {
-            refresh_before: Duration::from_secs(300),
-            login_timeout: Duration::from_secs(30),
-        });
-        let Next::Start(ticket, waiter) = core.next() else {
-            panic!("no token: a login starts")
-        };
-        assert!(matches!(core.next(), Next::Wait(_)), "one login at a time");
-        drop(ticket);
-        assert!(wait(waiter).await.unwrap_err().is_abandoned());
-        assert!(matches!(core.next(), Next::Start(..)), "a new login starts");
-    }
-}
+mod tests;

@@ -27,6 +27,11 @@ impl Coarse {
         Coarse(since_origin())
     }
 
+    /// This reading in nanoseconds, for an atomic (saturating).
+    pub(crate) fn nanos(self) -> u64 {
+        u64::try_from(self.0.as_nanos()).unwrap_or(u64::MAX)
+    }
+
     /// This reading plus `duration`, saturating.
     pub(crate) fn after(self, duration: Duration) -> Coarse {
         Coarse(self.0.saturating_add(duration))

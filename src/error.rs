@@ -43,8 +43,13 @@ pub(crate) enum Kind {
     /// The login was answered by a redirect (its status), or its answer came from another URI
     /// than the login URL (`None`: a redirect followed below the layer).
     Redirected(Option<StatusCode>),
-    /// No answer within the login timeout.
-    Timeout(Duration),
+    /// No answer within the login timeout `after`, from any of `attempts` attempts; the slowest
+    /// waited `slowest`.
+    Timeout {
+        after: Duration,
+        attempts: u32,
+        slowest: Duration,
+    },
     /// The answer was not a usable login answer.
     Malformed(&'static str),
     /// The token cannot be sent as a header value.
@@ -86,7 +91,7 @@ impl Error {
     /// Returns `true` if the login did not complete within the
     /// [login timeout](crate::AuthLayer::login_timeout).
     pub fn is_timeout(&self) -> bool {
-        matches!(self.kind, Kind::Timeout(_))
+        matches!(self.kind, Kind::Timeout { .. })
     }
 
     /// Returns `true` if the login endpoint's answer could not be used: not JSON, no token, an
@@ -124,11 +129,6 @@ impl Error {
         }
     }
 
-    /// Whether the login was dropped with its runtime before it answered.
-    pub(crate) fn is_abandoned(&self) -> bool {
-        matches!(self.kind, Kind::Abandoned)
-    }
-
     /// The wait the login endpoint asked for with `Retry-After`, if it did.
     pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self.kind {
@@ -141,7 +141,7 @@ impl Error {
     /// as opposed to one that needs a fix (credentials, configuration, a broken answer).
     pub(crate) fn is_transient(&self) -> bool {
         match self.kind {
-            Kind::Timeout(_) | Kind::Transport | Kind::Abandoned => true,
+            Kind::Timeout { .. } | Kind::Transport | Kind::Abandoned => true,
             Kind::Status(status, _) => {
                 status.is_server_error()
                     || status == StatusCode::TOO_MANY_REQUESTS
@@ -188,10 +188,16 @@ impl fmt::Display for Error {
                      layer",
                 )
             }
-            Kind::Timeout(after) => write!(
+            Kind::Timeout {
+                after,
+                attempts,
+                slowest,
+            } => write!(
                 f,
-                "Patchworks login timed out after {after:?}: the login endpoint did not answer; \
-                 check connectivity or raise AuthLayer::login_timeout"
+                "Patchworks login timed out after {after:?}: the login endpoint did not answer \
+                 ({attempts} attempt{}, the slowest waited {slowest:?}); check connectivity or \
+                 raise AuthLayer::login_timeout",
+                if *attempts == 1 { "" } else { "s" }
             ),
             Kind::Malformed(what) => write!(
                 f,
@@ -256,7 +262,11 @@ mod tests {
         let not_found = Error::new(Kind::Status(StatusCode::NOT_FOUND, None));
         assert!(!not_found.is_transient());
 
-        let timeout = Error::new(Kind::Timeout(Duration::from_secs(30)));
+        let timeout = Error::new(Kind::Timeout {
+            after: Duration::from_secs(30),
+            attempts: 2,
+            slowest: Duration::from_secs(30),
+        });
         assert!(timeout.is_timeout() && timeout.is_transient());
         assert!(timeout.to_string().contains("30s"));
     }

@@ -8,11 +8,10 @@
 
 use crate::{
     bounds::{HttpService, RequestBody, ResponseBody},
-    cache::Cache,
-    challenge::{self, Verdict},
+    cache::{BoxFuture, Cache, Token},
     error::{Error, Kind},
     login::login_fn,
-    token::{Endpoint, Token, Unauthorized},
+    token::Endpoint,
 };
 use arrayvec::ArrayString;
 use bytes::{Buf, Bytes, BytesMut};
@@ -31,8 +30,6 @@ use std::{
 };
 use tower::{BoxError, ServiceExt};
 use tower_service::Service;
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 pin_project! {
     /// Response future for [`Auth`](crate::Auth).
@@ -362,12 +359,25 @@ where
     pub(crate) fn cold(inner: S, replayer: Arc<Replayer<S>>, request: Request<ReqBody>) -> Self {
         let cache = &replayer.cache;
         Self::new(State::Waiting {
-            login: Box::pin(cache.token(login_fn(cache, &inner))),
+            login: Box::pin(cache.token(login_fn(&cache.config, &inner))),
             cold: Some(Box::new(Cold {
                 inner,
                 replayer,
                 request,
             })),
+        })
+    }
+
+    /// `future`, then the renewal it took up.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn joined(future: Self, renewal: BoxFuture<()>) -> Self {
+        Self::new(State::Slow {
+            future: Box::pin(async move {
+                let output = future.await;
+                renewal.await;
+                output
+            }),
         })
     }
 
@@ -527,12 +537,9 @@ where
                     let (Some(ctx), Some(replay)) = (ctx.as_ref(), replay.as_ref()) else {
                         panic!("{POLLED_AFTER_COMPLETION}");
                     };
-                    ctx.replayer.cache.answered(|| replay.endpoint());
-                    state.set(State::Done);
-                    return Poll::Ready(Ok(response));
-                }
-                if challenge::verdict(response.headers()) == Verdict::RequestRefused {
-                    // `Bearer error="insufficient_scope"` and the like: the API's answer.
+                    ctx.replayer
+                        .cache
+                        .answered(ctx.generation, || replay.endpoint());
                     state.set(State::Done);
                     return Poll::Ready(Ok(response));
                 }
@@ -588,9 +595,8 @@ where
     }
 }
 
-/// A 401 to a request that carried the token, whose challenge does not say the API refuses the
-/// request: renew the token (once for every request that carried the same one) and replay the
-/// request once, if it can be replayed.
+/// A 401 to a request that carried the token: the core decides ([`Cache::unauthorized`]);
+/// the request is replayed once with the new token, or its 401 returned as it is.
 async fn recover<S, ReqBody, ResBody>(
     ctx: Ctx<S>,
     replay: Replay,
@@ -610,27 +616,18 @@ where
     };
     let cache = &replayer.cache;
     let endpoint = replay.endpoint();
-    let login = login_fn(cache, &inner);
-    if !replay.body_kept {
-        // The body is gone: renew the token for the next request, and hand this 401 back.
-        if matches!(
-            cache.unauthorized(generation, &endpoint, login.clone()),
-            Ok(Unauthorized::Renew)
-        ) {
-            let _ = cache.token(login).await;
-        }
+    let login = login_fn(&cache.config, &inner);
+    let headers = unauthorized.headers();
+    let decision = cache.unauthorized(generation, &endpoint, headers, replay.body_kept, login);
+    let Some(token) = decision.await? else {
         return Ok(unauthorized);
-    }
-    if cache.unauthorized(generation, &endpoint, login.clone())? == Unauthorized::Keep {
-        return Ok(unauthorized);
-    }
+    };
     let Some(mut request) = replay.into_request::<ReqBody>() else {
         // Not seen for a URI that `http` parsed, which prints as it parses; but if it happens,
         // the caller gets the answer it would have had without the layer.
         return Ok(unauthorized);
     };
     drop(unauthorized);
-    let token = cache.token(login).await?;
     token.authorize_replay(request.headers_mut());
     let response = inner
         .ready()
@@ -639,7 +636,8 @@ where
         .call(request)
         .await
         .map_err(Into::into)?;
-    cache.replayed(endpoint, response.status() == StatusCode::UNAUTHORIZED);
+    let refused = response.status() == StatusCode::UNAUTHORIZED;
+    cache.replayed(token.generation, endpoint, refused);
     Ok(response)
 }
 

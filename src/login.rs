@@ -5,7 +5,8 @@
 
 use crate::{
     bounds::{HttpService, ResponseBody},
-    cache::{Cache, LoginFn},
+    cache::LoginFn,
+    config::Config,
     credentials::Secret,
     error::{Error, Kind},
     token::Obtained,
@@ -45,7 +46,7 @@ pub(crate) struct Issued {
 }
 
 /// The function the login driver logs in with: one attempt through a clone of `inner`.
-pub(crate) fn login_fn<S, B, RB>(cache: &Arc<Cache>, inner: &S) -> LoginFn
+pub(crate) fn login_fn<S, B, RB>(config: &Config, inner: &S) -> LoginFn
 where
     S: HttpService<B, ResBody = RB>,
     B: From<Bytes> + Send + 'static,
@@ -54,7 +55,7 @@ where
     // A mutex only to make the service (`Send`, maybe not `Sync`) shareable: it is cloned out
     // once per attempt.
     let inner = Mutex::new(inner.clone());
-    login_through(cache, move || {
+    login_through(config, move || {
         let mut inner = inner.lock().unwrap_or_else(|e| e.into_inner()).clone();
         move |request| async move {
             let transport = |err: S::Error| Error::with_source(Kind::Transport, err);
@@ -66,7 +67,7 @@ where
 
 /// A [`LoginFn`] whose attempts send the login request with the sender `make` makes for each:
 /// the one piece that differs between a tower service and another client.
-pub(crate) fn login_through<M, F, Fut, B, RB>(cache: &Arc<Cache>, make: M) -> LoginFn
+pub(crate) fn login_through<M, F, Fut, B, RB>(config: &Config, make: M) -> LoginFn
 where
     M: Fn() -> F + Send + Sync + 'static,
     F: FnOnce(Request<B>) -> Fut + Send + 'static,
@@ -74,18 +75,18 @@ where
     B: From<Bytes>,
     RB: ResponseBody,
 {
-    let cache = Arc::downgrade(cache);
+    let (login_url, credentials) = (config.login_url.clone(), config.credentials.clone());
+    let shared = Arc::new((login_url, credentials));
     Arc::new(move || {
-        let (cache, send) = (cache.upgrade(), make());
+        let (shared, send) = (shared.clone(), make());
         Box::pin(async move {
-            let cache = cache.ok_or_else(|| Error::new(Kind::Abandoned))?;
-            let config = &cache.config;
-            let Secret::Login { email, password } = &config.credentials.secret else {
+            let (login_url, credentials) = &*shared;
+            let Secret::Login { email, password } = &credentials.secret else {
                 return Err(Error::config("an API key needs no login"));
             };
             let sent_at = Instant::now();
-            let response = send(request(&config.login_url, email, password)).await?;
-            let issued = read_answer(&config.login_url, response).await?;
+            let response = send(request(login_url, email, password)).await?;
+            let issued = read_answer(login_url, response).await?;
             Ok(Obtained {
                 header: issued.header,
                 obtained_at: sent_at,

@@ -37,11 +37,10 @@
 //! `anyhow::Error` downcasts to [`Error`].
 
 use crate::{
-    cache::{Cache, LoginFn},
-    challenge::{self, Verdict},
+    cache::{BoxFuture, Cache, Check, LoginFn, Token},
     error::{Error, Kind},
     login,
-    token::{Endpoint, Phase, Token, Unauthorized},
+    token::Endpoint,
     AuthLayer,
 };
 use http::{header::AUTHORIZATION, StatusCode, Uri};
@@ -65,7 +64,7 @@ impl AuthMiddleware {
     /// It shares its token with `layer` and every service the layer made.
     pub fn new(layer: AuthLayer, client: reqwest::Client) -> Self {
         let cache = layer.cache();
-        let login = login_fn(&cache, client);
+        let login = login_fn(&cache.config, client);
         AuthMiddleware { cache, login }
     }
 
@@ -75,21 +74,16 @@ impl AuthMiddleware {
     }
 
     /// A token that may be sent now: the current one (starting its renewal if it is due), or
-    /// the outcome of a login.
-    async fn token(&self) -> Result<Arc<Token>, Error> {
-        if let Some(token) = self.cache.core.current().load_full() {
-            match token.phase() {
-                Phase::Fresh | Phase::Renewing => return Ok(token),
-                Phase::Due => {
-                    if token.advance(Phase::Due, Phase::Renewing) {
-                        self.cache.renew(&token, self.login.clone());
-                    }
-                    return Ok(token);
-                }
-                Phase::Expired => {}
+    /// the outcome of a login; and the renewal this request took up, if any, to wait for.
+    async fn token(&self) -> Result<(Arc<Token>, Option<BoxFuture<()>>), Error> {
+        if let Some(token) = self.cache.current().load_full() {
+            match self.cache.check(&token, || self.login.clone()) {
+                Check::Send => return Ok((token, None)),
+                Check::Join(renewal) => return Ok((token, Some(renewal))),
+                Check::Wait => {}
             }
         }
-        self.cache.token(self.login.clone()).await
+        Ok((self.cache.token(self.login.clone()).await?, None))
     }
 
     async fn send(
@@ -111,48 +105,52 @@ impl AuthMiddleware {
             // The caller's own credentials, or not a Patchworks origin: not ours to touch.
             return next.run(request, extensions).await;
         }
-        let token = self.token().await.map_err(middleware_error)?;
+        let (token, renewal) = self.token().await.map_err(middleware_error)?;
         request
             .headers_mut()
             .insert(AUTHORIZATION, token.header.clone());
+        let response = self.sent(token, request, extensions, next).await;
+        if let Some(renewal) = renewal {
+            renewal.await;
+        }
+        response
+    }
+
+    /// Sends a request that carries `token`; a 401 goes to the core, as for the tower layer.
+    async fn sent(
+        &self,
+        token: Arc<Token>,
+        request: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
         let replay = request.try_clone();
-        let endpoint = || Endpoint {
+        let endpoint = Endpoint {
             method: request.method().clone(),
             path: request.url().path().to_owned(),
         };
-        let endpoint = endpoint();
         let mut extensions_copy = extensions.clone();
         let response = next.clone().run(request, extensions).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
-            self.cache.answered(|| endpoint);
+            self.cache.answered(token.generation, || endpoint);
             return Ok(response);
         }
-        if challenge::verdict(response.headers()) == Verdict::RequestRefused {
-            return Ok(response);
-        }
-        let unauthorized = self
-            .cache
-            .unauthorized(token.generation, &endpoint, self.login.clone())
-            .map_err(middleware_error)?;
-        if unauthorized == Unauthorized::Keep {
-            return Ok(response);
-        }
-        let Some(mut replay) = replay else {
-            // The body is a stream, gone: renew the token for the next request, and hand this
-            // 401 back.
-            let _ = self.cache.token(self.login.clone()).await;
+        let decision = self.cache.unauthorized(
+            token.generation,
+            &endpoint,
+            response.headers(),
+            replay.is_some(),
+            self.login.clone(),
+        );
+        let (Some(token), Some(mut replay)) = (decision.await.map_err(middleware_error)?, replay)
+        else {
             return Ok(response);
         };
         drop(response);
-        let token = self
-            .cache
-            .token(self.login.clone())
-            .await
-            .map_err(middleware_error)?;
         token.authorize_replay(replay.headers_mut());
         let response = next.run(replay, &mut extensions_copy).await?;
-        self.cache
-            .replayed(endpoint, response.status() == StatusCode::UNAUTHORIZED);
+        let refused = response.status() == StatusCode::UNAUTHORIZED;
+        self.cache.replayed(token.generation, endpoint, refused);
         Ok(response)
     }
 }
@@ -195,8 +193,8 @@ fn middleware_error(error: Error) -> reqwest_middleware::Error {
 }
 
 /// Logs in once through `client`.
-fn login_fn(cache: &Arc<Cache>, client: reqwest::Client) -> LoginFn {
-    login::login_through(cache, move || {
+fn login_fn(config: &crate::config::Config, client: reqwest::Client) -> LoginFn {
+    login::login_through(config, move || {
         let client = client.clone();
         move |request: http::Request<reqwest::Body>| async move {
             let transport = |error| Error::with_source(Kind::Transport, error);

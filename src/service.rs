@@ -2,10 +2,10 @@
 
 use crate::{
     bounds::{HttpService, RequestBody, ResponseBody},
-    cache::{Cache, Current},
+    cache::{BoxFuture, Cache, Check, Current, Token},
     future::{Ready, Replayer, ResponseFuture},
     login,
-    token::{Phase, Token, TokenState},
+    token::TokenState,
 };
 use http::{header::AUTHORIZATION, HeaderValue, Request, Response};
 use std::{
@@ -158,7 +158,7 @@ impl<S> Auth<S> {
         if let Err(error) = &self.shared.cache.config.scope {
             return Err(error.clone());
         }
-        let login = login::login_fn(&self.shared.cache, &self.inner);
+        let login = login::login_fn(&self.shared.cache.config, &self.inner);
         self.shared.cache.token(login).await.map(drop)
     }
 }
@@ -181,6 +181,23 @@ impl<S: Clone> Auth<S> {
         drop(std::mem::replace(&mut self.inner, unreserved));
         self.shared.ready(&self.inner);
         ResponseFuture::cold(self.inner.clone(), self.shared.clone(), request)
+    }
+
+    /// A request that sends with the current token and then waits for the renewal it took up
+    /// (see [`Cache::check`]).
+    #[cold]
+    #[inline(never)]
+    fn joined<ReqBody, ResBody>(
+        &mut self,
+        request: Request<ReqBody>,
+        renewal: BoxFuture<()>,
+    ) -> ResponseFuture<S, ReqBody>
+    where
+        S: HttpService<ReqBody, ResBody = ResBody>,
+        ReqBody: RequestBody,
+        ResBody: ResponseBody,
+    {
+        ResponseFuture::joined(self.cold(request), renewal)
     }
 }
 
@@ -231,16 +248,11 @@ where
         let Some(token) = self.token.load() else {
             return self.cold(request);
         };
-        match token.phase() {
-            Phase::Fresh | Phase::Renewing => {}
-            Phase::Due => {
-                if token.advance(Phase::Due, Phase::Renewing) {
-                    self.shared
-                        .cache
-                        .renew(token, login::login_fn(&self.shared.cache, &self.inner));
-                }
-            }
-            Phase::Expired => return self.cold(request),
+        let (cache, inner) = (&self.shared.cache, &self.inner);
+        match cache.check(token, || login::login_fn(&cache.config, inner)) {
+            Check::Send => {}
+            Check::Wait => return self.cold(request),
+            Check::Join(renewal) => return self.joined(request, renewal),
         }
         let generation = token.generation;
         let own = match &mut self.own {

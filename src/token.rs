@@ -1,68 +1,55 @@
-//! The token core: the current token, the login in flight, the back-off after a failed login and
-//! the rules for a 401, as a state machine that decides and does no I/O.
+//! The token core: every rule of a token's life, as a state machine that decides and does
+//! nothing.
 //!
-//! It knows nothing of services, bodies or stores. Whoever drives it (see [`crate::cache`]) asks
-//! what a request does next ([`Core::next`]); when the answer is to log in, the core hands out a
-//! [`Ticket`] for that one login and every other request waits on it, until the ticket comes
-//! back with a token or a failure ([`Core::finish`]). A ticket dropped unfinished (its task died
-//! with its runtime) counts as a login nobody is running: the next request starts another.
+//! [`Core`] holds one state and takes events: a request needs a token ([`Core::need`]), a token
+//! is due for renewal ([`Core::renew`]), a login ended or was abandoned ([`Core::login_ended`],
+//! [`Core::abandoned`]), the API answered ([`Core::answered`], [`Core::unauthorized`],
+//! [`Core::replayed`]), a shared store offers a token ([`Core::takes`]). Each returns a decision
+//! named for what the caller does next. The time is an input (`now`), and so is the jitter of a
+//! back-off ([`Attempts::failed`]): the core reads no clock, draws no random number, holds no
+//! channel or task and logs nothing, so a test is a table of "this state, this event, this time:
+//! this decision". The driver ([`crate::cache`]) carries the decisions out on Tokio, and the
+//! adapters (the tower service, the reqwest middleware) only translate requests and answers into
+//! the driver's calls.
 //!
-//! The request path only reads: one `ArcSwap` load, one relaxed atomic load and one coarse
-//! clock reading tell it whether the token may be sent. A token's age is kept twice: a Tokio
-//! timer (the driver's) moves its [`Phase`] forward (fresh, renewal due, expired), which a paused
-//! test clock drives too; and every request compares the coarse monotonic clock ([`Coarse`])
-//! with the token's deadlines, so a timer that did not run (its runtime dropped, idle or late)
-//! never lets an expired token out. Everything that writes (a login finishing, a 401 discarding a
-//! token) takes the `state` lock, which the request path never touches while a token is fresh.
-//!
-//! What a 401 means is decided here too: [`Refusals`] keeps what 401s have shown about the API
-//! (as opposed to the token), per endpoint.
+//! The rules, each in one place here:
+//! - when to log in ([`Core::need`]), when to renew ([`Timings::schedule`], [`Core::renew`]);
+//! - one login at a time, and what its waiters get ([`Core::need`] with the login waited on);
+//! - the attempts inside one login: back-off, `Retry-After`, a hedge beside a slow attempt, the
+//!   deadline ([`Attempts`]);
+//! - the back-off after a failed login and failing fast ([`Core::need`]);
+//! - what a 401 means ([`Core::unauthorized`]): the challenge's verdict, endpoints that refuse
+//!   fresh tokens, the streak of such refusals, and the cool-down that bounds the logins 401s
+//!   cause;
+//! - which stored token may replace this process's ([`Core::takes`]).
 
-use crate::{clock::Coarse, error::Error};
-use arc_swap::ArcSwapOption;
+use crate::{challenge::Verdict, error::Error};
 use http::{HeaderValue, Method};
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fmt,
-    sync::{
-        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering},
-        Arc, Mutex, MutexGuard, OnceLock,
-    },
     time::Duration,
 };
-use tokio::{sync::watch, task::AbortHandle, time::Instant};
-use tower::util::rng::{HasherRng, Rng};
-
-/// The outcome of one login, shared with every request that waited on it.
-pub(crate) type Outcome = Option<Result<Arc<Token>, Error>>;
+use tokio::time::Instant;
 
 /// Back-off after a login the endpoint refused or could not answer usefully: 5 s doubling to
 /// 5 min, so that rejected credentials cost the account a handful of attempts an hour.
 const REJECTED_BACKOFF: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(300));
 /// Back-off between the attempts of one login after a failure that goes away by itself (5xx,
-/// 429, an attempt timing out, no connection): 250 ms doubling to 2 s, so a login recovers
-/// within 2 to 3 s of the endpoint coming back.
+/// 429, no connection): 250 ms doubling to 2 s, so a login recovers within 2 to 3 s of the
+/// endpoint coming back.
 const TRANSIENT_BACKOFF: (Duration, Duration) =
     (Duration::from_millis(250), Duration::from_secs(2));
 /// The longest 401s are taken as the API's answer before the layer tries a new token again.
 const MAX_REFUSAL_GRACE: Duration = Duration::from_secs(300);
-/// The most endpoints whose refusals are remembered at once.
-const MAX_REFUSED_ENDPOINTS: usize = 1024;
-
-/// Where a token is in its life. Only ever moves forward, but for `Renewing` going back to
-/// `Due` when a background renewal failed and may be tried again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub(crate) enum Phase {
-    /// Sent as it is.
-    Fresh = 0,
-    /// Still sent, and the first request to see this starts a background renewal.
-    Due = 1,
-    /// Still sent while the background renewal runs.
-    Renewing = 2,
-    /// Never sent again: requests wait for a new login.
-    Expired = 3,
-}
+/// The most endpoints whose refusals (or answers, in a cool-down) are remembered at once.
+const MAX_ENDPOINTS: usize = 1024;
+/// How long after a login that a 401 caused, once its token proved good, a 401 from an endpoint
+/// that has not answered that token is taken as the API's answer: at most one login in any
+/// 10 s is caused by 401s from endpoints the account may not see.
+pub(crate) const UNAUTHORIZED_COOLDOWN: Duration = Duration::from_secs(10);
+/// The most logins a request starts itself when the ones it waited on were abandoned.
+const MAX_RESTARTS: u32 = 3;
 
 /// Why a login runs; said in its log line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,248 +75,11 @@ impl Reason {
     }
 }
 
-/// One issued token, as the request path sees it.
-pub(crate) struct Token {
-    /// `Bearer <token>`, marked sensitive.
-    pub(crate) header: HeaderValue,
-    /// Tells this token from the ones before and after it, so that a 401 discards only the
-    /// token the request carried.
-    pub(crate) generation: u64,
-    phase: AtomicU8,
-    /// When the login request that obtained it was sent.
-    pub(crate) obtained_at: Instant,
-    /// When it expires; `None` for an API key.
-    pub(crate) expires_at: Option<Instant>,
-    /// On the coarse clock: when its renewal is due (the request path's one comparison) and
-    /// when it stops being sent.
-    renew_by: Coarse,
-    send_by: Coarse,
-    /// The timer task that ages this token; aborted when the token is dropped.
-    timer: OnceLock<AbortHandle>,
-}
-
-impl Token {
-    /// The token's phase, caught up with the coarse clock if its timer is late.
-    #[inline]
-    pub(crate) fn phase(&self) -> Phase {
-        if Coarse::now() >= self.renew_by {
-            self.catch_up();
-        }
-        self.timer_phase()
-    }
-
-    /// The phase its timer (or an earlier request) set, without reading the clock.
-    #[inline]
-    pub(crate) fn timer_phase(&self) -> Phase {
-        match self.phase.load(Ordering::Acquire) {
-            0 => Phase::Fresh,
-            1 => Phase::Due,
-            2 => Phase::Renewing,
-            _ => Phase::Expired,
-        }
-    }
-
-    /// The timer did not run (yet) but the clock says the token is due or expired.
-    #[cold]
-    #[inline(never)]
-    fn catch_up(&self) {
-        if Coarse::now() >= self.send_by {
-            if self.timer_phase() != Phase::Expired {
-                self.expire();
-            }
-        } else if self.timer_phase() == Phase::Fresh {
-            // Loaded first: in the renewal window every request comes here, and a failed
-            // compare-exchange still takes the cache line.
-            self.advance(Phase::Fresh, Phase::Due);
-        }
-    }
-
-    /// Moves from `from` to `to` if the token is still in `from`; `true` for the one caller
-    /// that made the move.
-    pub(crate) fn advance(&self, from: Phase, to: Phase) -> bool {
-        self.phase
-            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
-
-    pub(crate) fn expire(&self) {
-        self.phase.store(Phase::Expired as u8, Ordering::Release);
-    }
-
-    pub(crate) fn usable(&self) -> bool {
-        self.phase() != Phase::Expired
-    }
-
-    /// How long it lives from when it was obtained; `None` for an API key.
-    pub(crate) fn lifetime(&self) -> Option<Duration> {
-        self.expires_at.map(|at| at - self.obtained_at)
-    }
-
-    /// Puts the token in the headers of a request that got 401 with the token before, to send
-    /// it again.
-    pub(crate) fn authorize_replay(&self, headers: &mut http::HeaderMap) {
-        tracing::debug!(
-            target: "patchworks_auth",
-            generation = self.generation,
-            "replaying the request that got 401 with the new token"
-        );
-        headers.insert(http::header::AUTHORIZATION, self.header.clone());
-    }
-
-    /// A copy of the header whose bytes are its own, for one service's requests: their clones
-    /// bump a reference count that no other service's requests touch. Shared once here, so that
-    /// its clones allocate nothing.
-    pub(crate) fn private_header(&self) -> HeaderValue {
-        let Ok(mut header) = HeaderValue::from_bytes(self.header.as_bytes()) else {
-            // Not seen: the bytes of a header value make a header value.
-            return self.header.clone();
-        };
-        header.set_sensitive(true);
-        drop(header.clone());
-        header
-    }
-
-    /// Hands the token the task that ages it, aborted when the token is dropped.
-    pub(crate) fn set_timer(&self, timer: AbortHandle) {
-        let _ = self.timer.set(timer);
-    }
-}
-
-impl Drop for Token {
-    fn drop(&mut self) {
-        if let Some(timer) = self.timer.get() {
-            timer.abort();
-        }
-    }
-}
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Token")
-            .field("header", &"<redacted>")
-            .field("generation", &self.generation)
-            .field("phase", &self.timer_phase())
-            .finish()
-    }
-}
-
-/// What a 401 on a token leads to.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Unauthorized {
-    /// The token was discarded (now, or by an earlier 401): wait for the next one and replay.
-    Renew,
-    /// The token is kept and the 401 returned as it is: it is the API's answer to the request
-    /// (a missing permission), not a sign of a bad token.
-    Keep,
-}
-
 /// A method and path (no query): what a 401's evidence applies to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Endpoint {
     pub(crate) method: Method,
     pub(crate) path: String,
-}
-
-/// What 401s have shown about the API, as opposed to the token.
-///
-/// A 401 without a `Bearer` error may be the token's fault (revoked, expired early) or the
-/// request's (a missing permission). The layer first blames the token: it logs in again and
-/// replays. If the replay with a fresh token is refused too, the 401 was the API's answer, and
-/// that is remembered two ways:
-/// - for that method and path: its 401s are returned as they are for 1, 2, 4, ... s (at most
-///   5 min), so an endpoint the account may not use costs a login now and then, not one per
-///   request; any other answer from it forgets this;
-/// - for the whole API, as a streak of such replays with no other answer to any request in
-///   between: from the second endpoint in a row that refused a fresh token, a 401 on a token
-///   obtained less than the streak's grace ago is returned as it is, so an API that refuses
-///   everything costs a login now and then, however many endpoints it is asked for. One
-///   endpoint the account may not use never holds back the recovery from a revocation; any
-///   answer but 401 to any request clears the streak, and a revocation after that is believed
-///   at once.
-#[derive(Default)]
-struct Refusals {
-    streak: AtomicU32,
-    /// Whether `endpoints` has entries: lets the request path skip its lock.
-    any: AtomicBool,
-    endpoints: Mutex<HashMap<Endpoint, Refused>>,
-}
-
-struct Refused {
-    until: Instant,
-    times: u32,
-}
-
-/// 1, 2, 4, ... seconds, at most [`MAX_REFUSAL_GRACE`].
-fn refusal_grace(times: u32) -> Duration {
-    match times {
-        0 => Duration::ZERO,
-        n => Duration::from_secs(1 << (n - 1).min(9)).min(MAX_REFUSAL_GRACE),
-    }
-}
-
-impl Refusals {
-    fn endpoints(&self) -> MutexGuard<'_, HashMap<Endpoint, Refused>> {
-        self.endpoints
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn endpoint_refuses(&self, endpoint: &Endpoint) -> bool {
-        self.any.load(Ordering::Relaxed)
-            && self
-                .endpoints()
-                .get(endpoint)
-                .is_some_and(|refused| Instant::now() < refused.until)
-    }
-
-    /// A token got an answer other than 401 from `endpoint` (made only if it is needed).
-    #[inline]
-    fn answered(&self, endpoint: impl FnOnce() -> Endpoint) {
-        if self.streak.load(Ordering::Relaxed) != 0 {
-            self.streak.store(0, Ordering::Relaxed);
-        }
-        if self.any.load(Ordering::Relaxed) {
-            self.forget(endpoint());
-        }
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn forget(&self, endpoint: Endpoint) {
-        let mut endpoints = self.endpoints();
-        endpoints.remove(&endpoint);
-        self.any.store(!endpoints.is_empty(), Ordering::Relaxed);
-    }
-
-    /// A request replayed with a fresh token after a 401 was refused again.
-    fn refused(&self, endpoint: Endpoint) {
-        let _ = self
-            .streak
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |streak| {
-                Some(streak.saturating_add(1).min(16))
-            });
-        let now = Instant::now();
-        let mut endpoints = self.endpoints();
-        if endpoints.len() >= MAX_REFUSED_ENDPOINTS {
-            endpoints.retain(|_, refused| refused.until > now);
-            if endpoints.len() >= MAX_REFUSED_ENDPOINTS {
-                endpoints.clear(); // the streak still guards against a login storm
-            }
-        }
-        let refused = endpoints.entry(endpoint).or_insert(Refused {
-            until: now,
-            times: 0,
-        });
-        refused.times = refused.times.saturating_add(1);
-        refused.until = now + refusal_grace(refused.times);
-        self.any.store(true, Ordering::Relaxed);
-    }
-
-    /// How long after a login 401s on the new token are taken as the API's answer: nothing
-    /// until two endpoints in a row refused a fresh token, then 1, 2, 4, ... s.
-    fn grace(&self) -> Duration {
-        refusal_grace(self.streak.load(Ordering::Relaxed).saturating_sub(1))
-    }
 }
 
 /// The timings a core ages tokens and fails fast by.
@@ -356,6 +106,11 @@ impl Timings {
             obtained_at + (lifetime - window),
             obtained_at + (lifetime - margin),
         )
+    }
+
+    /// How long one attempt of a login runs alone before a second one starts beside it.
+    fn hedge_after(&self) -> Duration {
+        self.login_timeout / 3
     }
 }
 
@@ -392,414 +147,10 @@ pub(crate) struct Failure {
     pub(crate) attempts: u32,
 }
 
-/// Where logins are, behind the core's lock.
-#[derive(Default)]
-struct State {
-    flight: Flight,
-    /// Generation of the last token made current.
-    generation: u64,
-    /// The last token a 401 discarded, until another is current: a login after it must not
-    /// take it back from a shared store.
-    discarded: Option<Arc<Token>>,
-}
-
-/// The login side of the core: one of three, never two at once.
-#[derive(Default)]
-enum Flight {
-    /// No login in flight, and the last one (if any) succeeded.
-    #[default]
-    Idle,
-    /// A login in flight: every request that needs a token waits on it.
-    LoggingIn {
-        outcome: watch::Receiver<Outcome>,
-        /// The failure it follows, if any: kept for `TokenState` and the back-off.
-        after: Option<Failure>,
-    },
-    /// The last login failed.
-    Failed(Failure),
-}
-
-/// The right to run the one login in flight, and to report its outcome with [`Core::finish`].
-/// Dropped unfinished, its waiters are told the login was abandoned.
-pub(crate) struct Ticket {
-    pub(crate) reason: Reason,
-    /// The failure this login follows: its first attempt waits out that back-off.
-    pub(crate) after: Option<Failure>,
-    /// The token this login replaces (renewed, or refused with a 401), if any: a shared store
-    /// holding the same one has nothing newer.
-    pub(crate) stale: Option<Arc<Token>>,
-    outcome: watch::Sender<Outcome>,
-}
-
-impl fmt::Debug for Ticket {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ticket")
-            .field("reason", &self.reason)
-            .finish()
-    }
-}
-
-/// What a request that needs a token does next.
-pub(crate) enum Next {
-    /// Send with this token.
-    Ready(Arc<Token>),
-    /// Wait for the login in flight.
-    Wait(watch::Receiver<Outcome>),
-    /// Run the login (and wait for it, like every other request).
-    Start(Ticket, watch::Receiver<Outcome>),
-    /// Fail: no login can succeed now (rejected credentials in their back-off, a `Retry-After`
-    /// beyond the login timeout, a configuration error).
-    Failed(Error),
-}
-
-/// What a token in its renewal window leads to.
-pub(crate) enum Renewal {
-    /// Run the renewal.
-    Start(Ticket),
-    /// A login is already in flight; it replaces the token.
-    InFlight,
-    /// The last login failed: try again at this time.
-    Later(Instant),
-}
-
-impl State {
-    /// The login in flight. One whose ticket was dropped without an answer (its runtime shut
-    /// down) does not count: waiting on it would fail at once, forever.
-    fn live_inflight(&self) -> Option<watch::Receiver<Outcome>> {
-        match &self.flight {
-            Flight::LoggingIn { outcome, .. } if outcome.has_changed().is_ok() => {
-                Some(outcome.clone())
-            }
-            _ => None,
-        }
-    }
-
-    /// The last failure, whether a login is in flight after it or not.
-    fn failure(&self) -> Option<&Failure> {
-        match &self.flight {
-            Flight::Failed(failure) => Some(failure),
-            Flight::LoggingIn { after, .. } => after.as_ref(),
-            Flight::Idle => None,
-        }
-    }
-
-    /// The error to fail with instead of starting a login: while a login that needs a fix
-    /// backs off, or when the endpoint asked for a wait longer than a login may take.
-    fn fail_fast(&self, login_timeout: Duration) -> Option<Error> {
-        let Flight::Failed(failure) = &self.flight else {
-            return None;
-        };
-        let now = Instant::now();
-        let waiting = now < failure.retry_at;
-        let too_long = failure.retry_at > now + login_timeout;
-        (waiting && (!failure.error.is_transient() || too_long)).then(|| failure.error.clone())
-    }
-
-    /// Puts a login in flight and hands out its ticket.
-    fn start(
-        &mut self,
-        reason: Reason,
-        stale: Option<Arc<Token>>,
-    ) -> (Ticket, watch::Receiver<Outcome>) {
-        let (tx, rx) = watch::channel(None);
-        let after = self.failure().cloned();
-        self.flight = Flight::LoggingIn {
-            outcome: rx.clone(),
-            after: after.clone(),
-        };
-        let ticket = Ticket {
-            reason,
-            after,
-            stale,
-            outcome: tx,
-        };
-        (ticket, rx)
-    }
-}
-
-/// The token core shared by every service an [`AuthLayer`](crate::AuthLayer) makes.
-pub(crate) struct Core {
-    timings: Timings,
-    /// Whether the token is an API key: never aged, never renewed, no login behind it.
-    api_key: bool,
-    /// The token requests carry; `None` before the first login and after a 401 discarded it.
-    current: ArcSwapOption<Token>,
-    state: Mutex<State>,
-    refusals: Refusals,
-    /// Logins run so far (tokens taken from a shared store are not logins).
-    logins: AtomicU64,
-    /// The most requests that waited on one login, counted when it answered.
-    most_waiting: AtomicUsize,
-}
-
-impl Core {
-    /// A core that logs in for its tokens.
-    pub(crate) fn new(timings: Timings) -> Self {
-        Core::with(timings, None)
-    }
-
-    /// A core whose token is an API key, in place from the start.
-    pub(crate) fn api_key(timings: Timings, header: HeaderValue) -> Self {
-        let token = Token {
-            header,
-            generation: 0,
-            phase: AtomicU8::new(Phase::Fresh as u8),
-            obtained_at: Instant::now(),
-            expires_at: None,
-            renew_by: Coarse::NEVER,
-            send_by: Coarse::NEVER,
-            timer: OnceLock::new(),
-        };
-        Core::with(timings, Some(Arc::new(token)))
-    }
-
-    fn with(timings: Timings, api_key: Option<Arc<Token>>) -> Self {
-        Core {
-            timings,
-            api_key: api_key.is_some(),
-            current: ArcSwapOption::new(api_key),
-            state: Mutex::new(State::default()),
-            refusals: Refusals::default(),
-            logins: AtomicU64::new(0),
-            most_waiting: AtomicUsize::new(0),
-        }
-    }
-
-    pub(crate) fn timings(&self) -> &Timings {
-        &self.timings
-    }
-
-    /// The current token, for [`arc_swap::Cache`].
-    pub(crate) fn current(&self) -> &ArcSwapOption<Token> {
-        &self.current
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // The lock is never held across an await or user code, so a poisoned lock only means a
-        // panic elsewhere; the state is still consistent.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// What a request that needs a token does next.
-    pub(crate) fn next(&self) -> Next {
-        let mut state = self.lock();
-        let current = self.current.load_full();
-        if let Some(token) = &current {
-            if token.usable() {
-                return Next::Ready(token.clone());
-            }
-        }
-        if let Some(inflight) = state.live_inflight() {
-            return Next::Wait(inflight);
-        }
-        if let Some(error) = state.fail_fast(self.timings.login_timeout) {
-            return Next::Failed(error);
-        }
-        let reason = if state.generation == 0 {
-            Reason::FirstUse
-        } else {
-            Reason::Expired
-        };
-        let stale = current.or_else(|| state.discarded.clone());
-        let (ticket, rx) = state.start(reason, stale);
-        Next::Start(ticket, rx)
-    }
-
-    /// What a token in its renewal window leads to. Asked by the one request that moved the
-    /// token from `Due` to `Renewing`.
-    pub(crate) fn renew(&self, token: &Arc<Token>) -> Renewal {
-        let mut state = self.lock();
-        if state.live_inflight().is_some() {
-            return Renewal::InFlight;
-        }
-        if let Some(failure) = state.failure().filter(|f| Instant::now() < f.retry_at) {
-            return Renewal::Later(failure.retry_at);
-        }
-        Renewal::Start(state.start(Reason::Renewal, Some(token.clone())).0)
-    }
-
-    /// A request with a token had an answer other than 401: evidence that the token is good
-    /// and, for `endpoint`, that it does not refuse.
-    #[inline]
-    pub(crate) fn answered(&self, endpoint: impl FnOnce() -> Endpoint) {
-        self.refusals.answered(endpoint);
-    }
-
-    /// A request replayed with a new token after a 401 was answered: refused again (`true`) or
-    /// not.
-    pub(crate) fn replayed(&self, endpoint: Endpoint, refused: bool) {
-        if refused {
-            self.refusals.refused(endpoint);
-        } else {
-            self.refusals.answered(|| endpoint);
-        }
-    }
-
-    /// A 401 without a `Bearer` error other than `invalid_token`, to a request to `endpoint`
-    /// that carried token `generation`: discards that token if it is still the current one,
-    /// unless [`Refusals`] say the 401 is the API's answer. Returns what the request does, and
-    /// the ticket of the login that replaces the token, if one is to start.
-    pub(crate) fn unauthorized(
-        &self,
-        generation: u64,
-        endpoint: &Endpoint,
-    ) -> Result<(Unauthorized, Option<Ticket>), Error> {
-        if self.api_key {
-            return Ok((Unauthorized::Keep, None)); // nothing to renew: the API refuses the key
-        }
-        if self.refusals.endpoint_refuses(endpoint) {
-            tracing::debug!(
-                target: "patchworks_auth",
-                method = %endpoint.method,
-                path = %endpoint.path,
-                "401 from an endpoint that refused a fresh token: returned as is"
-            );
-            return Ok((Unauthorized::Keep, None));
-        }
-        let mut state = self.lock();
-        let current = self.current.load_full();
-        let Some(token) = current.filter(|token| token.generation == generation) else {
-            // Already discarded or replaced by another request's 401 or a renewal.
-            return Ok((Unauthorized::Renew, None));
-        };
-        let age = token.obtained_at.elapsed();
-        let grace = self.refusals.grace();
-        if age < grace {
-            tracing::debug!(
-                target: "patchworks_auth",
-                generation,
-                ?grace,
-                "401 on a token obtained {age:?} ago, with only 401s since endpoints in a row \
-                 refused fresh tokens: kept, 401 returned as is"
-            );
-            return Ok((Unauthorized::Keep, None));
-        }
-        // Under the lock every writer of `current` is serialized; the comparison still makes
-        // "discard only if it is still the current token" explicit.
-        self.current.compare_and_swap(&Some(token.clone()), None);
-        state.discarded = Some(token.clone());
-        tracing::info!(
-            target: "patchworks_auth",
-            generation,
-            "API answered 401: token discarded, logging in again"
-        );
-        if state.live_inflight().is_some() {
-            return Ok((Unauthorized::Renew, None));
-        }
-        if let Some(error) = state.fail_fast(self.timings.login_timeout) {
-            return Err(error);
-        }
-        let ticket = state.start(Reason::Unauthorized, Some(token)).0;
-        Ok((Unauthorized::Renew, Some(ticket)))
-    }
-
-    /// Counts a login about to run.
-    pub(crate) fn count_login(&self) {
-        self.logins.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Reports the outcome of a ticket's login: the new token becomes current, or the failure
-    /// is remembered for the back-off; every request that waited gets the outcome.
-    pub(crate) fn finish(
-        &self,
-        ticket: Ticket,
-        outcome: Result<Obtained, Failure>,
-    ) -> Result<Arc<Token>, Error> {
-        let mut state = self.lock();
-        let result = match outcome {
-            Ok(obtained) => {
-                state.flight = Flight::Idle;
-                Ok(self.install(&mut state, obtained))
-            }
-            Err(failure) => {
-                let error = failure.error.clone();
-                state.flight = Flight::Failed(failure);
-                Err(error)
-            }
-        };
-        drop(state);
-        // Every request waiting holds a receiver (the core's own went with `Flight::LoggingIn`):
-        // counted here, once per login, rather than by each request.
-        self.most_waiting
-            .fetch_max(ticket.outcome.receiver_count(), Ordering::Relaxed);
-        // Nobody waiting is fine: the token is current for the next request.
-        let _ = ticket.outcome.send(Some(result.clone()));
-        result
-    }
-
-    /// Makes a token the fleet shares current outside any login, so that processes that each
-    /// logged in while the store was down converge on one token. Not while a login is in flight
-    /// (its outcome decides), and not over the token it already is. Returns it if it was adopted.
-    pub(crate) fn adopt(&self, obtained: Obtained) -> Option<Arc<Token>> {
-        let mut state = self.lock();
-        if state.live_inflight().is_some() || self.api_key {
-            return None;
-        }
-        let same = self
-            .current
-            .load()
-            .as_ref()
-            .is_some_and(|current| current.header == obtained.header);
-        (!same).then(|| self.install(&mut state, obtained))
-    }
-
-    fn install(&self, state: &mut State, obtained: Obtained) -> Arc<Token> {
-        state.generation += 1;
-        state.discarded = None;
-        let (renew_at, expire_at) = self
-            .timings
-            .schedule(obtained.obtained_at, obtained.lifetime);
-        let (now, coarse) = (Instant::now(), Coarse::now());
-        let token = Arc::new(Token {
-            header: obtained.header,
-            generation: state.generation,
-            phase: AtomicU8::new(Phase::Fresh as u8),
-            obtained_at: obtained.obtained_at,
-            expires_at: Some(obtained.obtained_at + obtained.lifetime),
-            renew_by: coarse.after(renew_at.saturating_duration_since(now)),
-            send_by: coarse.after(expire_at.saturating_duration_since(now)),
-            timer: OnceLock::new(),
-        });
-        self.current.store(Some(token.clone()));
-        token
-    }
-
-    /// What is known of the token, without the token.
-    pub(crate) fn state(&self) -> TokenState {
-        let state = self.lock();
-        let current = self.current.load_full();
-        TokenState {
-            obtained_at: current
-                .as_ref()
-                .filter(|_| !self.api_key)
-                .map(|token| token.obtained_at.into_std()),
-            expires_at: current
-                .as_ref()
-                .and_then(|token| token.expires_at)
-                .map(Instant::into_std),
-            usable: current.is_some_and(|token| token.usable()),
-            logins: self.logins.load(Ordering::Relaxed),
-            most_waiting: self.most_waiting.load(Ordering::Relaxed),
-            last_error: state.failure().map(|failure| failure.error.clone()),
-            store_outages: 0,
-        }
-    }
-}
-
-impl fmt::Debug for Core {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Core")
-            .field("token", &self.current.load())
-            .finish()
-    }
-}
-
 /// The wait before the next attempt after `attempts` failures in a row ending with `error`,
-/// with up to half again as jitter, so that a fleet restarted together does not log in in
-/// lockstep. Never shorter than the back-off itself.
-pub(crate) fn backoff(error: &Error, attempts: u32) -> Duration {
+/// plus `jitter` (a draw in `[0, 1)`) times half of it, so that a fleet restarted together does
+/// not log in in lockstep. Never shorter than the back-off itself.
+pub(crate) fn backoff(error: &Error, attempts: u32, jitter: f64) -> Duration {
     let (first, max) = if error.is_transient() {
         TRANSIENT_BACKOFF
     } else {
@@ -808,12 +159,649 @@ pub(crate) fn backoff(error: &Error, attempts: u32) -> Duration {
     let base = first
         .saturating_mul(1 << attempts.saturating_sub(1).min(16))
         .min(max);
-    jitter(base)
+    base.mul_f64(1.0 + 0.5 * jitter.clamp(0.0, 1.0))
 }
 
-/// `base` plus up to half again, at random.
-pub(crate) fn jitter(base: Duration) -> Duration {
-    base.mul_f64(1.0 + 0.5 * HasherRng::default().next_f64())
+/// The login to run, as the core hands it out: the driver runs it and reports its end with
+/// [`Core::login_ended`], or [`Core::abandoned`] when it is dropped unfinished.
+#[derive(Clone, Debug)]
+pub(crate) struct Start {
+    pub(crate) id: u64,
+    pub(crate) reason: Reason,
+    /// The failure this login follows: its first attempt waits out that back-off.
+    pub(crate) after: Option<Failure>,
+    /// The token this login replaces, if any: a stored token that is the same is not newer.
+    replaces: Option<HeaderValue>,
+    /// A renewal taken up after one was abandoned with its runtime: the request that starts it
+    /// waits for it too, so that it runs while a runtime does.
+    pub(crate) taken_up: bool,
+}
+
+/// What a request that needs a token does next.
+#[derive(Debug)]
+pub(crate) enum Need {
+    /// Send the current token.
+    Send,
+    /// Wait for login `id`, then ask again naming it.
+    Wait(u64),
+    /// Run this login, then wait for it like every other request.
+    Start(Start),
+    /// Fail: no login can succeed now (rejected credentials in their back-off, a `Retry-After`
+    /// beyond the login timeout), or the login waited on failed.
+    Fail(Error),
+}
+
+/// What a token in its renewal window leads to.
+#[derive(Debug)]
+pub(crate) enum Renew {
+    /// Run the renewal.
+    Start(Start),
+    /// A login is already in flight; it replaces the token. Or the token is no longer current.
+    Nothing,
+    /// The last login failed: the token is due again at this time.
+    Later(Instant),
+}
+
+/// What a 401 to a request that carried a token leads to.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Unauthorized {
+    /// The token is kept and the 401 returned as it is: it is the API's answer to the request
+    /// (a missing permission), not a sign of a bad token.
+    Keep,
+    /// The token is discarded (now, or by an earlier 401): wait for the next one (asking
+    /// [`Core::need`]) and replay; `discard` says whether the current token goes now.
+    Renew { discard: bool },
+}
+
+/// The end of a login, as the core takes it.
+#[derive(Debug)]
+pub(crate) enum Ended {
+    /// The token is current, as generation `generation`, renewed at `renew_at` and sent until
+    /// `send_by`.
+    Installed {
+        generation: u64,
+        renew_at: Instant,
+        send_by: Instant,
+    },
+    /// The login failed; a token still current (a failed renewal) is due again at `retry_at`.
+    Failed { error: Error, retry_at: Instant },
+    /// Not the login in flight (a late or duplicate report): nothing changes.
+    Stale,
+}
+
+/// The current token, as the core knows it.
+#[derive(Clone, Debug)]
+struct Current {
+    generation: u64,
+    header: HeaderValue,
+    obtained_at: Instant,
+    send_by: Instant,
+    shared: bool,
+}
+
+/// Where logins are: one of three, never two at once.
+#[derive(Clone, Debug, Default)]
+enum Login {
+    /// No login in flight, and the last one (if any) succeeded.
+    #[default]
+    Idle,
+    /// Login `id` in flight: every request that needs a token waits on it.
+    Running {
+        id: u64,
+        reason: Reason,
+        /// The failure it follows, if any: kept for the back-off and `last_error`.
+        after: Option<Failure>,
+    },
+    /// The last login failed.
+    Failed(Failure),
+}
+
+/// After a login a 401 caused: its token, once proven good, keeps 401s from paths that have
+/// not answered it from costing another login, until `until`.
+#[derive(Clone, Debug)]
+struct Cooldown {
+    generation: u64,
+    until: Instant,
+    proven: bool,
+    /// Whether the last answer to that token was a 401 kept by this rule: a second in a row
+    /// is a revocation.
+    kept_last: bool,
+    /// Paths that answered that token with something other than 401: a 401 from one of these
+    /// is a revocation, believed at once.
+    answered: HashSet<String>,
+}
+
+/// An endpoint that refused a fresh token: its 401s are returned as they are until `until`.
+#[derive(Clone, Debug)]
+struct Refused {
+    until: Instant,
+    times: u32,
+}
+
+/// The token core. See the [module documentation](self).
+#[derive(Clone, Debug)]
+pub(crate) struct Core {
+    timings: Timings,
+    /// Whether the token is an API key: never aged, never renewed, no login behind it.
+    api_key: bool,
+    /// Generation of the last token made current.
+    generation: u64,
+    current: Option<Current>,
+    /// The last token a 401 discarded, until another is current.
+    discarded: Option<HeaderValue>,
+    login: Login,
+    next_id: u64,
+    /// The last login that failed and its error: what the requests that waited on it get.
+    last_failed: Option<(u64, Error)>,
+    /// A renewal was abandoned with its runtime: the next is waited for by its request.
+    renewal_abandoned: bool,
+    /// Consecutive replays refused with a fresh token, with no other answer between.
+    streak: u32,
+    refused: HashMap<Endpoint, Refused>,
+    cooldown: Option<Cooldown>,
+}
+
+impl Core {
+    /// A core that logs in for its tokens, or whose token is an API key (`api_key`), current
+    /// from the start as generation 0.
+    pub(crate) fn new(timings: Timings, api_key: Option<HeaderValue>, now: Instant) -> Core {
+        Core {
+            timings,
+            api_key: api_key.is_some(),
+            generation: 0,
+            current: api_key.map(|header| Current {
+                generation: 0,
+                header,
+                obtained_at: now,
+                send_by: now,
+                shared: false,
+            }),
+            discarded: None,
+            login: Login::Idle,
+            next_id: 1,
+            last_failed: None,
+            renewal_abandoned: false,
+            streak: 0,
+            refused: HashMap::new(),
+            cooldown: None,
+        }
+    }
+
+    pub(crate) fn timings(&self) -> &Timings {
+        &self.timings
+    }
+
+    /// Generation of the current token, if there is one that may be sent at `now`.
+    pub(crate) fn usable(&self, now: Instant) -> Option<u64> {
+        self.current
+            .as_ref()
+            .filter(|current| self.api_key || now < current.send_by)
+            .map(|current| current.generation)
+    }
+
+    /// The last login's error, until a login succeeds.
+    pub(crate) fn last_error(&self) -> Option<&Error> {
+        match &self.login {
+            Login::Failed(failure) => Some(&failure.error),
+            Login::Running { after, .. } => after.as_ref().map(|failure| &failure.error),
+            Login::Idle => None,
+        }
+    }
+
+    /// The login in flight, if any.
+    pub(crate) fn running(&self) -> Option<u64> {
+        match self.login {
+            Login::Running { id, .. } => Some(id),
+            _ => None,
+        }
+    }
+
+    /// A request needs a token at `now`; `waited` is the login it waited on, if any, and
+    /// `restarts` how many logins it started after the ones it waited on were abandoned.
+    pub(crate) fn need(&mut self, now: Instant, waited: Option<u64>, restarts: u32) -> Need {
+        if let (Some(waited), Some((failed, error))) = (waited, &self.last_failed) {
+            if waited == *failed {
+                return Need::Fail(error.clone());
+            }
+        }
+        if self.usable(now).is_some() {
+            return Need::Send;
+        }
+        if let Login::Running { id, .. } = self.login {
+            return Need::Wait(id);
+        }
+        if let Some(error) = self.fail_fast(now) {
+            return Need::Fail(error);
+        }
+        if restarts >= MAX_RESTARTS {
+            return Need::Fail(Error::new(crate::error::Kind::Abandoned));
+        }
+        let reason = match (&self.current, &self.discarded) {
+            (None, None) if self.generation == 0 => Reason::FirstUse,
+            (None, Some(_)) => Reason::Unauthorized,
+            _ => Reason::Expired,
+        };
+        Need::Start(self.start(reason))
+    }
+
+    /// The error to fail with instead of starting a login: while a login that needs a fix
+    /// backs off, or when the endpoint asked for a wait longer than a login may take.
+    fn fail_fast(&self, now: Instant) -> Option<Error> {
+        let Login::Failed(failure) = &self.login else {
+            return None;
+        };
+        let waiting = now < failure.retry_at;
+        let too_long = failure.retry_at > now + self.timings.login_timeout;
+        (waiting && (!failure.error.is_transient() || too_long)).then(|| failure.error.clone())
+    }
+
+    /// Puts a login in flight.
+    fn start(&mut self, reason: Reason) -> Start {
+        let id = self.next_id;
+        self.next_id += 1;
+        let after = match &self.login {
+            Login::Failed(failure) => Some(failure.clone()),
+            Login::Running { after, .. } => after.clone(),
+            Login::Idle => None,
+        };
+        let taken_up = reason == Reason::Renewal && std::mem::take(&mut self.renewal_abandoned);
+        self.login = Login::Running {
+            id,
+            reason,
+            after: after.clone(),
+        };
+        let replaces = match (&self.current, &self.discarded) {
+            (Some(current), _) => Some(current.header.clone()),
+            (None, discarded) => discarded.clone(),
+        };
+        Start {
+            id,
+            reason,
+            after,
+            replaces,
+            taken_up,
+        }
+    }
+
+    /// The token of `generation` entered its renewal window at `now` (the first request to see
+    /// it so asks).
+    pub(crate) fn renew(&mut self, now: Instant, generation: u64) -> Renew {
+        if self.api_key || self.current.as_ref().map(|c| c.generation) != Some(generation) {
+            return Renew::Nothing;
+        }
+        match &self.login {
+            Login::Running { .. } => Renew::Nothing,
+            Login::Failed(failure) if now < failure.retry_at => Renew::Later(failure.retry_at),
+            _ => Renew::Start(self.start(Reason::Renewal)),
+        }
+    }
+
+    /// Login `id` ended at `now` with `outcome`.
+    pub(crate) fn login_ended(
+        &mut self,
+        id: u64,
+        now: Instant,
+        outcome: Result<Obtained, Failure>,
+    ) -> Ended {
+        let Login::Running {
+            id: running,
+            reason,
+            ..
+        } = self.login
+        else {
+            return Ended::Stale;
+        };
+        if running != id {
+            return Ended::Stale;
+        }
+        match outcome {
+            Ok(obtained) => {
+                self.login = Login::Idle;
+                let (generation, renew_at, send_by) = self.install(obtained);
+                if reason == Reason::Unauthorized {
+                    self.cooldown = Some(Cooldown {
+                        generation,
+                        until: now + UNAUTHORIZED_COOLDOWN,
+                        proven: false,
+                        kept_last: false,
+                        answered: HashSet::new(),
+                    });
+                }
+                Ended::Installed {
+                    generation,
+                    renew_at,
+                    send_by,
+                }
+            }
+            Err(failure) => {
+                let (error, retry_at) = (failure.error.clone(), failure.retry_at);
+                self.login = Login::Failed(failure);
+                self.last_failed = Some((id, error.clone()));
+                Ended::Failed { error, retry_at }
+            }
+        }
+    }
+
+    fn install(&mut self, obtained: Obtained) -> (u64, Instant, Instant) {
+        self.generation += 1;
+        self.discarded = None;
+        self.last_failed = None;
+        self.renewal_abandoned = false;
+        let (renew_at, send_by) = self
+            .timings
+            .schedule(obtained.obtained_at, obtained.lifetime);
+        self.current = Some(Current {
+            generation: self.generation,
+            header: obtained.header,
+            obtained_at: obtained.obtained_at,
+            send_by,
+            shared: obtained.shared,
+        });
+        (self.generation, renew_at, send_by)
+    }
+
+    /// Makes a token the fleet shares current outside any login, so that processes that each
+    /// logged in while the store was down converge on one token. Not while a login is in flight
+    /// (its outcome decides), and not over the token it already is.
+    pub(crate) fn adopt(&mut self, obtained: Obtained) -> Option<(u64, Instant, Instant)> {
+        let same = self
+            .current
+            .as_ref()
+            .is_some_and(|current| current.header == obtained.header);
+        (!same && !self.api_key && self.running().is_none()).then(|| self.install(obtained))
+    }
+
+    /// Login `id` was dropped unfinished (its task, future or runtime went). The next request
+    /// starts another; `true` if it was a renewal, whose token is due again at once.
+    pub(crate) fn abandoned(&mut self, id: u64) -> bool {
+        let Login::Running {
+            id: running,
+            reason,
+            after,
+        } = &self.login
+        else {
+            return false;
+        };
+        if *running != id {
+            return false;
+        }
+        let renewal = *reason == Reason::Renewal;
+        self.login = after.clone().map_or(Login::Idle, Login::Failed);
+        self.renewal_abandoned |= renewal;
+        renewal
+    }
+
+    /// Whether the request path must report answers ([`Core::answered`]): only while some rule
+    /// is waiting for evidence that a token or an endpoint is good.
+    pub(crate) fn wants_answers(&self) -> bool {
+        self.streak != 0
+            || !self.refused.is_empty()
+            || self.cooldown.as_ref().is_some_and(|cooldown| {
+                Some(cooldown.generation) == self.current.as_ref().map(|c| c.generation)
+            })
+    }
+
+    /// A request with token `generation` had an answer other than 401 from `endpoint` at `now`:
+    /// evidence that the token is good and that `endpoint` does not refuse.
+    pub(crate) fn answered(&mut self, now: Instant, generation: u64, endpoint: Endpoint) {
+        self.streak = 0;
+        self.refused.remove(&endpoint);
+        self.cooldown = self.cooldown.take().filter(|c| now < c.until);
+        if let Some(cooldown) = self
+            .cooldown
+            .as_mut()
+            .filter(|c| c.generation == generation)
+        {
+            cooldown.proven = true;
+            cooldown.kept_last = false;
+            if cooldown.answered.len() < MAX_ENDPOINTS {
+                cooldown.answered.insert(endpoint.path.clone());
+            }
+        }
+    }
+
+    /// The request to `endpoint` replayed with token `generation` after a 401 was answered at
+    /// `now`: refused again (`refused`) or not.
+    ///
+    /// A refusal of a token this process logged in for shows the endpoint refuses fresh tokens;
+    /// one of a token taken from the store shows nothing (the store may hold a revoked token).
+    pub(crate) fn replayed(
+        &mut self,
+        now: Instant,
+        generation: u64,
+        endpoint: Endpoint,
+        refused: bool,
+    ) {
+        if !refused {
+            return self.answered(now, generation, endpoint);
+        }
+        let shared = self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.generation == generation && c.shared);
+        if shared {
+            return;
+        }
+        self.streak = self.streak.saturating_add(1).min(16);
+        if self.refused.len() >= MAX_ENDPOINTS {
+            self.refused.retain(|_, refused| refused.until > now);
+            if self.refused.len() >= MAX_ENDPOINTS {
+                self.refused.clear(); // the streak still guards against a login storm
+            }
+        }
+        let refused = self.refused.entry(endpoint).or_insert(Refused {
+            until: now,
+            times: 0,
+        });
+        refused.times = refused.times.saturating_add(1);
+        refused.until = now + refusal_grace(refused.times);
+    }
+
+    /// The API answered 401 at `now` to a request to `endpoint` that carried token
+    /// `generation`, with `verdict` read from its `WWW-Authenticate`. The whole 401 rule:
+    ///
+    /// 1. A `Bearer` error other than `invalid_token` (`insufficient_scope`, ...): the API
+    ///    refuses the request, not the token. Kept.
+    /// 2. An API key: nothing to renew. Kept.
+    /// 3. An endpoint that refused a fresh token within its grace (1, 2, 4, ... s, at most
+    ///    5 min): kept.
+    /// 4. A token already replaced: wait for the next one and replay.
+    /// 5. After the second endpoint in a row refused a fresh token (the streak), a token
+    ///    obtained less than the streak's grace ago: kept.
+    /// 6. Within 10 s of a login a 401 caused, once its token has answered anything but 401: a
+    ///    bare 401 from a path that has not answered that token is kept, unless the answer
+    ///    before it was such a 401 too; a 401 from a path that has answered, or a second in a
+    ///    row, is a revocation.
+    /// 7. Otherwise the token is discarded, and requests wait for the next login and replay.
+    pub(crate) fn unauthorized(
+        &mut self,
+        now: Instant,
+        generation: u64,
+        endpoint: &Endpoint,
+        verdict: Verdict,
+    ) -> Unauthorized {
+        if verdict == Verdict::RequestRefused || self.api_key {
+            return Unauthorized::Keep;
+        }
+        if self
+            .refused
+            .get(endpoint)
+            .is_some_and(|refused| now < refused.until)
+        {
+            return Unauthorized::Keep;
+        }
+        let Some(current) = self.current.as_ref().filter(|c| c.generation == generation) else {
+            return Unauthorized::Renew { discard: false };
+        };
+        let grace = refusal_grace(self.streak.saturating_sub(1));
+        if now < current.obtained_at + grace {
+            return Unauthorized::Keep;
+        }
+        if let Some(cooldown) = &mut self.cooldown {
+            let cooling = cooldown.generation == generation && cooldown.proven;
+            if cooling
+                && verdict == Verdict::Unknown
+                && now < cooldown.until
+                && !cooldown.kept_last
+                && !cooldown.answered.contains(&endpoint.path)
+            {
+                cooldown.kept_last = true;
+                return Unauthorized::Keep;
+            }
+        }
+        let current = self.current.take().expect("matched above");
+        self.discarded = Some(current.header);
+        self.cooldown = None;
+        Unauthorized::Renew { discard: true }
+    }
+
+    /// Whether a token found in the store at `now` may serve for login `start`: not the token
+    /// it replaces, and for a renewal, not itself due for renewal; for any, one that may still
+    /// be sent.
+    pub(crate) fn takes(&self, start: &Start, shared: &Obtained, now: Instant) -> bool {
+        let (renew_at, send_by) = self.timings.schedule(shared.obtained_at, shared.lifetime);
+        start.replaces.as_ref() != Some(&shared.header)
+            && now
+                < if start.reason == Reason::Renewal {
+                    renew_at
+                } else {
+                    send_by
+                }
+    }
+}
+
+/// 1, 2, 4, ... seconds, at most [`MAX_REFUSAL_GRACE`].
+fn refusal_grace(times: u32) -> Duration {
+    match times {
+        0 => Duration::ZERO,
+        n => Duration::from_secs(1 << (n - 1).min(9)).min(MAX_REFUSAL_GRACE),
+    }
+}
+
+/// The attempts of one login: when to start one, when to start a second beside a slow one,
+/// when to give up.
+///
+/// An attempt is never cut while the login's deadline has not passed: a slow but healthy login
+/// endpoint answers in time. An attempt that has not answered after a third of the login
+/// timeout gets a second beside it (a hedge: at most two in flight); the first good answer
+/// wins. A transient failure (5xx, 429, no connection) is tried again after a jittered back-off
+/// or the `Retry-After` the endpoint asked for; any other failure ends the login at once.
+#[derive(Debug)]
+pub(crate) struct Attempts {
+    timeout: Duration,
+    deadline: Instant,
+    hedge_after: Duration,
+    /// Start times of the attempts in flight, by id.
+    flying: Vec<(u32, Instant)>,
+    started: u32,
+    /// Failures in a row, those of the failure this login follows included.
+    failures: u32,
+    next_at: Instant,
+    last: Option<Error>,
+    /// An answer that needs a fix: the login ends with it.
+    fatal: Option<Failure>,
+    /// The longest an attempt waited, answered or not.
+    slowest: Duration,
+}
+
+/// What the driver of a login does next.
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// Start attempt `id`.
+    Start(u32),
+    /// Wait for an attempt's answer, or until this time, then ask again.
+    Wait(Instant),
+    /// The login failed.
+    Fail(Failure),
+}
+
+impl Attempts {
+    /// The attempts of a login starting at `now`, after `after` if it follows a failure.
+    pub(crate) fn new(timings: &Timings, now: Instant, after: Option<Failure>) -> Attempts {
+        let (failures, next_at, last) = match after {
+            Some(failure) => (
+                failure.attempts,
+                failure.retry_at.max(now),
+                Some(failure.error),
+            ),
+            None => (0, now, None),
+        };
+        Attempts {
+            timeout: timings.login_timeout,
+            deadline: now + timings.login_timeout,
+            hedge_after: timings.hedge_after(),
+            flying: Vec::with_capacity(2),
+            started: 0,
+            failures,
+            next_at,
+            last,
+            fatal: None,
+            slowest: Duration::ZERO,
+        }
+    }
+
+    /// What to do at `now`.
+    pub(crate) fn step(&mut self, now: Instant) -> Step {
+        if let Some(failure) = self.fatal.take() {
+            return Step::Fail(failure);
+        }
+        if now >= self.deadline || (self.flying.is_empty() && self.next_at >= self.deadline) {
+            return Step::Fail(self.out_of_time(now));
+        }
+        let hedge_at = match self.flying.as_slice() {
+            [] => now,
+            [(_, first)] => *first + self.hedge_after,
+            _ => return Step::Wait(self.deadline),
+        };
+        let start_at = hedge_at.max(self.next_at);
+        if now >= start_at {
+            self.started += 1;
+            self.flying.push((self.started, now));
+            return Step::Start(self.started);
+        }
+        Step::Wait(start_at.min(self.deadline))
+    }
+
+    /// The failure of a login out of time at `now`.
+    fn out_of_time(&mut self, now: Instant) -> Failure {
+        for (_, started) in &self.flying {
+            self.slowest = self.slowest.max(now.saturating_duration_since(*started));
+        }
+        let error = match (&self.last, self.flying.is_empty()) {
+            // Waiting out a back-off or `Retry-After`: the failure that asked for it.
+            (Some(last), true) => last.clone(),
+            _ => Error::new(crate::error::Kind::Timeout {
+                after: self.timeout,
+                attempts: self.started,
+                slowest: self.slowest,
+            }),
+        };
+        Failure {
+            error,
+            retry_at: self.next_at.max(now),
+            attempts: self.failures.max(1),
+        }
+    }
+
+    /// Attempt `id` failed at `now` with `error`; `jitter` is a draw in `[0, 1)`.
+    pub(crate) fn failed(&mut self, id: u32, now: Instant, error: Error, jitter: f64) {
+        if let Some(i) = self.flying.iter().position(|(flying, _)| *flying == id) {
+            let (_, started) = self.flying.swap_remove(i);
+            self.slowest = self.slowest.max(now.saturating_duration_since(started));
+        }
+        self.failures = self.failures.saturating_add(1);
+        let wait =
+            backoff(&error, self.failures, jitter).max(error.retry_after().unwrap_or_default());
+        self.next_at = self.next_at.max(now + wait);
+        if !error.is_transient() {
+            self.fatal = Some(Failure {
+                error: error.clone(),
+                retry_at: now + wait,
+                attempts: self.failures,
+            });
+        }
+        self.last = Some(error);
+    }
 }
 
 /// What the layer knows of its token, without the token: for health checks and dashboards.
@@ -843,107 +831,4 @@ pub struct TokenState {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::error::Kind;
-
-    #[test]
-    fn backoff_grows_is_capped_and_jittered_upwards() {
-        let rejected = Error::new(Kind::Rejected(http::StatusCode::UNAUTHORIZED));
-        let down = Error::new(Kind::Status(http::StatusCode::BAD_GATEWAY, None));
-        for (error, attempts, base) in [
-            (&rejected, 1, 5.0),
-            (&rejected, 2, 10.0),
-            (&rejected, 3, 20.0),
-            (&rejected, 7, 300.0),
-            (&rejected, 100, 300.0),
-            (&down, 1, 0.25),
-            (&down, 2, 0.5),
-            (&down, 4, 2.0),
-            (&down, 100, 2.0),
-        ] {
-            let waits: Vec<f64> = (0..50)
-                .map(|_| backoff(error, attempts).as_secs_f64())
-                .collect();
-            assert!(
-                waits.iter().all(|w| *w >= base && *w <= base * 1.5),
-                "{attempts}: {waits:?}"
-            );
-            assert!(
-                waits.iter().any(|w| (w - waits[0]).abs() > 1e-6),
-                "not jittered: {waits:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn refusal_grace_doubles_to_five_minutes() {
-        let secs = |n| refusal_grace(n).as_secs();
-        assert_eq!(
-            [0, 1, 2, 3, 9, 10, 100].map(secs),
-            [0, 1, 2, 4, 256, 300, 300]
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn refusals_are_per_endpoint_and_any_answer_clears_the_streak() {
-        let refusals = Refusals::default();
-        let endpoint = |path: &str| Endpoint {
-            method: Method::GET,
-            path: path.to_owned(),
-        };
-        refusals.refused(endpoint("/admin"));
-        assert!(refusals.endpoint_refuses(&endpoint("/admin")));
-        assert!(!refusals.endpoint_refuses(&endpoint("/flows")));
-        assert_eq!(
-            refusals.grace(),
-            Duration::ZERO,
-            "one endpoint is no pattern"
-        );
-        refusals.refused(endpoint("/billing"));
-        assert_eq!(refusals.grace(), Duration::from_secs(1));
-
-        // An answer from another endpoint clears the streak, not /admin's record.
-        refusals.answered(|| endpoint("/flows"));
-        assert_eq!(refusals.grace(), Duration::ZERO);
-        assert!(refusals.endpoint_refuses(&endpoint("/admin")));
-
-        // /admin refused again: its grace grows; then it expires by itself.
-        refusals.refused(endpoint("/admin"));
-        tokio::time::advance(Duration::from_millis(1500)).await;
-        assert!(refusals.endpoint_refuses(&endpoint("/admin")));
-        tokio::time::advance(Duration::from_millis(600)).await;
-        assert!(!refusals.endpoint_refuses(&endpoint("/admin")));
-
-        // An answer from /admin itself forgets it at once.
-        refusals.refused(endpoint("/admin"));
-        refusals.answered(|| endpoint("/admin"));
-        assert!(!refusals.endpoint_refuses(&endpoint("/admin")));
-        assert!(
-            refusals.any.load(Ordering::Relaxed),
-            "/billing is still recorded"
-        );
-        refusals.answered(|| endpoint("/billing"));
-        assert!(
-            !refusals.any.load(Ordering::Relaxed),
-            "nothing left to look up"
-        );
-    }
-
-    #[test]
-    fn the_endpoint_record_is_bounded() {
-        let refusals = Refusals::default();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        let _guard = runtime.enter();
-        for i in 0..(MAX_REFUSED_ENDPOINTS * 3) {
-            refusals.refused(Endpoint {
-                method: Method::GET,
-                path: format!("/flows/{i}"),
-            });
-        }
-        assert!(refusals.endpoints().len() <= MAX_REFUSED_ENDPOINTS);
-    }
-}
+mod tests;
