@@ -282,7 +282,8 @@ impl FakePatchworks {
 
     /// Makes `path` answer `401` to a request with a valid token, as an API does to an account
     /// that may not use that endpoint, with `WWW-Authenticate: <challenge>` if given (for
-    /// instance `Bearer error="insufficient_scope"`).
+    /// instance `Bearer error="insufficient_scope"`). A `path` ending in `*` forbids every path
+    /// it begins.
     pub fn forbid(&self, path: &str, challenge: Option<&str>) {
         self.state()
             .forbidden
@@ -686,7 +687,15 @@ fn api(
             state.used.insert(token.to_owned());
         }
     }
-    if let Some(challenge) = state.forbidden.get(path) {
+    let forbidden = state.forbidden.get(path).or_else(|| {
+        let mut prefixes = state.forbidden.iter();
+        prefixes.find_map(|(p, c)| {
+            p.strip_suffix('*')
+                .filter(|p| path.starts_with(p))
+                .map(|_| c)
+        })
+    });
+    if let Some(challenge) = forbidden {
         let mut response = json(
             StatusCode::UNAUTHORIZED,
             serde_json::json!({"message": "This action is unauthorized."}),

@@ -1,0 +1,389 @@
+//! The token core's promises through real HTTP on loopback: slow but healthy logins succeed, a
+//! renewal abandoned with its runtime is taken up before the token expires, a storm of 401s
+//! costs a bounded number of logins, and the tower layer and the reqwest middleware give the
+//! same answer in the same situation.
+
+mod support;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{Full, StreamBody};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use patchworks_auth::{
+    body::Body,
+    reqwest::AuthMiddleware,
+    test_util::{hold_clock, FakePatchworks, LoginAnswer},
+    AuthLayer, Credentials,
+};
+use reqwest_middleware::ClientBuilder;
+use std::time::Duration;
+use support::*;
+use tower::{Layer, ServiceExt};
+
+// 1. Slow but healthy logins.
+
+#[tokio::test]
+async fn a_login_slower_than_a_third_of_the_timeout_succeeds() {
+    let fake = FakePatchworks::start().await.unwrap();
+    fake.set_login_delay(Duration::from_millis(1500));
+    let client = layer(&fake)
+        .login_timeout(Duration::from_secs(3))
+        .layer(fake.client());
+    expect_status(&client, &fake, "/api/v1/flows", StatusCode::OK).await;
+    // One attempt, and a hedge beside it after a third of the timeout at most.
+    assert!((1..=2).contains(&fake.logins()), "{}", fake.logins());
+    assert_eq!(client.state().logins, 1, "one login");
+}
+
+#[tokio::test]
+async fn twenty_callers_on_a_slow_login_all_get_its_token() {
+    let fake = FakePatchworks::start().await.unwrap();
+    fake.set_login_delay(Duration::from_millis(2500));
+    let client = layer(&fake)
+        .login_timeout(Duration::from_secs(4))
+        .layer(fake.client());
+    let statuses = concurrent_gets(&client, &fake, 20).await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert!((1..=2).contains(&fake.logins()), "{}", fake.logins());
+    assert_eq!(fake.expired_tokens_seen() + fake.unauthorized(), 0);
+}
+
+#[tokio::test]
+async fn a_login_out_of_time_says_how_many_attempts_ran_and_how_long_the_slowest_waited() {
+    let fake = FakePatchworks::start().await.unwrap();
+    fake.set_login_answer(LoginAnswer::Hang);
+    let client = layer(&fake)
+        .login_timeout(Duration::from_millis(900))
+        .layer(fake.client());
+    let error = layer_error(&client, &fake, "/api/v1/flows").await;
+    assert!(error.is_timeout(), "{error}");
+    let message = error.to_string();
+    assert!(message.contains("2 attempts"), "{message}");
+    assert!(message.contains("the slowest waited 9"), "{message}");
+    assert_eq!(fake.logins(), 2, "one attempt and its hedge, neither cut");
+}
+
+// 2. A runtime per call.
+
+/// A sync facade: every call runs on a runtime of its own, dropped when the call returns. A
+/// renewal started by one call dies with its runtime; the next call takes it up and waits for
+/// it, so the token is renewed while the old one is still good and nobody waits for a cold
+/// login.
+#[test]
+fn with_a_runtime_per_call_an_abandoned_renewal_is_taken_up_before_the_token_expires() {
+    let server = tokio::runtime::Runtime::new().unwrap();
+    let fake = server.block_on(FakePatchworks::start()).unwrap();
+    // Renewal due after 1.5 s (half the lifetime); sent until 2.7 s.
+    fake.set_token_lifetime(Duration::from_secs(3));
+    let client = layer(&fake).layer(fake.client());
+    let call = || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(status(&client, &fake, "/api/v1/flows"))
+    };
+    assert_eq!(call(), StatusCode::OK);
+    let first = client.state().obtained_at.unwrap();
+
+    std::thread::sleep(Duration::from_millis(1600));
+    // The renewal cannot answer before the call that starts it returns; its token lives long.
+    fake.set_login_delay(Duration::from_millis(300));
+    fake.set_token_lifetime(Duration::from_secs(600));
+    assert_eq!(
+        call(),
+        StatusCode::OK,
+        "starts the renewal, then its runtime goes"
+    );
+    assert_eq!(
+        call(),
+        StatusCode::OK,
+        "takes the renewal up and waits for it"
+    );
+    let state = client.state();
+    assert!(state.obtained_at.unwrap() > first, "renewed: {state:?}");
+
+    // Past the first token's expiry: the renewed token is there, no login to wait for.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(client.state().usable);
+    let logins = fake.logins();
+    assert_eq!(call(), StatusCode::OK);
+    assert_eq!(fake.logins(), logins, "no cold login");
+    assert_eq!(fake.expired_tokens_seen() + fake.unauthorized(), 0);
+}
+
+// 3. A storm of 401s.
+
+/// A crawler over resources the account may not see: each path answers a bare 401, with 200s
+/// from a path the account may use between them. The first 401 costs a login (it could have
+/// been a revocation); after that, 401s cost at most one login in any 10 s.
+#[tokio::test(start_paused = true)]
+async fn distinct_paths_answering_401_between_200s_cost_one_login_per_ten_seconds() {
+    let fake = FakePatchworks::start().await.unwrap();
+    fake.forbid("/api/v1/private/*", None);
+    let client = client(&fake);
+    let crawl = |from: usize, to: usize| {
+        let (client, fake) = (&client, &fake);
+        hold_clock(async move {
+            for i in from..to {
+                let path = format!("/api/v1/private/{i}");
+                expect_status(client, fake, &path, StatusCode::UNAUTHORIZED).await;
+                expect_status(client, fake, "/api/v1/flows", StatusCode::OK).await;
+            }
+        })
+    };
+    crawl(0, 2_000).await;
+    assert_eq!(fake.logins(), 2, "the first login, and the first 401's");
+    for round in 1..=3 {
+        tokio::time::advance(Duration::from_secs(10)).await;
+        crawl(round * 2_000, round * 2_000 + 100).await;
+        assert!(
+            fake.logins() <= 2 + round,
+            "round {round}: {}",
+            fake.logins()
+        );
+    }
+
+    // A revocation among them is recovered, at the cost of one login.
+    let logins = fake.logins();
+    fake.revoke_tokens();
+    hold_clock(expect_status(
+        &client,
+        &fake,
+        "/api/v1/flows",
+        StatusCode::OK,
+    ))
+    .await;
+    assert_eq!(fake.logins(), logins + 1);
+}
+
+// 4. One table of situations, through both adapters.
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Payload {
+    Nothing,
+    /// A body the layer keeps for a replay.
+    Json,
+    /// A streamed body: sent once, never replayed.
+    Stream,
+}
+
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Status(StatusCode),
+    Rejected,
+    Other(String),
+}
+
+struct Situation {
+    name: &'static str,
+    /// After one warm-up request (unless `cold`).
+    setup: fn(&FakePatchworks),
+    cold: bool,
+    method: Method,
+    path: &'static str,
+    payload: Payload,
+    expect: Outcome,
+    logins: usize,
+}
+
+fn situations() -> Vec<Situation> {
+    let revoke = |fake: &FakePatchworks| fake.revoke_tokens();
+    let scope = |fake: &FakePatchworks| {
+        fake.forbid(
+            "/api/v1/admin",
+            Some(r#"Bearer error="insufficient_scope""#),
+        );
+    };
+    let revoke_and_reject = |fake: &FakePatchworks| {
+        fake.set_login_answer(LoginAnswer::Status(StatusCode::UNAUTHORIZED));
+        fake.revoke_tokens();
+    };
+    let ok = Outcome::Status(StatusCode::OK);
+    let unauthorized = Outcome::Status(StatusCode::UNAUTHORIZED);
+    let row = |name, setup: fn(&FakePatchworks), method, path, payload, expect, logins| Situation {
+        name,
+        setup,
+        cold: false,
+        method,
+        path,
+        payload,
+        expect,
+        logins,
+    };
+    vec![
+        row(
+            "fresh token",
+            |_| {},
+            Method::GET,
+            "/api/v1/flows",
+            Payload::Nothing,
+            ok,
+            1,
+        ),
+        row(
+            "revoked, GET",
+            revoke,
+            Method::GET,
+            "/api/v1/flows",
+            Payload::Nothing,
+            Outcome::Status(StatusCode::OK),
+            2,
+        ),
+        row(
+            "revoked, POST kept",
+            revoke,
+            Method::POST,
+            "/api/v1/flows",
+            Payload::Json,
+            Outcome::Status(StatusCode::OK),
+            2,
+        ),
+        row(
+            "revoked, POST streamed",
+            revoke,
+            Method::POST,
+            "/api/v1/flows",
+            Payload::Stream,
+            Outcome::Status(StatusCode::UNAUTHORIZED),
+            2,
+        ),
+        row(
+            "insufficient_scope",
+            scope,
+            Method::GET,
+            "/api/v1/admin",
+            Payload::Nothing,
+            Outcome::Status(StatusCode::UNAUTHORIZED),
+            1,
+        ),
+        row(
+            "revoked, login rejected, POST kept",
+            revoke_and_reject,
+            Method::POST,
+            "/api/v1/flows",
+            Payload::Json,
+            Outcome::Rejected,
+            2,
+        ),
+        row(
+            "revoked, login rejected, POST streamed",
+            revoke_and_reject,
+            Method::POST,
+            "/api/v1/flows",
+            Payload::Stream,
+            unauthorized,
+            2,
+        ),
+        Situation {
+            name: "rejected credentials",
+            setup: |fake| {
+                fake.set_login_answer(LoginAnswer::Status(StatusCode::UNPROCESSABLE_ENTITY))
+            },
+            cold: true,
+            method: Method::GET,
+            path: "/api/v1/flows",
+            payload: Payload::Nothing,
+            expect: Outcome::Rejected,
+            logins: 1,
+        },
+    ]
+}
+
+fn outcome_of(error: &(dyn std::error::Error + 'static)) -> Outcome {
+    match error.downcast_ref::<patchworks_auth::Error>() {
+        Some(error) if error.is_rejected() => Outcome::Rejected,
+        _ => Outcome::Other(error.to_string()),
+    }
+}
+
+async fn through_tower(fake: &FakePatchworks, s: &Situation, layer: AuthLayer) -> Outcome {
+    let client = layer.layer(Client::builder(TokioExecutor::new()).build_http::<Body>());
+    let send = |request: Request<Body>| client.clone().oneshot(request);
+    let request = |method: Method, path, payload| {
+        let body = match payload {
+            Payload::Nothing => Body::from(Bytes::new()),
+            Payload::Json => Body::new(Full::new(Bytes::from_static(b"{}"))),
+            Payload::Stream => Body::new(StreamBody::new(futures_util::stream::iter([Ok::<
+                _,
+                std::io::Error,
+            >(
+                hyper::body::Frame::data(Bytes::from_static(b"{}")),
+            )]))),
+        };
+        Request::builder()
+            .method(method)
+            .uri(fake.uri(path))
+            .body(body)
+            .unwrap()
+    };
+    if !s.cold {
+        let warm = send(request(Method::GET, "/api/v1/flows", Payload::Nothing)).await;
+        assert_eq!(warm.unwrap().status(), StatusCode::OK);
+    }
+    (s.setup)(fake);
+    match send(request(s.method.clone(), s.path, s.payload)).await {
+        Ok(response) => Outcome::Status(response.status()),
+        Err(error) => outcome_of(&*error),
+    }
+}
+
+async fn through_reqwest(fake: &FakePatchworks, s: &Situation, layer: AuthLayer) -> Outcome {
+    let reqwest = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let middleware = AuthMiddleware::new(layer, reqwest.clone());
+    let client = ClientBuilder::new(reqwest).with(middleware).build();
+    let request = |method: Method, path, payload| {
+        let builder = client.request(method, fake.uri(path).to_string());
+        match payload {
+            Payload::Nothing => builder,
+            Payload::Json => builder.body("{}"),
+            Payload::Stream => {
+                builder.body(reqwest::Body::wrap_stream(futures_util::stream::iter([
+                    Ok::<_, std::io::Error>("{}"),
+                ])))
+            }
+        }
+    };
+    if !s.cold {
+        let warm = request(Method::GET, "/api/v1/flows", Payload::Nothing).send();
+        assert_eq!(warm.await.unwrap().status(), StatusCode::OK);
+    }
+    (s.setup)(fake);
+    match request(s.method.clone(), s.path, s.payload).send().await {
+        Ok(response) => Outcome::Status(response.status()),
+        Err(reqwest_middleware::Error::Middleware(error)) => outcome_of(error.as_ref()),
+        Err(error) => Outcome::Other(error.to_string()),
+    }
+}
+
+#[tokio::test]
+async fn the_same_situation_gets_the_same_answer_through_tower_and_reqwest() {
+    for situation in situations() {
+        for via in ["tower", "reqwest"] {
+            let fake = FakePatchworks::start().await.unwrap();
+            let credentials = if situation.cold && situation.expect == Outcome::Rejected {
+                Credentials::new("ops@example.com", "wrong")
+            } else {
+                fake.credentials()
+            };
+            let layer = AuthLayer::new(credentials).login_url(fake.login_url());
+            let outcome = match via {
+                "tower" => through_tower(&fake, &situation, layer).await,
+                _ => through_reqwest(&fake, &situation, layer).await,
+            };
+            let name = situation.name;
+            assert_eq!(outcome, situation.expect, "{name}, through {via}");
+            assert_eq!(
+                fake.logins(),
+                situation.logins,
+                "{name}: logins through {via}"
+            );
+        }
+    }
+}
