@@ -873,5 +873,3 @@ async fn age(token: Weak<Token>, renew_at: Instant, send_by: Instant) {
     }
 }
 
-#[cfg(test)]
-mod tests;

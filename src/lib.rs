@@ -159,6 +159,10 @@ mod token;
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod test_util;
 
+#[cfg(all(test, suite))]
+#[path = "../suite/checks/mod.rs"]
+mod checks;
+
 /// The README's Rust blocks, compiled and run as doc tests so that they never rot.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

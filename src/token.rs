@@ -830,5 +830,3 @@ pub struct TokenState {
     pub store_outages: u64,
 }
 
-#[cfg(test)]
-mod tests;

@@ -1,0 +1,4 @@
+//! Checks of the crate's internals that need this package's dev-dependencies: compiled into
+//! the crate's unit tests here (`cfg(suite)`, see `build.rs`), never into the crate itself.
+
+mod core_model;
