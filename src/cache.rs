@@ -13,7 +13,7 @@
 //! while a runtime does.
 
 use crate::{
-    challenge,
+    challenge::{self, Verdict},
     clock::Coarse,
     config::Config,
     credentials::{api_key_header, Secret},
@@ -32,7 +32,7 @@ use std::{
     pin::{pin, Pin},
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering},
-        Arc, Mutex, MutexGuard, OnceLock, Weak,
+        Arc, OnceLock, Weak,
     },
     task::Poll,
     time::Duration,
@@ -43,6 +43,13 @@ use tokio::{
     time::{sleep, sleep_until, Instant},
 };
 use tower::util::rng::{HasherRng, Rng};
+
+// The model check (suite/checks/driver_model.rs) swaps the core's lock for shuttle's, which
+// explores the orders in which requests, logins and 401s take it.
+#[cfg(shuttle)]
+use shuttle::sync::{Mutex, MutexGuard};
+#[cfg(not(shuttle))]
+use std::sync::{Mutex, MutexGuard};
 
 /// How often a process waiting for another's login polls the store (plus up to half again).
 const STORE_POLL: Duration = Duration::from_millis(100);
@@ -297,6 +304,12 @@ impl Cache {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The generation of the current token, if any.
+    #[cfg(shuttle)]
+    pub(crate) fn current_generation(&self) -> Option<u64> {
+        self.current.load().as_ref().map(|token| token.generation)
+    }
+
     /// The current token.
     #[cfg(feature = "reqwest")]
     pub(crate) fn current(&self) -> &ArcSwapOption<Token> {
@@ -339,6 +352,16 @@ impl Cache {
         login: LoginFn,
     ) -> impl Future<Output = Result<Arc<Token>, Error>> + Send + 'static {
         let cache = self.clone();
+        self.token_with(move |start| cache.run(start, login.clone()))
+    }
+
+    /// [`Cache::token`], with the logins the core asks for run by `run` (the model check runs
+    /// them on its own threads).
+    pub(crate) fn token_with(
+        self: &Arc<Self>,
+        run: impl Fn(Start) -> Result<(), Error> + Send + 'static,
+    ) -> impl Future<Output = Result<Arc<Token>, Error>> + Send + 'static {
+        let cache = self.clone();
         async move {
             let (mut waited, mut restarts) = (None, 0);
             loop {
@@ -357,7 +380,7 @@ impl Cache {
                     Need::Start(start) => {
                         restarts += u32::from(waited.is_some());
                         waited = Some(start.id);
-                        cache.run(start, login.clone())?;
+                        run(start)?;
                     }
                 }
                 // The sender lives as long as `cache`: this only ends on a change.
@@ -470,7 +493,28 @@ impl Cache {
         replayable: bool,
         login: LoginFn,
     ) -> impl Future<Output = Result<Option<Arc<Token>>, Error>> + Send + 'static {
-        let verdict = challenge::verdict(headers);
+        let decision = self.judge(generation, endpoint, challenge::verdict(headers));
+        let token = (decision != Unauthorized::Keep).then(|| self.token(login));
+        async move {
+            match token {
+                None => Ok(None),
+                Some(token) if replayable => token.await.map(Some),
+                Some(token) => {
+                    let _ = token.await;
+                    Ok(None)
+                }
+            }
+        }
+    }
+
+    /// The core's judgement of a 401 to token `generation` (see [`Core::unauthorized`]),
+    /// carried out: the token discarded if the core says so.
+    pub(crate) fn judge(
+        &self,
+        generation: u64,
+        endpoint: &Endpoint,
+        verdict: Verdict,
+    ) -> Unauthorized {
         let mut core = self.lock();
         let decision = core.unauthorized(Instant::now(), generation, endpoint, verdict);
         if decision == (Unauthorized::Renew { discard: true }) {
@@ -491,28 +535,13 @@ impl Cache {
                 "401 taken as the API's answer to the request: returned as is"
             );
         }
-        drop(core);
-        let token = (decision != Unauthorized::Keep).then(|| self.token(login));
-        async move {
-            match token {
-                None => Ok(None),
-                Some(token) if replayable => token.await.map(Some),
-                Some(token) => {
-                    let _ = token.await;
-                    Ok(None)
-                }
-            }
-        }
+        decision
     }
 
     /// Runs login `start` on the current Tokio runtime under a [`Claim`]; it runs to its end
     /// even if every request waiting on it is dropped, and is handed back if its runtime goes.
     fn run(self: &Arc<Self>, start: Start, login: LoginFn) -> Result<(), Error> {
-        let claim = Claim {
-            cache: self.clone(),
-            id: start.id,
-            done: false,
-        };
+        let claim = self.claim(&start);
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::config("a login needs a Tokio runtime; call the service from within one")
         })?;
@@ -532,6 +561,15 @@ impl Cache {
             span,
         ));
         Ok(())
+    }
+
+    /// The claim on login `start`, which the core put in flight.
+    pub(crate) fn claim(self: &Arc<Self>, start: &Start) -> Claim {
+        Claim {
+            cache: self.clone(),
+            id: start.id,
+            done: false,
+        }
     }
 
     /// A token for login `start`: from the shared store if it holds one the core takes, else
@@ -724,7 +762,7 @@ impl Cache {
 
 /// The right to run one login, and the duty to report it: dropped unfinished (with its task,
 /// its future or its runtime), it hands the login back to the core.
-struct Claim {
+pub(crate) struct Claim {
     cache: Arc<Cache>,
     id: u64,
     done: bool,
@@ -733,7 +771,7 @@ struct Claim {
 impl Claim {
     /// Reports the login's outcome: the new token becomes current, or the failure is kept for
     /// the back-off; every request that waited wakes.
-    fn finish(mut self, reason: Reason, outcome: Result<Obtained, Failure>) {
+    pub(crate) fn finish(mut self, reason: Reason, outcome: Result<Obtained, Failure>) {
         self.done = true;
         let cache = &self.cache;
         let mut core = cache.lock();
@@ -872,4 +910,3 @@ async fn age(token: Weak<Token>, renew_at: Instant, send_by: Instant) {
         token.phase.store(Phase::Expired as u8, Ordering::Release);
     }
 }
-

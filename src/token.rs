@@ -829,4 +829,3 @@ pub struct TokenState {
     /// once, however long it lasted). Always `0` without a store.
     pub store_outages: u64,
 }
-
