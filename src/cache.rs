@@ -368,6 +368,8 @@ impl Cache {
                 // Subscribed before the core is asked: a change after the answer wakes us.
                 let mut changes = cache.changes.subscribe();
                 let need = cache.lock().need(Instant::now(), waited, restarts);
+                #[cfg(shuttle)] // where a thread may be preempted: let the model check switch
+                shuttle::thread::yield_now();
                 match need {
                     Need::Send => {
                         if let Some(token) = cache.current.load_full() {
