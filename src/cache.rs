@@ -222,6 +222,14 @@ impl fmt::Debug for Token {
     }
 }
 
+/// A switch point for the model check: the `watch` channel is not shuttle's, so each use of it
+/// is made one by hand, as a thread may be preempted there.
+#[inline]
+fn switch() {
+    #[cfg(shuttle)]
+    shuttle::thread::yield_now();
+}
+
 /// What a request does with the token it read; see [`Cache::check`].
 pub(crate) enum Check {
     Send,
@@ -320,7 +328,14 @@ impl Cache {
     fn changed(&self, core: &Core) {
         self.wants_answers
             .store(core.wants_answers(), Ordering::Relaxed);
+        switch();
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver of the changes to come.
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        switch();
+        self.changes.subscribe()
     }
 
     /// What is known of the token, without the token.
@@ -366,10 +381,8 @@ impl Cache {
             let (mut waited, mut restarts) = (None, 0);
             loop {
                 // Subscribed before the core is asked: a change after the answer wakes us.
-                let mut changes = cache.changes.subscribe();
+                let mut changes = cache.subscribe();
                 let need = cache.lock().need(Instant::now(), waited, restarts);
-                #[cfg(shuttle)] // where a thread may be preempted: let the model check switch
-                shuttle::thread::yield_now();
                 match need {
                     Need::Send => {
                         if let Some(token) = cache.current.load_full() {
@@ -430,7 +443,7 @@ impl Cache {
             }
             Renew::Start(start) => {
                 let (id, taken_up) = (start.id, start.taken_up);
-                let mut changes = self.changes.subscribe();
+                let mut changes = self.subscribe();
                 if let Err(error) = self.run(start, login) {
                     tracing::warn!(target: "patchworks_auth", %error, "background renewal not started");
                     return None;

@@ -43,9 +43,12 @@ fn cache() -> Arc<Cache> {
     })
 }
 
-/// Runs each login the core asks for on a thread of its own: the first is abandoned (its claim
-/// dropped, as with its runtime), the others answer with a token.
-fn runner(cache: &Arc<Cache>) -> impl Fn(Start) -> Result<(), Error> + Clone + Send + 'static {
+/// Runs each login the core asks for on a thread of its own: with `abandon_first`, the first is
+/// abandoned (its claim dropped, as with its runtime); the others answer with a token.
+fn runner(
+    cache: &Arc<Cache>,
+    abandon_first: bool,
+) -> impl Fn(Start) -> Result<(), Error> + Clone + Send + 'static {
     let (cache, in_flight, started) = (
         cache.clone(),
         Arc::new(AtomicUsize::new(0)),
@@ -59,7 +62,7 @@ fn runner(cache: &Arc<Cache>) -> impl Fn(Start) -> Result<(), Error> + Clone + S
         let in_flight = in_flight.clone();
         thread::spawn(move || {
             in_flight.fetch_sub(1, Ordering::SeqCst);
-            if n == 0 {
+            if n == 0 && abandon_first {
                 drop(claim); // abandoned: the next request starts another
                 return;
             }
@@ -81,7 +84,7 @@ fn one_login_at_a_time_every_waiter_answered_and_a_stale_401_discards_nothing() 
     shuttle::check_random(
         || {
             let cache = cache();
-            let run = runner(&cache);
+            let run = runner(&cache, true);
             let requests: Vec<_> = (0..3)
                 .map(|i| {
                     let (cache, run) = (cache.clone(), run.clone());
@@ -125,6 +128,28 @@ fn one_login_at_a_time_every_waiter_answered_and_a_stale_401_discards_nothing() 
                 current, newest,
                 "the newest token was discarded: {results:?}"
             );
+        },
+        2_000,
+    );
+}
+
+/// Requests that only wait on one login, with nothing after it to wake them by chance: each is
+/// woken by the login's end, whenever it began to wait.
+#[test]
+fn every_request_waiting_on_one_login_is_woken_by_its_end() {
+    shuttle::check_random(
+        || {
+            let cache = cache();
+            let run = runner(&cache, false);
+            let requests: Vec<_> = (0..3)
+                .map(|_| {
+                    let (cache, run) = (cache.clone(), run.clone());
+                    thread::spawn(move || block_on(cache.token_with(run)).unwrap().generation)
+                })
+                .collect();
+            for request in requests {
+                assert_eq!(request.join().unwrap(), 1, "one login for all");
+            }
         },
         2_000,
     );
