@@ -118,9 +118,10 @@ impl AuthLayer {
     /// The longest one login may take, its retries included, from sending the first request to
     /// reading the answer. Default: 30 seconds.
     ///
-    /// Within it, an attempt that fails for a while (5xx, 429, no connection, or no answer
-    /// within a third of the timeout) is tried again after a jittered back-off or the
-    /// `Retry-After` asked for; callers wait, and fail only when the timeout is spent.
+    /// Within it, an attempt that fails for a while (5xx, 429, no connection) is tried again
+    /// after a jittered back-off or the `Retry-After` asked for. An attempt is never cut before
+    /// the timeout: one that has not answered after a third of it gets a second beside it, and
+    /// the first good answer wins. Callers wait, and fail only when the timeout is spent.
     ///
     /// The timeout belongs to the login, not to the request that started it: a caller that
     /// gives up (or a `tower::timeout` around the layer) does not abort a login others wait on.

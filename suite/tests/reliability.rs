@@ -114,7 +114,7 @@ async fn a_login_blip_is_retried_inside_the_login_and_no_caller_sees_it() {
 }
 
 #[tokio::test]
-async fn a_login_attempt_that_hangs_is_retried_within_the_login_timeout() {
+async fn a_login_attempt_that_hangs_gets_a_second_beside_it_within_the_login_timeout() {
     let fake = FakePatchworks::start().await.unwrap();
     fake.queue_login_answers([LoginAnswer::Hang]);
     let client = layer(&fake)
