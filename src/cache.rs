@@ -312,14 +312,8 @@ impl Cache {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The generation of the current token, if any.
-    #[cfg(shuttle)]
-    pub(crate) fn current_generation(&self) -> Option<u64> {
-        self.current.load().as_ref().map(|token| token.generation)
-    }
-
     /// The current token.
-    #[cfg(feature = "reqwest")]
+    #[cfg(any(feature = "reqwest", shuttle))]
     pub(crate) fn current(&self) -> &ArcSwapOption<Token> {
         &self.current
     }
@@ -342,14 +336,11 @@ impl Cache {
     pub(crate) fn state(&self) -> TokenState {
         let core = self.lock();
         let current = self.current.load_full();
-        let api_key = current.as_ref().is_some_and(|t| t.expires_at.is_none());
+        // An API key is neither obtained nor expires.
+        let login = current.as_ref().filter(|token| token.expires_at.is_some());
         TokenState {
-            obtained_at: current
-                .as_ref()
-                .filter(|_| !api_key)
-                .map(|token| token.obtained_at.into_std()),
-            expires_at: current
-                .as_ref()
+            obtained_at: login.map(|token| token.obtained_at.into_std()),
+            expires_at: login
                 .and_then(|token| token.expires_at)
                 .map(Instant::into_std),
             usable: current.is_some_and(|token| token.phase() != Phase::Expired),
@@ -791,7 +782,7 @@ impl Claim {
         let cache = &self.cache;
         let mut core = cache.lock();
         let ended = core.login_ended(self.id, Instant::now(), outcome.clone());
-        let installed = match (&ended, &outcome) {
+        let installed = match (&ended, outcome) {
             (
                 Ended::Installed {
                     generation,
@@ -799,11 +790,14 @@ impl Claim {
                     send_by,
                 },
                 Ok(obtained),
-            ) => Some(cache.install(obtained, *generation, *renew_at, *send_by)),
+            ) => {
+                let token = cache.install(&obtained, *generation, *renew_at, *send_by);
+                Some((token, obtained.shared))
+            }
+            // A failed background renewal: the token stays in use until it expires, and
+            // renewal is tried again after the back-off.
             (Ended::Failed { retry_at, .. }, _) => {
                 if let Some(token) = cache.current.load_full() {
-                    // A failed background renewal: the token stays in use until it expires, and
-                    // renewal is tried again after the back-off.
                     retry_renewal_at(&token, *retry_at);
                 }
                 None
@@ -813,29 +807,24 @@ impl Claim {
         cache.changed(&core);
         drop(core);
         // Every request waiting holds a receiver: counted here, once per login.
-        cache
-            .most_waiting
-            .fetch_max(cache.changes.receiver_count(), Ordering::Relaxed);
+        let waiting = cache.changes.receiver_count();
+        cache.most_waiting.fetch_max(waiting, Ordering::Relaxed);
         match (installed, ended) {
-            (Some(token), _) => {
-                let shared = outcome.as_ref().is_ok_and(|o| o.shared);
-                if shared {
-                    tracing::info!(
-                        target: "patchworks_auth",
-                        generation = token.generation,
-                        "took the fleet's token from the store"
-                    );
-                } else {
-                    tracing::info!(
-                        target: "patchworks_auth",
-                        generation = token.generation,
-                        lifetime = ?token.lifetime(),
-                        took = ?token.obtained_at.elapsed(),
-                        "logged in to Patchworks"
-                    );
-                    if cache.store.as_ref().is_some_and(Shared::is_down) {
-                        cache.resync(&token);
-                    }
+            (Some((token, true)), _) => tracing::info!(
+                target: "patchworks_auth",
+                generation = token.generation,
+                "took the fleet's token from the store"
+            ),
+            (Some((token, false)), _) => {
+                tracing::info!(
+                    target: "patchworks_auth",
+                    generation = token.generation,
+                    lifetime = ?token.lifetime(),
+                    took = ?token.obtained_at.elapsed(),
+                    "logged in to Patchworks"
+                );
+                if cache.store.as_ref().is_some_and(Shared::is_down) {
+                    cache.resync(&token);
                 }
             }
             (None, Ended::Failed { error, retry_at }) => tracing::warn!(

@@ -107,11 +107,6 @@ impl Timings {
             obtained_at + (lifetime - margin),
         )
     }
-
-    /// How long one attempt of a login runs alone before a second one starts beside it.
-    fn hedge_after(&self) -> Duration {
-        self.login_timeout / 3
-    }
 }
 
 /// A token a login (or a shared store) gave, before the core makes it current.
@@ -729,7 +724,7 @@ impl Attempts {
         Attempts {
             timeout: timings.login_timeout,
             deadline: now + timings.login_timeout,
-            hedge_after: timings.hedge_after(),
+            hedge_after: timings.login_timeout / 3,
             flying: Vec::with_capacity(2),
             started: 0,
             failures,
