@@ -183,6 +183,8 @@ struct Situation {
     /// After one warm-up request (unless `cold`).
     setup: fn(&FakePatchworks),
     cold: bool,
+    /// Before `setup`: the token's background renewal is rejected, so logins fail fast.
+    renewal_rejected: bool,
     method: Method,
     path: &'static str,
     payload: Payload,
@@ -191,106 +193,157 @@ struct Situation {
 }
 
 fn situations() -> Vec<Situation> {
-    let revoke = |fake: &FakePatchworks| fake.revoke_tokens();
-    let scope = |fake: &FakePatchworks| {
+    use Payload::*;
+    let revoke: fn(&FakePatchworks) = |fake| fake.revoke_tokens();
+    let scope: fn(&FakePatchworks) = |fake| {
         fake.forbid(
             "/api/v1/admin",
             Some(r#"Bearer error="insufficient_scope""#),
         );
     };
-    let revoke_and_reject = |fake: &FakePatchworks| {
+    let revoke_and_reject: fn(&FakePatchworks) = |fake| {
         fake.set_login_answer(LoginAnswer::Status(StatusCode::UNAUTHORIZED));
         fake.revoke_tokens();
     };
-    let ok = Outcome::Status(StatusCode::OK);
-    let unauthorized = Outcome::Status(StatusCode::UNAUTHORIZED);
-    let row = |name, setup: fn(&FakePatchworks), method, path, payload, expect, logins| Situation {
-        name,
-        setup,
-        cold: false,
-        method,
-        path,
-        payload,
-        expect,
-        logins,
-    };
-    vec![
-        row(
+    let (ok, unauthorized) = (StatusCode::OK, StatusCode::UNAUTHORIZED);
+    let (get, post, flows) = (Method::GET, Method::POST, "/api/v1/flows");
+    // (name, setup, renewal rejected first, method, path, payload, outcome, logins)
+    let rows = [
+        (
             "fresh token",
-            |_| {},
-            Method::GET,
-            "/api/v1/flows",
-            Payload::Nothing,
-            ok,
+            (|_| {}) as fn(&_),
+            false,
+            &get,
+            flows,
+            Nothing,
+            Ok(ok),
             1,
         ),
-        row(
+        (
             "revoked, GET",
             revoke,
-            Method::GET,
-            "/api/v1/flows",
-            Payload::Nothing,
-            Outcome::Status(StatusCode::OK),
+            false,
+            &get,
+            flows,
+            Nothing,
+            Ok(ok),
             2,
         ),
-        row(
+        (
             "revoked, POST kept",
             revoke,
-            Method::POST,
-            "/api/v1/flows",
-            Payload::Json,
-            Outcome::Status(StatusCode::OK),
+            false,
+            &post,
+            flows,
+            Json,
+            Ok(ok),
             2,
         ),
-        row(
+        (
             "revoked, POST streamed",
             revoke,
-            Method::POST,
-            "/api/v1/flows",
-            Payload::Stream,
-            Outcome::Status(StatusCode::UNAUTHORIZED),
+            false,
+            &post,
+            flows,
+            Stream,
+            Ok(unauthorized),
             2,
         ),
-        row(
+        (
             "insufficient_scope",
             scope,
-            Method::GET,
+            false,
+            &get,
             "/api/v1/admin",
-            Payload::Nothing,
-            Outcome::Status(StatusCode::UNAUTHORIZED),
+            Nothing,
+            Ok(unauthorized),
             1,
         ),
-        row(
+        (
             "revoked, login rejected, POST kept",
             revoke_and_reject,
-            Method::POST,
-            "/api/v1/flows",
-            Payload::Json,
-            Outcome::Rejected,
+            false,
+            &post,
+            flows,
+            Json,
+            Err(()),
             2,
         ),
-        row(
+        (
             "revoked, login rejected, POST streamed",
             revoke_and_reject,
-            Method::POST,
-            "/api/v1/flows",
-            Payload::Stream,
-            unauthorized,
+            false,
+            &post,
+            flows,
+            Stream,
+            Ok(unauthorized),
             2,
         ),
-        Situation {
-            name: "rejected credentials",
-            setup: |fake| {
-                fake.set_login_answer(LoginAnswer::Status(StatusCode::UNPROCESSABLE_ENTITY))
+        (
+            "renewal rejected, then revoked, POST kept",
+            revoke,
+            true,
+            &post,
+            flows,
+            Json,
+            Err(()),
+            2,
+        ),
+        (
+            "renewal rejected, then revoked, POST streamed",
+            revoke,
+            true,
+            &post,
+            flows,
+            Stream,
+            Ok(unauthorized),
+            2,
+        ),
+    ];
+    let mut situations: Vec<_> = rows
+        .into_iter()
+        .map(
+            |(name, setup, renewal_rejected, method, path, payload, outcome, logins)| Situation {
+                name,
+                setup,
+                cold: false,
+                renewal_rejected,
+                method: method.clone(),
+                path,
+                payload,
+                expect: outcome.map_or(Outcome::Rejected, Outcome::Status),
+                logins,
             },
-            cold: true,
-            method: Method::GET,
-            path: "/api/v1/flows",
-            payload: Payload::Nothing,
-            expect: Outcome::Rejected,
-            logins: 1,
-        },
-    ]
+        )
+        .collect();
+    situations.push(Situation {
+        name: "rejected credentials",
+        setup: |_| {},
+        cold: true,
+        renewal_rejected: false,
+        method: Method::GET,
+        path: flows,
+        payload: Nothing,
+        expect: Outcome::Rejected,
+        logins: 1,
+    });
+    situations
+}
+
+/// Lets the token (2 s) reach its renewal window, and has its background renewal rejected: the
+/// next login fails fast.
+async fn reject_the_renewal(
+    fake: &FakePatchworks,
+    send_get: impl std::future::Future<Output = StatusCode>,
+) {
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    fake.set_login_answer(LoginAnswer::Status(StatusCode::UNAUTHORIZED));
+    assert_eq!(
+        send_get.await,
+        StatusCode::OK,
+        "sent with the token while it renews"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
 fn outcome_of(error: &(dyn std::error::Error + 'static)) -> Outcome {
@@ -320,9 +373,12 @@ async fn through_tower(fake: &FakePatchworks, s: &Situation, layer: AuthLayer) -
             .body(body)
             .unwrap()
     };
+    let get = || async { send(request(Method::GET, "/api/v1/flows", Payload::Nothing)).await };
     if !s.cold {
-        let warm = send(request(Method::GET, "/api/v1/flows", Payload::Nothing)).await;
-        assert_eq!(warm.unwrap().status(), StatusCode::OK);
+        assert_eq!(get().await.unwrap().status(), StatusCode::OK);
+    }
+    if s.renewal_rejected {
+        reject_the_renewal(fake, async { get().await.unwrap().status() }).await;
     }
     (s.setup)(fake);
     match send(request(s.method.clone(), s.path, s.payload)).await {
@@ -350,9 +406,15 @@ async fn through_reqwest(fake: &FakePatchworks, s: &Situation, layer: AuthLayer)
             }
         }
     };
+    let get = || async {
+        let response = request(Method::GET, "/api/v1/flows", Payload::Nothing).send();
+        response.await.unwrap().status()
+    };
     if !s.cold {
-        let warm = request(Method::GET, "/api/v1/flows", Payload::Nothing).send();
-        assert_eq!(warm.await.unwrap().status(), StatusCode::OK);
+        assert_eq!(get().await, StatusCode::OK);
+    }
+    if s.renewal_rejected {
+        reject_the_renewal(fake, get()).await;
     }
     (s.setup)(fake);
     match request(s.method.clone(), s.path, s.payload).send().await {
@@ -367,6 +429,9 @@ async fn the_same_situation_gets_the_same_answer_through_tower_and_reqwest() {
     for situation in situations() {
         for via in ["tower", "reqwest"] {
             let fake = FakePatchworks::start().await.unwrap();
+            if situation.renewal_rejected {
+                fake.set_token_lifetime(Duration::from_secs(2));
+            }
             let credentials = if situation.cold && situation.expect == Outcome::Rejected {
                 Credentials::new("ops@example.com", "wrong")
             } else {
