@@ -18,7 +18,7 @@ use crate::{
     config::Config,
     credentials::{api_key_header, Secret},
     error::Error,
-    store::{Owner, Shared},
+    store::{Owner, Shared, STORE_BUDGET},
     token::{
         Attempts, Core, Ended, Endpoint, Failure, Need, Obtained, Reason, Renew, Start, Step,
         Timings, TokenState, Unauthorized,
@@ -230,6 +230,11 @@ fn switch() {
     shuttle::thread::yield_now();
 }
 
+/// What a request waits for after its answer, so that it is done while the request's runtime
+/// runs: a renewal it took up ([`Cache::check`]), or the saving in the store of the token its
+/// login obtained ([`Cache::token`]).
+pub(crate) type After = Option<BoxFuture<()>>;
+
 /// What a request does with the token it read; see [`Cache::check`].
 pub(crate) enum Check {
     Send,
@@ -352,11 +357,12 @@ impl Cache {
     }
 
     /// A token that may be sent: the current one, or the outcome of the login in flight, or of
-    /// a new login, as the core decides. Fails only when the core says so.
+    /// a new login, as the core decides. Fails only when the core says so. With the token comes
+    /// what the request that started its login waits for after its answer (see [`After`]).
     pub(crate) fn token(
         self: &Arc<Self>,
         login: LoginFn,
-    ) -> impl Future<Output = Result<Arc<Token>, Error>> + Send + 'static {
+    ) -> impl Future<Output = Result<(Arc<Token>, After), Error>> + Send + 'static {
         let cache = self.clone();
         self.token_with(move |start| cache.run(start, login.clone()))
     }
@@ -365,11 +371,11 @@ impl Cache {
     /// them on its own threads).
     pub(crate) fn token_with(
         self: &Arc<Self>,
-        run: impl Fn(Start) -> Result<(), Error> + Send + 'static,
-    ) -> impl Future<Output = Result<Arc<Token>, Error>> + Send + 'static {
+        run: impl Fn(Start) -> Result<After, Error> + Send + 'static,
+    ) -> impl Future<Output = Result<(Arc<Token>, After), Error>> + Send + 'static {
         let cache = self.clone();
         async move {
-            let (mut waited, mut restarts) = (None, 0);
+            let (mut waited, mut restarts, mut after) = (None, 0, None);
             loop {
                 // Subscribed before the core is asked: a change after the answer wakes us.
                 let mut changes = cache.subscribe();
@@ -377,7 +383,7 @@ impl Cache {
                 match need {
                     Need::Send => {
                         if let Some(token) = cache.current.load_full() {
-                            return Ok(token);
+                            return Ok((token, after));
                         }
                         continue; // discarded since: ask again
                     }
@@ -386,7 +392,7 @@ impl Cache {
                     Need::Start(start) => {
                         restarts += u32::from(waited.is_some());
                         waited = Some(start.id);
-                        run(start)?;
+                        after = run(start)?;
                     }
                 }
                 // The sender lives as long as `cache`: this only ends on a change.
@@ -460,26 +466,26 @@ impl Cache {
     #[inline]
     pub(crate) fn answered(&self, generation: u64, endpoint: impl FnOnce() -> Endpoint) {
         if self.wants_answers.load(Ordering::Relaxed) {
-            self.report(generation, endpoint(), false, false);
+            self.report(generation, endpoint());
         }
     }
 
     /// A request replayed with token `generation` after a 401 was answered: refused again
-    /// (`refused`) or not.
-    pub(crate) fn replayed(&self, generation: u64, endpoint: Endpoint, refused: bool) {
-        self.report(generation, endpoint, true, refused);
+    /// (`refused`) or not. Returns whether to replay it once more: after a token taken from
+    /// the store was refused, with the token [`Cache::unauthorized`] then gives.
+    pub(crate) fn replayed(&self, generation: u64, endpoint: Endpoint, refused: bool) -> bool {
+        let mut core = self.lock();
+        let again = core.replayed(Instant::now(), generation, endpoint, refused);
+        self.wants_answers
+            .store(core.wants_answers(), Ordering::Relaxed);
+        again
     }
 
     #[cold]
     #[inline(never)]
-    fn report(&self, generation: u64, endpoint: Endpoint, replay: bool, refused: bool) {
+    fn report(&self, generation: u64, endpoint: Endpoint) {
         let mut core = self.lock();
-        let now = Instant::now();
-        if replay {
-            core.replayed(now, generation, endpoint, refused);
-        } else {
-            core.answered(now, generation, endpoint);
-        }
+        core.answered(Instant::now(), generation, endpoint);
         self.wants_answers
             .store(core.wants_answers(), Ordering::Relaxed);
     }
@@ -504,7 +510,7 @@ impl Cache {
         async move {
             match token {
                 None => Ok(None),
-                Some(token) if replayable => token.await.map(Some),
+                Some(token) if replayable => token.await.map(|(token, _)| Some(token)),
                 Some(token) => {
                     let _ = token.await;
                     Ok(None)
@@ -546,7 +552,7 @@ impl Cache {
 
     /// Runs login `start` on the current Tokio runtime under a [`Claim`]; it runs to its end
     /// even if every request waiting on it is dropped, and is handed back if its runtime goes.
-    fn run(self: &Arc<Self>, start: Start, login: LoginFn) -> Result<(), Error> {
+    fn run(self: &Arc<Self>, start: Start, login: LoginFn) -> Result<After, Error> {
         let claim = self.claim(&start);
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::config("a login needs a Tokio runtime; call the service from within one")
@@ -559,14 +565,23 @@ impl Cache {
             reason = reason.as_str(),
             login_host = self.config.login_url.host().unwrap_or_default(),
         );
+        let (settled, saved) = tokio::sync::oneshot::channel::<()>();
         runtime.spawn(tracing::Instrument::instrument(
             async move {
-                let outcome = claim.cache.obtain(&start, &login).await;
-                claim.finish(reason, outcome);
+                let cache = claim.cache.clone();
+                let (outcome, lock) = cache.obtain(&start, &login).await;
+                claim.finish(reason, outcome.clone());
+                if let Some(owner) = lock {
+                    cache.settle(&start, owner, outcome).await;
+                }
+                drop(settled);
             },
             span,
         ));
-        Ok(())
+        // With a store, the request that started the login waits after its answer for the token
+        // to be saved: a process that exits right after its request still shares its login.
+        let saved: BoxFuture<()> = Box::pin(async move { _ = saved.await });
+        Ok(self.store.is_some().then_some(saved))
     }
 
     /// The claim on login `start`, which the core put in flight.
@@ -579,12 +594,23 @@ impl Cache {
     }
 
     /// A token for login `start`: from the shared store if it holds one the core takes, else
-    /// from a login (one for the whole fleet when the store can coordinate it).
-    async fn obtain(&self, start: &Start, login: &LoginFn) -> Result<Obtained, Failure> {
+    /// from a login (one for the whole fleet when the store can coordinate it). The store's
+    /// operations share the login's store budget. With the token comes the store's lock if this
+    /// process took it: the token is saved and the lock let go after the callers have the token.
+    async fn obtain(
+        &self,
+        start: &Start,
+        login: &LoginFn,
+    ) -> (Result<Obtained, Failure>, Option<Owner>) {
+        let log_in = || self.log_in(login, start.after.clone());
         let Some(store) = &self.store else {
-            return self.log_in(login, start.after.clone()).await;
+            return (log_in().await, None);
         };
-        let takes = |shared: &Obtained| self.lock().takes(start, shared, Instant::now());
+        let (refused, mut budget) = (start.replaces(), self.config.store_budget);
+        let takes = |found: &(Obtained, bool)| {
+            let now = Instant::now();
+            self.lock().takes(start, &found.0, found.1, now)
+        };
         // A lock lapses after its lifetime (the login timeout) and a waiter takes it over, so a
         // holder that died delays the others by that much. A waiter gives up and logs in by
         // itself only after the lifetime and one more login (its new holder's) have passed:
@@ -592,46 +618,53 @@ impl Cache {
         let wait_until = Instant::now() + 2 * self.config.login_timeout;
         let owner = Owner::new();
         loop {
-            match store.load().await {
-                Ok(Some(shared)) if takes(&shared) => return Ok(shared),
+            match store.load(refused, &mut budget).await {
+                Ok(Some(found)) if takes(&found) => return (Ok(found.0), None),
                 Ok(_) => {}
-                Err(()) => return self.log_in(login, start.after.clone()).await,
+                Err(()) => return (log_in().await, None),
             }
-            match store.lock(&owner, self.config.login_timeout).await {
+            match store
+                .lock(&owner, self.config.login_timeout, &mut budget)
+                .await
+            {
                 Ok(true) => {
                     // Taken: another process may have saved and let go since the load.
-                    let outcome = match store.load().await {
-                        Ok(Some(shared)) if takes(&shared) => Ok(shared),
-                        _ => self.log_in(login, start.after.clone()).await,
+                    let outcome = match store.load(refused, &mut budget).await {
+                        Ok(Some(found)) if takes(&found) => Ok(found.0),
+                        _ => log_in().await,
                     };
-                    if let Ok(obtained) = &outcome {
-                        if !obtained.shared {
-                            let timings = *self.lock().timings();
-                            store.save(obtained, &timings).await;
-                        }
-                    }
-                    store.unlock(&owner).await;
-                    return outcome;
+                    return (outcome, Some(owner));
                 }
+                // Another process logs in: its token will be in the store. Waiting for it is
+                // bounded by `wait_until`, not by this login's store budget.
                 Ok(false) if Instant::now() < wait_until => {
-                    // Another process logs in: its token will be in the store.
                     sleep(jittered(STORE_POLL)).await;
+                    budget = self.config.store_budget;
                 }
                 Ok(false) => {
                     tracing::warn!(
                         target: "patchworks_auth",
                         "the store's login lock outlived its lifetime: logging in without it"
                     );
-                    let outcome = self.log_in(login, start.after.clone()).await;
-                    if let Ok(obtained) = &outcome {
-                        let timings = *self.lock().timings();
-                        store.save(obtained, &timings).await;
-                    }
-                    return outcome;
+                    return (log_in().await, Some(owner));
                 }
-                Err(()) => return self.log_in(login, start.after.clone()).await,
+                Err(()) => return (log_in().await, None),
             }
         }
+    }
+
+    /// After the callers have the token of login `start`: saves it (unless it came from the
+    /// store) and lets go of the store's lock.
+    async fn settle(&self, start: &Start, owner: Owner, outcome: Result<Obtained, Failure>) {
+        let Some(store) = &self.store else { return };
+        let mut budget = self.config.store_budget;
+        if let Some(obtained) = outcome.ok().filter(|obtained| !obtained.shared) {
+            let timings = *self.lock().timings();
+            store
+                .save(&obtained, start.replaces(), &timings, &mut budget)
+                .await;
+        }
+        store.unlock(&owner, &mut budget).await;
     }
 
     /// One login: attempts through `login` as the core's [`Attempts`] decides, until one
@@ -704,6 +737,7 @@ impl Cache {
             let mut every = RESYNC.0;
             loop {
                 sleep(jittered(every)).await;
+                let mut budget = STORE_BUDGET;
                 let (Some(cache), Some(mine)) = (cache.upgrade(), mine.upgrade()) else {
                     return; // the layer is gone, or the token was replaced
                 };
@@ -714,13 +748,13 @@ impl Cache {
                     return;
                 }
                 let Some(store) = &cache.store else { return };
-                match store.load().await {
+                match store.load(None, &mut budget).await {
                     Err(()) => {
                         every = (every * 2).min(RESYNC.1);
                         continue;
                     }
-                    Ok(Some(shared)) if shared.header == mine.header => return,
-                    Ok(Some(shared)) => {
+                    Ok(Some((shared, _))) if shared.header == mine.header => return,
+                    Ok(Some((shared, _))) => {
                         let mut core = cache.lock();
                         let (renew_at, _) =
                             core.timings().schedule(shared.obtained_at, shared.lifetime);
@@ -742,8 +776,9 @@ impl Cache {
                         let Some(lifetime) = mine.lifetime() else {
                             return;
                         };
-                        if store.lock(&owner, cache.config.login_timeout).await == Ok(true) {
-                            if let Ok(None) = store.load().await {
+                        let ttl = cache.config.login_timeout;
+                        if store.lock(&owner, ttl, &mut budget).await == Ok(true) {
+                            if let Ok(None) = store.load(None, &mut budget).await {
                                 let obtained = Obtained {
                                     header: mine.header.clone(),
                                     obtained_at: mine.obtained_at,
@@ -751,13 +786,13 @@ impl Cache {
                                     shared: false,
                                 };
                                 let timings = *cache.lock().timings();
-                                store.save(&obtained, &timings).await;
+                                store.save(&obtained, None, &timings, &mut budget).await;
                                 tracing::info!(
                                     target: "patchworks_auth",
                                     "store back: shared this process's token"
                                 );
                             }
-                            store.unlock(&owner).await;
+                            store.unlock(&owner, &mut budget).await;
                         }
                     }
                 }

@@ -23,6 +23,8 @@ pub(crate) struct Config {
     pub(crate) store: Option<Arc<dyn TokenStore>>,
     /// The key sealing the token in the store; derived from the credentials if `None`.
     pub(crate) store_key: Option<[u8; 32]>,
+    /// What the store may take of one login.
+    pub(crate) store_budget: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -35,6 +37,7 @@ impl fmt::Debug for Config {
             .field("replay_body_limit", &self.replay_body_limit)
             .field("store", &self.store)
             .field("store_key", &self.store_key.map(|_| "<redacted>"))
+            .field("store_budget", &self.store_budget)
             .finish()
     }
 }

@@ -8,7 +8,7 @@
 
 use crate::{
     bounds::{HttpService, RequestBody, ResponseBody},
-    cache::{BoxFuture, Cache, Token},
+    cache::{After, BoxFuture, Cache, Token},
     error::{Error, Kind},
     login::login_fn,
     token::Endpoint,
@@ -64,11 +64,11 @@ pin_project! {
         },
         // No usable token: waiting for the login.
         Waiting {
-            login: BoxFuture<Result<Arc<Token>, Error>>,
+            login: BoxFuture<Result<(Arc<Token>, After), Error>>,
             cold: Option<Box<Cold<S, ReqBody>>>,
         },
         // The token came: driving the inner service ready again.
-        Readying { cold: Option<(Box<Cold<S, ReqBody>>, Arc<Token>)> },
+        Readying { cold: Option<(Box<Cold<S, ReqBody>>, Arc<Token>, After)> },
         // Recovering from a 401.
         Slow { future: BoxFuture<Result<S::Response, BoxError>> },
         // The layer cannot be used (its configuration is refused).
@@ -227,27 +227,21 @@ impl Replay {
 
     /// The request again, without a token yet; `None` if its body was not kept or its URI
     /// cannot be rebuilt.
-    fn into_request<B: From<Bytes>>(self) -> Option<Request<B>> {
+    fn request<B: From<Bytes>>(&self) -> Option<Request<B>> {
         if !self.body_kept {
             return None;
         }
-        let uri = self.uri.into_uri()?;
-        let mut request = match self.rest {
+        let mut request = match &self.rest {
             Some(rest) => {
-                let Rest {
-                    headers,
-                    extensions,
-                    body,
-                } = *rest;
-                let mut request = Request::new(B::from(body));
-                *request.headers_mut() = headers;
-                *request.extensions_mut() = extensions;
+                let mut request = Request::new(B::from(rest.body.clone()));
+                *request.headers_mut() = rest.headers.clone();
+                *request.extensions_mut() = rest.extensions.clone();
                 request
             }
             None => Request::new(B::from(Bytes::new())),
         };
-        *request.method_mut() = self.method;
-        *request.uri_mut() = uri;
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.uri()?;
         *request.version_mut() = self.version;
         Some(request)
     }
@@ -282,10 +276,10 @@ impl UriCopy {
         }
     }
 
-    fn into_uri(self) -> Option<Uri> {
+    fn uri(&self) -> Option<Uri> {
         match self {
             UriCopy::Inline(text) => Uri::try_from(text.as_str()).ok(),
-            UriCopy::Shared(uri) => Some(uri),
+            UriCopy::Shared(uri) => Some(uri.clone()),
         }
     }
 }
@@ -551,16 +545,16 @@ where
                 state.set(State::Slow { future });
             }
             StateProj::Waiting { login, cold } => {
-                let token = end_on_error!(state, ready!(login.as_mut().poll(cx)));
+                let (token, after) = end_on_error!(state, ready!(login.as_mut().poll(cx)));
                 let cold = cold.take().expect(POLLED_AFTER_COMPLETION);
                 state.set(State::Readying {
-                    cold: Some((cold, token)),
+                    cold: Some((cold, token, after)),
                 });
             }
             StateProj::Readying { cold } => {
-                let (pending, _) = cold.as_mut().expect(POLLED_AFTER_COMPLETION);
+                let (pending, ..) = cold.as_mut().expect(POLLED_AFTER_COMPLETION);
                 end_on_error!(state, ready!(pending.inner.poll_ready(cx)));
-                let (pending, token) = cold.take().expect(POLLED_AFTER_COMPLETION);
+                let (pending, token, after) = cold.take().expect(POLLED_AFTER_COMPLETION);
                 let (header, generation) = (token.header.clone(), token.generation);
                 let Cold {
                     inner,
@@ -571,7 +565,14 @@ where
                     replayer,
                     generation,
                 };
-                state.set(warm(Ready::Owned(inner), ctx, request, header));
+                let warm = warm(Ready::Owned(inner), ctx, request, header);
+                match after {
+                    None => state.set(warm),
+                    Some(after) => {
+                        let warm = ResponseFuture::new(warm);
+                        state.set(ResponseFuture::joined(warm, after).state);
+                    }
+                }
             }
             StateProj::Slow { future } => {
                 let output = ready!(future.as_mut().poll(cx));
@@ -621,26 +622,32 @@ where
     let login = login_fn(&cache.config, &inner);
     let headers = unauthorized.headers();
     let decision = cache.unauthorized(generation, &endpoint, headers, replay.body_kept, login);
-    let Some(token) = decision.await? else {
+    let Some(mut token) = decision.await? else {
         return Ok(unauthorized);
     };
-    let Some(mut request) = replay.into_request::<ReqBody>() else {
+    let Some(mut request) = replay.request::<ReqBody>() else {
         // Not seen for a URI that `http` parsed, which prints as it parses; but if it happens,
         // the caller gets the answer it would have had without the layer.
         return Ok(unauthorized);
     };
     drop(unauthorized);
-    token.authorize_replay(request.headers_mut());
-    let response = inner
-        .ready()
-        .await
-        .map_err(Into::into)?
-        .call(request)
-        .await
-        .map_err(Into::into)?;
-    let refused = response.status() == StatusCode::UNAUTHORIZED;
-    cache.replayed(token.generation, endpoint, refused);
-    Ok(response)
+    for again in [true, false] {
+        token.authorize_replay(request.headers_mut());
+        let response = inner.ready().await.map_err(Into::into)?.call(request).await;
+        let response = response.map_err(Into::into)?;
+        let refused = response.status() == StatusCode::UNAUTHORIZED;
+        if !cache.replayed(token.generation, endpoint.clone(), refused) || !again {
+            return Ok(response);
+        }
+        // Refused with a token from the store: judged like any refused token.
+        let (headers, login) = (response.headers(), login_fn(&cache.config, &inner));
+        let decision = cache.unauthorized(token.generation, &endpoint, headers, true, login);
+        match (decision.await?, replay.request::<ReqBody>()) {
+            (Some(next), Some(next_request)) => (token, request) = (next, next_request),
+            _ => return Ok(response),
+        }
+    }
+    unreachable!("the second replay returns")
 }
 
 /// A request body being read into memory.
@@ -729,7 +736,7 @@ mod tests {
             let original: Uri = uri.parse().unwrap();
             let copy = UriCopy::of(&original);
             assert_eq!(matches!(copy, UriCopy::Inline(_)), inline, "{uri}");
-            let back = copy.into_uri().unwrap();
+            let back = copy.uri().unwrap();
             assert_eq!(back, original, "{uri}");
             assert_eq!(back.to_string(), original.to_string(), "{uri}");
         }

@@ -76,6 +76,7 @@ impl AuthLayer {
             replay_body_limit: Self::DEFAULT_REPLAY_BODY_LIMIT,
             store: None,
             store_key: None,
+            store_budget: crate::store::STORE_BUDGET,
         })
     }
 
@@ -175,6 +176,13 @@ impl AuthLayer {
     /// needs the same key.
     pub fn store_key(self, key: [u8; 32]) -> Self {
         self.map_config(|config| config.store_key = Some(key))
+    }
+
+    /// The most a [store](Self::store) may add to a login: its operations for that login (loads
+    /// and the lock) share this budget, and past it the process logs in as without a store.
+    /// Default: 300 ms.
+    pub fn store_budget(self, budget: Duration) -> Self {
+        self.map_config(|config| config.store_budget = budget)
     }
 }
 

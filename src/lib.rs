@@ -54,7 +54,7 @@
 //! | Request to another origin, or a network-path reference (`//host/..`) or `*` | Passed through untouched; no login. |
 //! | Request that has its own `Authorization` | Passed through untouched; no login, no 401 handling. |
 //! | A [store] shared by several processes ([`AuthLayer::store`]) | A process with no usable token (first request, expiry, a 401, a renewal) takes a newer token from the store, or logs in under the store's lock and saves its token; the others wait for it. One login for the fleet. A request with a fresh token never touches the store. |
-//! | The store down, slow (over 300 ms) or refusing | The process logs in by itself, as without a store, and warns once per outage; no request fails for it. Once the store answers, the fleet converges on one token without a login. |
+//! | The store down, slow (its operations for one login over [`store_budget`](AuthLayer::store_budget), 300 ms by default) or refusing | The process logs in by itself, as without a store, and warns once per outage; no request fails for it. Once the store answers, the fleet converges on one token without a login. |
 //! | `poll_ready` reserved capacity below the layer (`ConcurrencyLimit`, `Buffer`) and the request must wait for a login | The reservation is let go before the wait, so the login can use it; the request drives the service ready again after. |
 //! | `ResponseFuture` polled after it completed | Panics, "ResponseFuture polled after completion", in every state, as `async` blocks do. |
 //!

@@ -74,7 +74,7 @@ impl AuthMiddleware {
     }
 
     /// A token that may be sent now: the current one (starting its renewal if it is due), or
-    /// the outcome of a login; and the renewal this request took up, if any, to wait for.
+    /// the outcome of a login; and what this request waits for after its answer.
     async fn token(&self) -> Result<(Arc<Token>, Option<BoxFuture<()>>), Error> {
         if let Some(token) = self.cache.current().load_full() {
             match self.cache.check(&token, || self.login.clone()) {
@@ -83,7 +83,7 @@ impl AuthMiddleware {
                 Check::Wait => {}
             }
         }
-        Ok((self.cache.token(self.login.clone()).await?, None))
+        self.cache.token(self.login.clone()).await
     }
 
     async fn send(
@@ -129,7 +129,7 @@ impl AuthMiddleware {
             method: request.method().clone(),
             path: request.url().path().to_owned(),
         };
-        let mut extensions_copy = extensions.clone();
+        let extensions_copy = extensions.clone();
         let response = next.clone().run(request, extensions).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             self.cache.answered(token.generation, || endpoint);
@@ -142,16 +142,40 @@ impl AuthMiddleware {
             replay.is_some(),
             self.login.clone(),
         );
-        let (Some(token), Some(mut replay)) = (decision.await.map_err(middleware_error)?, replay)
+        let (Some(mut token), Some(mut replay)) =
+            (decision.await.map_err(middleware_error)?, replay)
         else {
             return Ok(response);
         };
         drop(response);
-        token.authorize_replay(replay.headers_mut());
-        let response = next.run(replay, &mut extensions_copy).await?;
-        let refused = response.status() == StatusCode::UNAUTHORIZED;
-        self.cache.replayed(token.generation, endpoint, refused);
-        Ok(response)
+        for again in [true, false] {
+            let copy = replay.try_clone();
+            token.authorize_replay(replay.headers_mut());
+            let response = next
+                .clone()
+                .run(replay, &mut extensions_copy.clone())
+                .await?;
+            let refused = response.status() == StatusCode::UNAUTHORIZED;
+            if !self
+                .cache
+                .replayed(token.generation, endpoint.clone(), refused)
+                || !again
+            {
+                return Ok(response);
+            }
+            // Refused with a token from the store: judged like any refused token.
+            let (headers, login) = (response.headers(), self.login.clone());
+            let decision =
+                self.cache
+                    .unauthorized(token.generation, &endpoint, headers, true, login);
+            match (decision.await.map_err(middleware_error)?, copy) {
+                (Some(next_token), Some(next_replay)) => {
+                    (token, replay) = (next_token, next_replay)
+                }
+                _ => return Ok(response),
+            }
+        }
+        unreachable!("the second replay returns")
     }
 }
 

@@ -159,7 +159,11 @@ impl<S> Auth<S> {
             return Err(error.clone());
         }
         let login = login::login_fn(&self.shared.cache.config, &self.inner);
-        self.shared.cache.token(login).await.map(drop)
+        let (_, after) = self.shared.cache.token(login).await?;
+        if let Some(saved) = after {
+            saved.await;
+        }
+        Ok(())
     }
 }
 

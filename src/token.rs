@@ -167,6 +167,9 @@ pub(crate) struct Start {
     pub(crate) after: Option<Failure>,
     /// The token this login replaces, if any: a stored token that is the same is not newer.
     replaces: Option<HeaderValue>,
+    /// For a login after a 401: when the 401 arrived. A stored token obtained before may have
+    /// been revoked with the one refused.
+    refused_at: Option<Instant>,
     /// A renewal taken up after one was abandoned with its runtime: the request that starts it
     /// waits for it too, so that it runs while a runtime does.
     pub(crate) taken_up: bool,
@@ -282,8 +285,8 @@ pub(crate) struct Core {
     /// Generation of the last token made current.
     generation: u64,
     current: Option<Current>,
-    /// The last token a 401 discarded, until another is current.
-    discarded: Option<HeaderValue>,
+    /// The last token a 401 discarded, until another is current, and when that 401 arrived.
+    discarded: Option<(HeaderValue, Instant)>,
     login: Login,
     next_id: u64,
     /// The last login that failed and its error: what the requests that waited on it get.
@@ -405,15 +408,17 @@ impl Core {
             reason,
             after: after.clone(),
         };
-        let replaces = match (&self.current, &self.discarded) {
-            (Some(current), _) => Some(current.header.clone()),
-            (None, discarded) => discarded.clone(),
+        let (replaces, refused_at) = match (&self.current, &self.discarded) {
+            (Some(current), _) => (Some(current.header.clone()), None),
+            (None, Some((header, at))) => (Some(header.clone()), Some(*at)),
+            (None, None) => (None, None),
         };
         Start {
             id,
             reason,
             after,
             replaces,
+            refused_at,
             taken_up,
         }
     }
@@ -556,26 +561,28 @@ impl Core {
     }
 
     /// The request to `endpoint` replayed with token `generation` after a 401 was answered at
-    /// `now`: refused again (`refused`) or not.
+    /// `now`: refused again (`refused`) or not. Returns whether to replay it once more.
     ///
-    /// A refusal of a token this process logged in for shows the endpoint refuses fresh tokens;
-    /// one of a token taken from the store shows nothing (the store may hold a revoked token).
+    /// A refusal of a token this process logged in for shows the endpoint refuses fresh tokens.
+    /// One of a token taken from the store shows nothing (the store may hold a token revoked
+    /// since): that token is to be judged as any refused token, and the request replayed again.
     pub(crate) fn replayed(
         &mut self,
         now: Instant,
         generation: u64,
         endpoint: Endpoint,
         refused: bool,
-    ) {
+    ) -> bool {
         if !refused {
-            return self.answered(now, generation, endpoint);
+            self.answered(now, generation, endpoint);
+            return false;
         }
         let shared = self
             .current
             .as_ref()
             .is_some_and(|c| c.generation == generation && c.shared);
         if shared {
-            return;
+            return true;
         }
         self.streak = self.streak.saturating_add(1).min(16);
         if self.refused.len() >= MAX_ENDPOINTS {
@@ -590,6 +597,7 @@ impl Core {
         });
         refused.times = refused.times.saturating_add(1);
         refused.until = now + refusal_grace(refused.times);
+        false
     }
 
     /// The API answered 401 at `now` to a request to `endpoint` that carried token
@@ -645,23 +653,39 @@ impl Core {
             }
         }
         let current = self.current.take().expect("matched above");
-        self.discarded = Some(current.header);
+        self.discarded = Some((current.header, now));
         self.cooldown = None;
         Unauthorized::Renew { discard: true }
     }
 
     /// Whether a token found in the store at `now` may serve for login `start`: not the token
-    /// it replaces, and for a renewal, not itself due for renewal; for any, one that may still
-    /// be sent.
-    pub(crate) fn takes(&self, start: &Start, shared: &Obtained, now: Instant) -> bool {
+    /// it replaces; after a 401, one saved as the `successor` of the token refused (by a process
+    /// that logged in after a 401 to it) or obtained after that 401 arrived, so never one that
+    /// may have been revoked with it; for a renewal, one not itself due for renewal; for any,
+    /// one that may still be sent.
+    pub(crate) fn takes(
+        &self,
+        start: &Start,
+        shared: &Obtained,
+        successor: bool,
+        now: Instant,
+    ) -> bool {
         let (renew_at, send_by) = self.timings.schedule(shared.obtained_at, shared.lifetime);
+        let until = if start.reason == Reason::Renewal {
+            renew_at
+        } else {
+            send_by
+        };
         start.replaces.as_ref() != Some(&shared.header)
-            && now
-                < if start.reason == Reason::Renewal {
-                    renew_at
-                } else {
-                    send_by
-                }
+            && (successor || start.refused_at.is_none_or(|at| shared.obtained_at > at))
+            && now < until
+    }
+}
+
+impl Start {
+    /// The token this login replaces, if any.
+    pub(crate) fn replaces(&self) -> Option<&HeaderValue> {
+        self.replaces.as_ref()
     }
 }
 

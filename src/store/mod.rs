@@ -26,16 +26,22 @@
 //! A process reads the store only when it has no usable token: its first request, an expired
 //! token, a 401, a renewal. A request with a fresh token never touches it. Then:
 //!
-//! 1. If the store holds a token this process may use (not the one it just found revoked, and
-//!    for a renewal, not itself due), it takes it: no login.
+//! 1. If the store holds a token this process may use, it takes it: no login. After a 401, that
+//!    is a token saved by a process that logged in after the same token was refused, or one
+//!    obtained after the 401 arrived; never the token refused, nor one that may have been
+//!    revoked with it. For a renewal, one not itself due for renewal.
 //! 2. Otherwise it takes the store's lock, logs in, saves the token and lets go. Processes that
 //!    find the lock held poll the store (every 100 to 150 ms) for the holder's token, and take
 //!    the lock themselves when it comes free without one: a lock lapses after its lifetime (the
 //!    [login timeout](crate::AuthLayer::login_timeout)), so a holder killed mid-login delays
 //!    the others by at most that. A lock that never comes free (a file lock held by a hung
 //!    process) is given up on after twice its lifetime: they log in by themselves.
-//! 3. A store that does not answer within 300 ms, or answers with an error, is skipped: the
-//!    process logs in by itself, as it would without a store, and warns once per outage. A
+//! 3. What the store does for one login (loads, the lock) shares one budget, 300 ms by default
+//!    ([`AuthLayer::store_budget`](crate::AuthLayer::store_budget)): a store that does not
+//!    answer within what is left of it, or answers with an error, is skipped, and the process
+//!    logs in by itself, as it would without a store, and warns once per outage. So a store adds
+//!    at most the budget to a cold request. The token goes to the requests waiting for it before
+//!    it is saved and the lock let go (with a budget of their own). A
 //!    process that logged in while the store was down offers its token to the store (or takes
 //!    the fleet's) every half-second or so, backing off to every 30 s while the store stays down,
 //!    until it succeeds: the fleet converges on one token again once the store is back, without
@@ -79,7 +85,7 @@ pub use self::redis::RedisStore;
 pub use file::FileStore;
 
 use crate::token::{Obtained, Timings};
-use http::Uri;
+use http::{HeaderValue, Uri};
 use seal::Sealer;
 use std::{
     fmt,
@@ -100,8 +106,8 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> +
 /// Where processes share a token: an entry per account, and a lock per entry.
 ///
 /// The layer hands a store opaque bytes (already sealed) and keys it made; a store only keeps
-/// them. Every operation may fail or hang: the layer gives each one 300 ms, and on any error
-/// logs in by itself, so a store never fails a request. Implement it for a store of your own
+/// them. Every operation may fail or hang: the operations of one login share a budget (300 ms by
+/// default), and on any error the layer logs in by itself, so a store never fails a request. Implement it for a store of your own
 /// (a database, a secrets manager) the way [`FileStore`] and `RedisStore` do.
 pub trait TokenStore: fmt::Debug + Send + Sync + 'static {
     /// The entry under `key`, if there is one that has not expired.
@@ -118,8 +124,9 @@ pub trait TokenStore: fmt::Debug + Send + Sync + 'static {
     fn unlock<'a>(&'a self, key: &'a str, owner: &'a str) -> StoreFuture<'a, ()>;
 }
 
-/// The deadline of every store operation.
-const STORE_TIMEOUT: Duration = Duration::from_millis(300);
+/// What the store may take of one login, its operations together: see
+/// [`AuthLayer::store_budget`](crate::AuthLayer::store_budget).
+pub(crate) const STORE_BUDGET: Duration = Duration::from_millis(300);
 
 /// A random lock owner: which process (and login) holds a lock.
 pub(crate) struct Owner(String);
@@ -174,9 +181,18 @@ impl Shared {
         self.down.load(Ordering::Relaxed)
     }
 
-    /// Runs one operation within its deadline; `Err(())` when the store is unavailable.
-    async fn run<T>(&self, what: &str, operation: StoreFuture<'_, T>) -> Result<T, ()> {
-        let error = match timeout(STORE_TIMEOUT, operation).await {
+    /// Runs one operation within what is left of `budget`, and takes its time from it;
+    /// `Err(())` when the store is unavailable or the budget spent.
+    async fn run<T>(
+        &self,
+        what: &str,
+        op: StoreFuture<'_, T>,
+        budget: &mut Duration,
+    ) -> Result<T, ()> {
+        let (started, allowed) = (Instant::now(), *budget);
+        let outcome = timeout(allowed, op).await;
+        *budget = budget.saturating_sub(started.elapsed());
+        let error = match outcome {
             Ok(Ok(value)) => {
                 if self.down.swap(false, Ordering::Relaxed) {
                     tracing::info!(target: "patchworks_auth", "token store answers again");
@@ -184,7 +200,7 @@ impl Shared {
                 return Ok(value);
             }
             Ok(Err(error)) => error.to_string(),
-            Err(_) => format!("no answer within {STORE_TIMEOUT:?}"),
+            Err(_) => format!("its budget for this login ({allowed:?}) ran out"),
         };
         if !self.down.swap(true, Ordering::Relaxed) {
             self.outages.fetch_add(1, Ordering::Relaxed);
@@ -199,9 +215,14 @@ impl Shared {
         Err(())
     }
 
-    /// The token in the store, if any opens and may still be sent.
-    pub(crate) async fn load(&self) -> Result<Option<Obtained>, ()> {
-        let Some(bytes) = self.run("load", self.store.load(&self.key)).await? else {
+    /// The token in the store, if any opens, and whether it was saved as the successor of
+    /// `refused` (by a process that logged in after a 401 to that token).
+    pub(crate) async fn load(
+        &self,
+        refused: Option<&HeaderValue>,
+        budget: &mut Duration,
+    ) -> Result<Option<(Obtained, bool)>, ()> {
+        let Some(bytes) = self.run("load", self.store.load(&self.key), budget).await? else {
             return Ok(None);
         };
         let Some(entry) = self.sealer.open(&self.key, &bytes).await else {
@@ -215,16 +236,26 @@ impl Shared {
         let age = SystemTime::now()
             .duration_since(entry.obtained_at)
             .unwrap_or_default();
-        Ok(Some(Obtained {
+        let obtained = Obtained {
             header: entry.header,
             obtained_at: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
             lifetime: entry.lifetime,
             shared: true,
-        }))
+        };
+        let successor =
+            refused.is_some_and(|refused| entry.replaces == Some(seal::fingerprint(refused)));
+        Ok(Some((obtained, successor)))
     }
 
-    /// Saves a token for as long as it may be sent. Best effort: a failure is only logged.
-    pub(crate) async fn save(&self, obtained: &Obtained, timings: &Timings) {
+    /// Saves a token for as long as it may be sent, naming the token it `replaces` after a 401.
+    /// Best effort: a failure is only logged.
+    pub(crate) async fn save(
+        &self,
+        obtained: &Obtained,
+        replaces: Option<&HeaderValue>,
+        timings: &Timings,
+        budget: &mut Duration,
+    ) {
         let (_, send_by) = timings.schedule(obtained.obtained_at, obtained.lifetime);
         let ttl = send_by.saturating_duration_since(Instant::now());
         if ttl < Duration::from_secs(1) {
@@ -234,25 +265,31 @@ impl Shared {
             header: obtained.header.clone(),
             obtained_at: SystemTime::now() - obtained.obtained_at.elapsed(),
             lifetime: obtained.lifetime,
+            replaces: replaces.map(seal::fingerprint),
         };
         let Some(bytes) = self.sealer.seal(&self.key, &entry).await else {
             return;
         };
         let _ = self
-            .run("save", self.store.save(&self.key, &bytes, ttl))
+            .run("save", self.store.save(&self.key, &bytes, ttl), budget)
             .await;
     }
 
     /// Takes the entry's lock for `ttl`.
-    pub(crate) async fn lock(&self, owner: &Owner, ttl: Duration) -> Result<bool, ()> {
-        self.run("lock", self.store.lock(&self.key, &owner.0, ttl))
-            .await
+    pub(crate) async fn lock(
+        &self,
+        owner: &Owner,
+        ttl: Duration,
+        budget: &mut Duration,
+    ) -> Result<bool, ()> {
+        let lock = self.store.lock(&self.key, &owner.0, ttl);
+        self.run("lock", lock, budget).await
     }
 
     /// Lets go of the entry's lock. Best effort: the lock expires by itself.
-    pub(crate) async fn unlock(&self, owner: &Owner) {
+    pub(crate) async fn unlock(&self, owner: &Owner, budget: &mut Duration) {
         let _ = self
-            .run("unlock", self.store.unlock(&self.key, &owner.0))
+            .run("unlock", self.store.unlock(&self.key, &owner.0), budget)
             .await;
     }
 }

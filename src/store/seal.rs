@@ -3,7 +3,8 @@
 //! Entry bytes: `version (1) | salt (16) | nonce (24) | XChaCha20-Poly1305 ciphertext`, with
 //! the version and the entry key as associated data, so that an entry copied under another
 //! key does not open. The plaintext is `obtained_at (u64 ms since the epoch) | lifetime (u64 ms)
-//! | the Authorization header value`.
+//! | replaces (16) | the Authorization header value`, where `replaces` is the [`fingerprint`] of
+//! the token a 401 refused before this one was obtained (zeros for none).
 
 use argon2::Argon2;
 use chacha20poly1305::{
@@ -18,7 +19,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const SALT: usize = 16;
 const NONCE: usize = 24;
 
@@ -27,6 +28,16 @@ pub(crate) struct Entry {
     pub(crate) header: HeaderValue,
     pub(crate) obtained_at: SystemTime,
     pub(crate) lifetime: Duration,
+    /// The fingerprint of the token this one replaced after a 401, if any.
+    pub(crate) replaces: Option<[u8; 16]>,
+}
+
+/// What names a token in a stored entry without showing it: its first 16 bytes of SHA-256.
+pub(crate) fn fingerprint(header: &HeaderValue) -> [u8; 16] {
+    let hash = Sha256::digest(header.as_bytes());
+    let mut print = [0; 16];
+    print.copy_from_slice(&hash[..16]);
+    print
 }
 
 /// `n` random bytes from the operating system.
@@ -120,9 +131,10 @@ impl Sealer {
         let nonce: [u8; NONCE] = random();
         let millis = |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
         let obtained_at = entry.obtained_at.duration_since(UNIX_EPOCH).ok()?;
-        let mut plain = Vec::with_capacity(16 + entry.header.len());
+        let mut plain = Vec::with_capacity(32 + entry.header.len());
         plain.extend_from_slice(&millis(obtained_at).to_be_bytes());
         plain.extend_from_slice(&millis(entry.lifetime).to_be_bytes());
+        plain.extend_from_slice(&entry.replaces.unwrap_or_default());
         plain.extend_from_slice(entry.header.as_bytes());
         let aad = [&[VERSION], entry_key.as_bytes()].concat();
         let sealed = XChaCha20Poly1305::new(&key.into())
@@ -156,18 +168,17 @@ impl Sealer {
                 },
             )
             .ok()?;
-        if plain.len() < 16 {
-            return None;
-        }
-        let (numbers, header) = plain.split_at(16);
+        let (numbers, header) = plain.split_at_checked(32)?;
         let obtained_ms = u64::from_be_bytes(numbers[..8].try_into().ok()?);
-        let lifetime_ms = u64::from_be_bytes(numbers[8..].try_into().ok()?);
+        let lifetime_ms = u64::from_be_bytes(numbers[8..16].try_into().ok()?);
+        let replaces = <[u8; 16]>::try_from(&numbers[16..]).ok()?;
         let mut header = HeaderValue::from_bytes(header).ok()?;
         header.set_sensitive(true);
         Some(Entry {
             header,
             obtained_at: UNIX_EPOCH.checked_add(Duration::from_millis(obtained_ms))?,
             lifetime: Duration::from_millis(lifetime_ms),
+            replaces: (replaces != [0; 16]).then_some(replaces),
         })
     }
 }
@@ -189,6 +200,7 @@ mod tests {
             header,
             obtained_at: UNIX_EPOCH + Duration::from_millis(1_790_000_000_123),
             lifetime: Duration::from_secs(86_400),
+            replaces: Some([7; 16]),
         }
     }
 

@@ -12,7 +12,7 @@
 //!   than the one refused.
 
 use crate::{
-    cache::Cache,
+    cache::{After, Cache},
     challenge::Verdict,
     config::Config,
     credentials::Credentials,
@@ -40,6 +40,7 @@ fn cache() -> Arc<Cache> {
         replay_body_limit: 0,
         store: None,
         store_key: None,
+        store_budget: Duration::from_millis(300),
     })
 }
 
@@ -48,7 +49,7 @@ fn cache() -> Arc<Cache> {
 fn runner(
     cache: &Arc<Cache>,
     abandon_first: bool,
-) -> impl Fn(Start) -> Result<(), Error> + Clone + Send + 'static {
+) -> impl Fn(Start) -> Result<After, Error> + Clone + Send + 'static {
     let (cache, in_flight, started) = (
         cache.clone(),
         Arc::new(AtomicUsize::new(0)),
@@ -75,7 +76,7 @@ fn runner(
             };
             claim.finish(start.reason, Ok(obtained));
         });
-        Ok(())
+        Ok(None)
     }
 }
 
@@ -89,7 +90,7 @@ fn one_login_at_a_time_every_waiter_answered_and_a_stale_401_discards_nothing() 
                 .map(|i| {
                     let (cache, run) = (cache.clone(), run.clone());
                     thread::spawn(move || {
-                        let token = block_on(cache.token_with(run.clone())).expect("a token");
+                        let token = block_on(cache.token_with(run.clone())).expect("a token").0;
                         if i == 2 {
                             return (token.generation, false, token.generation);
                         }
@@ -101,7 +102,7 @@ fn one_login_at_a_time_every_waiter_answered_and_a_stale_401_discards_nothing() 
                         let judged = cache.judge(token.generation, &endpoint, Verdict::Unknown);
                         let discarded = judged == Unauthorized::Renew { discard: true };
                         assert_ne!(judged, Unauthorized::Keep, "nothing proves the API refuses");
-                        let next = block_on(cache.token_with(run)).expect("a new token");
+                        let next = block_on(cache.token_with(run)).expect("a new token").0;
                         (token.generation, discarded, next.generation)
                     })
                 })
@@ -148,7 +149,7 @@ fn every_request_waiting_on_one_login_is_woken_by_its_end() {
             let requests: Vec<_> = (0..3)
                 .map(|_| {
                     let (cache, run) = (cache.clone(), run.clone());
-                    thread::spawn(move || block_on(cache.token_with(run)).unwrap().generation)
+                    thread::spawn(move || block_on(cache.token_with(run)).unwrap().0.generation)
                 })
                 .collect();
             for request in requests {
