@@ -204,6 +204,59 @@ async fn a_revocation_seen_by_sixteen_processes_costs_one_login_on_a_file() {
     a_revocation_costs_the_fleet_one_login(store, fake).await;
 }
 
+/// Two revocations in a row: after the first, the store holds the fleet's new token, which
+/// the second revokes too. A process still on the first token must not take the second from
+/// the store (or, if it does, must not hand its 401 to a caller): every request is answered.
+async fn two_revocations_in_a_row_fail_no_request(store: String, flush: impl Fn()) {
+    let fake = FakePatchworks::start().await.unwrap();
+    let mut members = spawn(&spec(&fake, store.clone(), None), 8);
+    let members = tokio::task::spawn_blocking(move || {
+        members.iter_mut().for_each(|m| m.wait_ready(WITHIN));
+        members
+    })
+    .await
+    .unwrap();
+    fake.revoke_tokens();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The store is emptied and a new process logs in and saves before the next revocation.
+    flush();
+    let mut newcomer = spawn(&spec(&fake, store, None), 1);
+    let newcomer = tokio::task::spawn_blocking(move || {
+        newcomer[0].wait_ready(WITHIN);
+        newcomer
+    })
+    .await
+    .unwrap();
+    fake.revoke_tokens();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let all: Vec<_> = members.into_iter().chain(newcomer).collect();
+    let reports = tokio::task::spawn_blocking(|| finish(all)).await.unwrap();
+    assert_eq!(total(&reports).failures, 0, "{reports:?}");
+    assert!(fake.logins() >= 3, "{} logins", fake.logins());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_revocations_in_a_row_and_a_flushall_fail_no_request_on_redis() {
+    let _one = one_at_a_time().await;
+    let Some(redis) = Redis::start() else { return };
+    two_revocations_in_a_row_fail_no_request(format!("redis:{}", redis.url()), || redis.flushall())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_revocations_in_a_row_fail_no_request_on_a_file() {
+    let _one = one_at_a_time().await;
+    let dir = TempDir::new("revoke-twice");
+    let path = dir.0.join("token");
+    let store = format!("file:{}", path.display());
+    two_revocations_in_a_row_fail_no_request(store, || {
+        for entry in std::fs::read_dir(&dir.0).unwrap() {
+            let _ = std::fs::remove_file(entry.unwrap().path());
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewals_cost_the_fleet_one_login_each_and_no_expired_token_is_sent() {
     let _one = one_at_a_time().await;

@@ -333,6 +333,15 @@ impl Redis {
         }
     }
 
+    /// Empties the server, as an operator's `FLUSHALL` does.
+    pub fn flushall(&self) {
+        let mut stream = std::os::unix::net::UnixStream::connect(self.socket()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        command(&mut stream, &[b"FLUSHALL"]);
+    }
+
     /// Every key and value in the server, as bytes.
     pub fn dump(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut stream = std::os::unix::net::UnixStream::connect(self.socket()).unwrap();
