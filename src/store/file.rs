@@ -1,30 +1,44 @@
-//! A token store in a file, locked with an OS file lock.
+//! A token store in files, one per account, each locked with an OS file lock.
 
 use super::{StoreFuture, TokenStore};
+use sha2::{Digest, Sha256};
 use std::{
     collections::HashMap,
     fs::{self, File, OpenOptions, TryLockError},
-    io::{self, Write},
+    io::{self, Read, Write},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 const MAGIC: &[u8; 4] = b"pwa1";
+/// The most of a token file read: a real entry is a few hundred bytes.
+const MAX_FILE: u64 = 16 * 1024;
 
-/// A [`TokenStore`] in a file on a local disk: for CLIs, cron jobs and processes sharing a host.
+/// A [`TokenStore`] in files on a local disk: for CLIs, cron jobs and processes sharing a host.
 ///
-/// The file is created (with its directory) on the first save, readable and writable by its
-/// owner only (`0600`, directory `0700`), and replaced atomically. A file that others can read
-/// or write is refused: the layer then logs in without the store, and warns.
+/// Each account has a file of its own beside `path` (`<path>-<16 hex digits>`, named from the
+/// account's hashed key) with its lock beside it (`.lock`), so accounts sharing one `path` never
+/// wait on or overwrite each other. A file is created (with its directory) on the first save,
+/// readable and writable by its owner only (`0600`, directory `0700`), and replaced atomically.
 ///
-/// The lock is an OS file lock on a file beside it (`<path>.lock`): the OS lets go of it when
-/// its holder exits or is killed, so a dead holder never delays the others.
+/// Put it where only you can write, such as your user's cache directory
+/// (`$XDG_CACHE_HOME/<app>` or `~/.cache/<app>` on Linux, `~/Library/Caches/<app>` on macOS),
+/// not under `temp_dir()`, which every user can write to. The store refuses what another user
+/// could have planted, and the layer then logs in without it and warns once: a file or lock
+/// reached through a symbolic link (neither is followed), a file not owned by this user or that
+/// others may read or write, anything but a regular file or one larger than 16 KiB (never read
+/// whole), and a directory others may write to unless it has the sticky bit (as `/tmp` has).
+/// Its file work runs on Tokio's blocking threads, so the store's budget bounds it.
+///
+/// Upgrading from a version that kept one entry in the file at `path` itself: that file is no
+/// longer read (the first run after the upgrade logs in once), and may be deleted.
 ///
 /// ```
 /// use patchworks_auth::{store::FileStore, AuthLayer, Credentials};
 ///
-/// let path = std::env::temp_dir().join("my-cli").join("patchworks-token");
+/// # let home = std::env::temp_dir();
+/// let path = home.join(".cache").join("my-cli").join("patchworks-token");
 /// let layer = AuthLayer::new(Credentials::new("ops@example.com", "hunter2"))
 ///     .store(FileStore::new(path));
 /// ```
@@ -36,7 +50,7 @@ pub struct FileStore {
 }
 
 impl FileStore {
-    /// A store in the file at `path`. Does no I/O.
+    /// A store in files beside `path`. Does no I/O.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         FileStore {
             path: Arc::new(path.into()),
@@ -44,47 +58,45 @@ impl FileStore {
         }
     }
 
-    fn lock_path(&self) -> PathBuf {
+    /// The file of `key`'s entry, and of its lock.
+    fn paths(&self, key: &str) -> (PathBuf, PathBuf) {
         let mut name = self.path.as_os_str().to_owned();
+        name.push("-");
+        name.push(super::seal::hex(&Sha256::digest(key.as_bytes())[..8]));
+        let entry = PathBuf::from(&name);
         name.push(".lock");
-        PathBuf::from(name)
+        (entry, PathBuf::from(name))
     }
 }
 
 impl TokenStore for FileStore {
     fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
-        let (path, key) = (self.path.clone(), key.to_owned());
+        let ((path, _), key) = (self.paths(key), key.to_owned());
         Box::pin(async move { blocking(move || read(&path, &key)).await })
     }
 
     fn save<'a>(&'a self, key: &'a str, entry: &'a [u8], ttl: Duration) -> StoreFuture<'a, ()> {
-        let (path, key, entry) = (self.path.clone(), key.to_owned(), entry.to_owned());
+        let ((path, _), key, entry) = (self.paths(key), key.to_owned(), entry.to_owned());
         Box::pin(async move { blocking(move || write(&path, &key, &entry, ttl)).await })
     }
 
-    fn lock<'a>(&'a self, _key: &'a str, owner: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
-            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+    fn lock<'a>(&'a self, key: &'a str, owner: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
+        let ((_, lock_path), owner, held) = (self.paths(key), owner.to_owned(), self.held.clone());
+        Box::pin(blocking(move || {
+            let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
             // A lock whose login task vanished (its runtime shut down) lapses with its lifetime.
             let now = Instant::now();
             held.retain(|_, (_, until)| *until > now);
-            if let Some(parent) = self.path.parent() {
-                create_private_dir(parent)?;
-            }
-            let file = private_options()
-                .read(true)
-                .write(true)
-                .truncate(false)
-                .open(self.lock_path())?;
+            let file = open_private(&lock_path, true)?;
             match file.try_lock() {
                 Ok(()) => {
-                    held.insert(owner.to_owned(), (file, now + ttl));
+                    held.insert(owner, (file, now + ttl));
                     Ok(true)
                 }
                 Err(TryLockError::WouldBlock) => Ok(false),
-                Err(TryLockError::Error(error)) => Err(error.into()),
+                Err(TryLockError::Error(error)) => Err(error),
             }
-        })
+        }))
     }
 
     fn unlock<'a>(&'a self, _key: &'a str, owner: &'a str) -> StoreFuture<'a, ()> {
@@ -108,12 +120,13 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn read(path: &Path, key: &str) -> io::Result<Option<Vec<u8>>> {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
+    let file = match open_private(path, false) {
+        Ok(file) => file,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(error),
     };
-    refuse_if_shared(path)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE).read_to_end(&mut bytes)?;
     Ok(parse(&bytes, key).map(<[u8]>::to_vec))
 }
 
@@ -134,12 +147,6 @@ fn write(path: &Path, key: &str, entry: &[u8], ttl: Duration) -> io::Result<()> 
         .duration_since(UNIX_EPOCH)
         .map_err(io::Error::other)?;
     let expires_ms = u64::try_from(expires_at.as_millis()).unwrap_or(u64::MAX);
-    if let Some(parent) = path.parent() {
-        create_private_dir(parent)?;
-    }
-    if path.exists() {
-        refuse_if_shared(path)?;
-    }
     let mut temp = path.as_os_str().to_owned();
     temp.push(format!(
         ".{}.tmp",
@@ -147,13 +154,15 @@ fn write(path: &Path, key: &str, entry: &[u8], ttl: Duration) -> io::Result<()> 
     ));
     let temp = PathBuf::from(temp);
     let written = (|| {
-        let mut file = private_options().write(true).create_new(true).open(&temp)?;
+        // Checks the directory, and makes a new file: `create_new` never follows a link.
+        let mut file = open_private(&temp, true)?;
         file.write_all(MAGIC)?;
         file.write_all(&key_len.to_be_bytes())?;
         file.write_all(key.as_bytes())?;
         file.write_all(&expires_ms.to_be_bytes())?;
         file.write_all(entry)?;
         file.sync_all()?;
+        // Replaces whatever is at `path`, a planted link included, without following it.
         fs::rename(&temp, path)
     })();
     if written.is_err() {
@@ -162,46 +171,75 @@ fn write(path: &Path, key: &str, entry: &[u8], ttl: Duration) -> io::Result<()> 
     written
 }
 
-/// Options that create a file readable and writable by its owner only.
-fn private_options() -> OpenOptions {
-    let mut options = OpenOptions::new();
-    options.create(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options
-}
-
-fn create_private_dir(dir: &Path) -> io::Result<()> {
-    if dir.as_os_str().is_empty() || dir.is_dir() {
-        return Ok(());
-    }
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir)
-}
-
-/// Refuses a file that users other than its owner may read or write.
-fn refuse_if_shared(path: &Path) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(path)?.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!(
-                    "the token file {} may be read or written by others (mode {mode:o}); make it \
-                     0600 (chmod 600) or delete it",
-                    path.display()
-                ),
-            ));
+/// Opens a file of the store, creating it (and its directory) if `create`, readable and
+/// writable by its owner only; refuses what another user may have planted (see [`FileStore`]).
+/// The checks are made on the open file, not on its path, so the file cannot be swapped between
+/// the check and the use.
+fn open_private(path: &Path, create: bool) -> io::Result<File> {
+    let refuse = |why: String| {
+        let message = format!("the token store refuses {}: {why}", path.display());
+        io::Error::new(io::ErrorKind::PermissionDenied, message)
+    };
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        if create && !dir.is_dir() {
+            let mut builder = fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder.create(dir)?;
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir)?.permissions().mode();
+            if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+                return Err(refuse(format!(
+                    "its directory may be written by others (mode {:o}) and has no sticky \
+                     bit; keep the token in a directory of your own, such as your cache \
+                     directory",
+                    mode & 0o7777
+                )));
+            }
         }
     }
-    #[cfg(not(unix))]
-    let _ = path;
-    Ok(())
+    let mut options = OpenOptions::new();
+    options.read(true).write(create).create(create);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+    }
+    let file = options.open(path).map_err(|error| {
+        #[cfg(unix)] // `O_NOFOLLOW` met a link
+        if error.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+            return refuse("it is a symbolic link".to_owned());
+        }
+        error
+    })?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(refuse("it is not a regular file".to_owned()));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let mode = meta.mode() & 0o777;
+        if meta.uid() != rustix::process::geteuid().as_raw() {
+            return Err(refuse("it belongs to another user".to_owned()));
+        }
+        if mode & 0o077 != 0 {
+            return Err(refuse(format!(
+                "it may be read or written by others (mode {mode:o}); make it 0600 (chmod \
+                 600) or delete it"
+            )));
+        }
+    }
+    if meta.len() > MAX_FILE {
+        return Err(refuse(format!("it is larger than {MAX_FILE} bytes")));
+    }
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -241,7 +279,7 @@ mod tests {
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
-            assert_eq!(mode(&dir.join("sub").join("token")), 0o600);
+            assert_eq!(mode(&store.paths("k1").0), 0o600);
             assert_eq!(mode(&dir.join("sub")), 0o700);
         }
         fs::remove_dir_all(dir).unwrap();
@@ -252,22 +290,28 @@ mod tests {
     async fn a_file_others_can_read_is_refused() {
         use std::os::unix::fs::PermissionsExt;
         let dir = temp_dir("shared");
-        let path = dir.join("token");
-        let store = FileStore::new(&path);
+        let store = FileStore::new(dir.join("token"));
         store
             .save("k", b"sealed", Duration::from_secs(60))
             .await
             .unwrap();
+        let path = store.paths("k").0;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let error = store.load("k").await.unwrap_err().to_string();
         assert!(
             error.contains("mode 644") && error.contains("chmod 600"),
             "{error}"
         );
-        assert!(store
+        // A save replaces it with a private file, without reading it.
+        store
             .save("k", b"x", Duration::from_secs(60))
             .await
-            .is_err());
+            .unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(store.load("k").await.unwrap().as_deref(), Some(&b"x"[..]));
         fs::remove_dir_all(dir).unwrap();
     }
 
