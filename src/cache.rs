@@ -222,6 +222,22 @@ impl fmt::Debug for Token {
     }
 }
 
+/// Counts a request as waiting for as long as it waits (dropped or not).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A switch point for the model check: the `watch` channel is not shuttle's, so each use of it
 /// is made one by hand, as a thread may be preempted there.
 #[inline]
@@ -252,12 +268,15 @@ pub(crate) struct Cache {
     current: ArcSwapOption<Token>,
     /// Whether the request path reports answers to the core ([`Core::wants_answers`]).
     wants_answers: AtomicBool,
-    /// Bumped after every change of the core: what requests waiting on a login wake on.
-    changes: watch::Sender<u64>,
+    /// What is known of the token, sent after every change of the core: what requests waiting
+    /// on a login wake on, and what [`Cache::watch`] hands out.
+    changes: watch::Sender<TokenState>,
     /// Logins run so far (tokens taken from a shared store are not logins).
     logins: AtomicU64,
-    /// The most requests that waited on one login, counted when it answered.
+    /// The most requests that waited on one login, counted when it answered, and the requests
+    /// waiting now.
     most_waiting: AtomicUsize,
+    waiting: AtomicUsize,
     store: Option<Shared>,
 }
 
@@ -302,9 +321,10 @@ impl Cache {
             core: Mutex::new(Core::new(timings, api_key, now)),
             current: ArcSwapOption::new(current),
             wants_answers: AtomicBool::new(false),
-            changes: watch::Sender::new(0),
+            changes: watch::Sender::new(TokenState::default()),
             logins: AtomicU64::new(0),
             most_waiting: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
             store,
         })
     }
@@ -323,31 +343,38 @@ impl Cache {
         &self.current
     }
 
-    /// Announces a change of the core to the requests waiting on one.
+    /// Announces a change of the core to the requests waiting on one, and to watchers.
     fn changed(&self, core: &Core) {
         self.wants_answers
             .store(core.wants_answers(), Ordering::Relaxed);
         switch();
-        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        self.changes.send_replace(self.snapshot(core));
     }
 
     /// A receiver of the changes to come.
-    fn subscribe(&self) -> watch::Receiver<u64> {
+    fn subscribe(&self) -> watch::Receiver<TokenState> {
         switch();
         self.changes.subscribe()
     }
 
     /// What is known of the token, without the token.
     pub(crate) fn state(&self) -> TokenState {
-        let core = self.lock();
+        self.snapshot(&self.lock())
+    }
+
+    /// A receiver of what is known of the token, marked changed after every login outcome and
+    /// every token discarded.
+    pub(crate) fn watch(&self) -> watch::Receiver<TokenState> {
+        self.changes.subscribe()
+    }
+
+    fn snapshot(&self, core: &Core) -> TokenState {
         let current = self.current.load_full();
         // An API key is neither obtained nor expires.
         let login = current.as_ref().filter(|token| token.expires_at.is_some());
         TokenState {
             obtained_at: login.map(|token| token.obtained_at.into_std()),
-            expires_at: login
-                .and_then(|token| token.expires_at)
-                .map(Instant::into_std),
+            expires_at: login.and_then(|token| token.expires_at).map(Instant::into_std),
             usable: current.is_some_and(|token| token.phase() != Phase::Expired),
             logins: self.logins.load(Ordering::Relaxed),
             most_waiting: self.most_waiting.load(Ordering::Relaxed),
@@ -396,6 +423,7 @@ impl Cache {
                     }
                 }
                 // The sender lives as long as `cache`: this only ends on a change.
+                let _waiting = Waiting::new(&cache.waiting);
                 let _ = changes.changed().await;
             }
         }
@@ -841,8 +869,7 @@ impl Claim {
         };
         cache.changed(&core);
         drop(core);
-        // Every request waiting holds a receiver: counted here, once per login.
-        let waiting = cache.changes.receiver_count();
+        let waiting = cache.waiting.load(Ordering::Relaxed);
         cache.most_waiting.fetch_max(waiting, Ordering::Relaxed);
         match (installed, ended) {
             (Some((token, true)), _) => tracing::info!(

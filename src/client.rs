@@ -119,6 +119,14 @@ impl PatchworksClient {
         self.auth.state()
     }
 
+    /// Follows what the layer knows of its token: the receiver is marked changed after every
+    /// login outcome and every token discarded, so a service can await its first token at
+    /// start-up, alert when a background renewal fails (`last_error`), or log each renewal,
+    /// without polling [`state`](Self::state).
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<TokenState> {
+        self.auth.watch()
+    }
+
     /// `uri` made absolute against the base URL, if it is a path.
     fn resolve(&self, uri: &Uri) -> Option<Uri> {
         if uri.authority().is_some() {

@@ -197,6 +197,14 @@ impl AuthLayer {
     pub fn state(&self) -> TokenState {
         self.cache.state()
     }
+
+    /// Follows what the layer knows of its token: the receiver is marked changed after every
+    /// login outcome and every token discarded, so a service can await its first token at
+    /// start-up, alert when a background renewal fails (`last_error`), or log each renewal,
+    /// without polling [`state`](Self::state).
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<TokenState> {
+        self.cache.watch()
+    }
 }
 
 impl<S> Layer<S> for AuthLayer {

@@ -73,6 +73,14 @@ impl AuthMiddleware {
         self.cache.state()
     }
 
+    /// Follows what the layer knows of its token: the receiver is marked changed after every
+    /// login outcome and every token discarded, so a service can await its first token at
+    /// start-up, alert when a background renewal fails (`last_error`), or log each renewal,
+    /// without polling [`state`](Self::state).
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<crate::TokenState> {
+        self.cache.watch()
+    }
+
     /// A token that may be sent now: the current one (starting its renewal if it is due), or
     /// the outcome of a login; and what this request waits for after its answer.
     async fn token(&self) -> Result<(Arc<Token>, Option<BoxFuture<()>>), Error> {

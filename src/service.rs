@@ -126,6 +126,14 @@ impl<S> Auth<S> {
     pub fn state(&self) -> TokenState {
         self.shared.cache.state()
     }
+
+    /// Follows what the layer knows of its token: the receiver is marked changed after every
+    /// login outcome and every token discarded, so a service can await its first token at
+    /// start-up, alert when a background renewal fails (`last_error`), or log each renewal,
+    /// without polling [`state`](Self::state).
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<TokenState> {
+        self.shared.cache.watch()
+    }
 }
 
 impl<S> Auth<S> {

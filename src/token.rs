@@ -826,8 +826,10 @@ impl Attempts {
 /// What the layer knows of its token, without the token: for health checks and dashboards.
 ///
 /// Read with [`AuthLayer::state`](crate::AuthLayer::state) or
-/// [`Auth::state`](crate::Auth::state).
-#[derive(Clone, Debug)]
+/// [`Auth::state`](crate::Auth::state), or followed with
+/// [`AuthLayer::watch`](crate::AuthLayer::watch). Its `Debug` gives times from now:
+/// `TokenState { obtained: Some(12s ago), expires: Some(in 86387s), usable: true, .. }`.
+#[derive(Clone, Default)]
 #[non_exhaustive]
 pub struct TokenState {
     /// When the login request of the current token was sent. `None` before the first login,
@@ -847,4 +849,29 @@ pub struct TokenState {
     /// How many times the shared [store](crate::store) stopped answering (each outage counted
     /// once, however long it lasted). Always `0` without a store.
     pub store_outages: u64,
+}
+
+impl fmt::Debug for TokenState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        /// An instant as whole seconds from now.
+        struct FromNow(std::time::Instant);
+        impl fmt::Debug for FromNow {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let now = std::time::Instant::now();
+                match self.0.checked_duration_since(now) {
+                    Some(ahead) => write!(f, "in {}s", ahead.as_secs()),
+                    None => write!(f, "{}s ago", now.duration_since(self.0).as_secs()),
+                }
+            }
+        }
+        f.debug_struct("TokenState")
+            .field("obtained", &self.obtained_at.map(FromNow))
+            .field("expires", &self.expires_at.map(FromNow))
+            .field("usable", &self.usable)
+            .field("logins", &self.logins)
+            .field("most_waiting", &self.most_waiting)
+            .field("last_error", &self.last_error)
+            .field("store_outages", &self.store_outages)
+            .finish()
+    }
 }
