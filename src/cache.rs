@@ -374,7 +374,9 @@ impl Cache {
         let login = current.as_ref().filter(|token| token.expires_at.is_some());
         TokenState {
             obtained_at: login.map(|token| token.obtained_at.into_std()),
-            expires_at: login.and_then(|token| token.expires_at).map(Instant::into_std),
+            expires_at: login
+                .and_then(|token| token.expires_at)
+                .map(Instant::into_std),
             usable: current.is_some_and(|token| token.phase() != Phase::Expired),
             logins: self.logins.load(Ordering::Relaxed),
             most_waiting: self.most_waiting.load(Ordering::Relaxed),
@@ -502,6 +504,7 @@ impl Cache {
     /// (`refused`) or not. Returns whether to replay it once more: after a token taken from
     /// the store was refused, with the token [`Cache::unauthorized`] then gives.
     pub(crate) fn replayed(&self, generation: u64, endpoint: Endpoint, refused: bool) -> bool {
+        crate::metrics::replay(refused);
         let mut core = self.lock();
         let again = core.replayed(Instant::now(), generation, endpoint, refused);
         self.wants_answers
@@ -534,7 +537,8 @@ impl Cache {
         login: LoginFn,
     ) -> impl Future<Output = Result<Option<Arc<Token>>, Error>> + Send + 'static {
         let decision = self.judge(generation, endpoint, challenge::verdict(headers));
-        let token = (decision != Unauthorized::Keep).then(|| self.token(login));
+        let renew = matches!(decision, Unauthorized::Renew { .. });
+        let token = renew.then(|| self.token(login));
         async move {
             match token {
                 None => Ok(None),
@@ -557,6 +561,11 @@ impl Cache {
     ) -> Unauthorized {
         let mut core = self.lock();
         let decision = core.unauthorized(Instant::now(), generation, endpoint, verdict);
+        crate::metrics::unauthorized(match decision {
+            Unauthorized::Renew { .. } => "stale",
+            Unauthorized::Refused => "refused",
+            Unauthorized::Keep => "kept",
+        });
         if decision == (Unauthorized::Renew { discard: true }) {
             // The core discards only the token the 401 answered, which is the current one.
             self.current.store(None);
@@ -566,7 +575,7 @@ impl Cache {
                 generation,
                 "API answered 401: token discarded, logging in again"
             );
-        } else if decision == Unauthorized::Keep {
+        } else {
             tracing::debug!(
                 target: "patchworks_auth",
                 method = %endpoint.method,
@@ -630,11 +639,12 @@ impl Cache {
         start: &Start,
         login: &LoginFn,
     ) -> (Result<Obtained, Failure>, Option<Owner>) {
-        let log_in = || self.log_in(login, start.after.clone());
+        let log_in = || self.log_in(login, start);
         let Some(store) = &self.store else {
             return (log_in().await, None);
         };
         let (refused, mut budget) = (start.replaces(), self.config.store_budget);
+        let mut spent = Duration::ZERO;
         let takes = |found: &(Obtained, bool)| {
             let now = Instant::now();
             self.lock().takes(start, &found.0, found.1, now)
@@ -645,11 +655,11 @@ impl Cache {
         // when the lock never comes free (a file lock held by a hung process).
         let wait_until = Instant::now() + 2 * self.config.login_timeout;
         let owner = Owner::new();
-        loop {
+        let obtained = loop {
             match store.load(refused, &mut budget).await {
-                Ok(Some(found)) if takes(&found) => return (Ok(found.0), None),
+                Ok(Some(found)) if takes(&found) => break (Ok(found.0), None),
                 Ok(_) => {}
-                Err(()) => return (log_in().await, None),
+                Err(()) => break (log_in().await, None),
             }
             match store
                 .lock(&owner, self.config.login_timeout, &mut budget)
@@ -661,12 +671,13 @@ impl Cache {
                         Ok(Some(found)) if takes(&found) => Ok(found.0),
                         _ => log_in().await,
                     };
-                    return (outcome, Some(owner));
+                    break (outcome, Some(owner));
                 }
                 // Another process logs in: its token will be in the store. Waiting for it is
                 // bounded by `wait_until`, not by this login's store budget.
                 Ok(false) if Instant::now() < wait_until => {
                     sleep(jittered(STORE_POLL)).await;
+                    spent += self.config.store_budget.saturating_sub(budget);
                     budget = self.config.store_budget;
                 }
                 Ok(false) => {
@@ -674,11 +685,14 @@ impl Cache {
                         target: "patchworks_auth",
                         "the store's login lock outlived its lifetime: logging in without it"
                     );
-                    return (log_in().await, Some(owner));
+                    break (log_in().await, Some(owner));
                 }
-                Err(()) => return (log_in().await, None),
+                Err(()) => break (log_in().await, None),
             }
-        }
+        };
+        let store = spent + self.config.store_budget.saturating_sub(budget);
+        tracing::debug!(target: "patchworks_auth", ?store, "the token store's time for this login");
+        obtained
     }
 
     /// After the callers have the token of login `start`: saves it (unless it came from the
@@ -698,8 +712,36 @@ impl Cache {
     /// One login: attempts through `login` as the core's [`Attempts`] decides, until one
     /// succeeds, one fails in a way that needs a fix, or the login timeout runs out. No attempt
     /// is cut before then; a slow one gets a second beside it, and the first good answer wins.
-    async fn log_in(&self, login: &LoginFn, after: Option<Failure>) -> Result<Obtained, Failure> {
+    async fn log_in(&self, login: &LoginFn, start: &Start) -> Result<Obtained, Failure> {
         self.logins.fetch_add(1, Ordering::Relaxed);
+        let began = Instant::now();
+        let outcome = self.attempts(login, start.after.clone()).await;
+        let took = began.elapsed();
+        let label = match &outcome {
+            Ok(_) => "ok",
+            Err(failure) if failure.error.is_rejected() => "rejected",
+            Err(_) => "error",
+        };
+        crate::metrics::login(start.reason, label, took);
+        match &outcome {
+            Ok(obtained) => tracing::info!(
+                target: "patchworks_auth",
+                lifetime = ?obtained.lifetime,
+                ?took,
+                "logged in to Patchworks"
+            ),
+            Err(failure) => tracing::warn!(
+                target: "patchworks_auth",
+                retry_in = ?failure.retry_at.saturating_duration_since(Instant::now()),
+                error = %failure.error,
+                "Patchworks login failed"
+            ),
+        }
+        outcome
+    }
+
+    /// The attempts of one login, as [`Attempts`] decides.
+    async fn attempts(&self, login: &LoginFn, after: Option<Failure>) -> Result<Obtained, Failure> {
         let timings = *self.lock().timings();
         let mut attempts = Attempts::new(&timings, Instant::now(), after);
         let mut flying: Vec<(u32, BoxFuture<Result<Obtained, Error>>)> = Vec::with_capacity(2);
@@ -747,6 +789,11 @@ impl Cache {
         send_by: Instant,
     ) -> Arc<Token> {
         let token = Arc::new(Token::new(obtained, generation, Some((renew_at, send_by))));
+        crate::metrics::expiry(
+            obtained
+                .lifetime
+                .saturating_sub(obtained.obtained_at.elapsed()),
+        );
         self.current.store(Some(token.clone()));
         self.keep_aged(&token, renew_at, send_by);
         token

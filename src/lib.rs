@@ -122,6 +122,9 @@
 //!   timeout, redirects, retries, the layer). It turns on `http2`.
 //! - `http2`: HTTP/2 (negotiated by ALPN) for that client.
 //! - `reqwest`: `reqwest::AuthMiddleware`, the layer as a `reqwest_middleware::Middleware`.
+//! - `metrics`: counters, a histogram and a gauge through the `metrics` facade: logins and
+//!   their durations, 401s, replays, the token's expiry, the store's operations (README,
+//!   "Operating it").
 //!
 //! [tower]: https://docs.rs/tower
 //! [Patchworks]: https://www.wearepatchworks.com
@@ -148,6 +151,7 @@ mod error;
 mod future;
 mod layer;
 mod login;
+mod metrics;
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod reqwest;

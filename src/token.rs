@@ -203,8 +203,11 @@ pub(crate) enum Renew {
 /// What a 401 to a request that carried a token leads to.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Unauthorized {
-    /// The token is kept and the 401 returned as it is: it is the API's answer to the request
-    /// (a missing permission), not a sign of a bad token.
+    /// The 401 is returned as it is: a `Bearer` error other than `invalid_token` says the API
+    /// refuses the request (a missing permission), not the token; or the token is an API key.
+    Refused,
+    /// The token is kept and the 401 returned as it is: the rules below take it for the API's
+    /// answer to the request, not a sign of a bad token.
     Keep,
     /// The token is discarded (now, or by an earlier 401): wait for the next one (asking
     /// [`Core::need`]) and replay; `discard` says whether the current token goes now.
@@ -604,8 +607,8 @@ impl Core {
     /// `generation`, with `verdict` read from its `WWW-Authenticate`. The whole 401 rule:
     ///
     /// 1. A `Bearer` error other than `invalid_token` (`insufficient_scope`, ...): the API
-    ///    refuses the request, not the token. Kept.
-    /// 2. An API key: nothing to renew. Kept.
+    ///    refuses the request, not the token. Refused.
+    /// 2. An API key: nothing to renew. Refused.
     /// 3. An endpoint that refused a fresh token within its grace (1, 2, 4, ... s, at most
     ///    5 min): kept.
     /// 4. A token already replaced: wait for the next one and replay.
@@ -624,7 +627,7 @@ impl Core {
         verdict: Verdict,
     ) -> Unauthorized {
         if verdict == Verdict::RequestRefused || self.api_key {
-            return Unauthorized::Keep;
+            return Unauthorized::Refused;
         }
         if self
             .refused

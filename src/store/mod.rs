@@ -192,6 +192,7 @@ impl Shared {
         let (started, allowed) = (Instant::now(), *budget);
         let outcome = timeout(allowed, op).await;
         *budget = budget.saturating_sub(started.elapsed());
+        let failed = if outcome.is_ok() { "error" } else { "timeout" };
         let error = match outcome {
             Ok(Ok(value)) => {
                 if self.down.swap(false, Ordering::Relaxed) {
@@ -202,6 +203,7 @@ impl Shared {
             Ok(Err(error)) => error.to_string(),
             Err(_) => format!("its budget for this login ({allowed:?}) ran out"),
         };
+        crate::metrics::store(what, failed);
         if !self.down.swap(true, Ordering::Relaxed) {
             self.outages.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
@@ -222,7 +224,9 @@ impl Shared {
         refused: Option<&HeaderValue>,
         budget: &mut Duration,
     ) -> Result<Option<(Obtained, bool)>, ()> {
-        let Some(bytes) = self.run("load", self.store.load(&self.key), budget).await? else {
+        let bytes = self.run("load", self.store.load(&self.key), budget).await?;
+        crate::metrics::store("load", if bytes.is_some() { "ok" } else { "miss" });
+        let Some(bytes) = bytes else {
             return Ok(None);
         };
         let Some(entry) = self.sealer.open(&self.key, &bytes).await else {
@@ -270,9 +274,10 @@ impl Shared {
         let Some(bytes) = self.sealer.seal(&self.key, &entry).await else {
             return;
         };
-        let _ = self
-            .run("save", self.store.save(&self.key, &bytes, ttl), budget)
-            .await;
+        let saved = self.run("save", self.store.save(&self.key, &bytes, ttl), budget);
+        if saved.await.is_ok() {
+            crate::metrics::store("save", "ok");
+        }
     }
 
     /// Takes the entry's lock for `ttl`.
@@ -283,7 +288,11 @@ impl Shared {
         budget: &mut Duration,
     ) -> Result<bool, ()> {
         let lock = self.store.lock(&self.key, &owner.0, ttl);
-        self.run("lock", lock, budget).await
+        let taken = self.run("lock", lock, budget).await;
+        if taken.is_ok() {
+            crate::metrics::store("lock", "ok");
+        }
+        taken
     }
 
     /// Lets go of the entry's lock. Best effort: the lock expires by itself.

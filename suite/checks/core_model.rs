@@ -80,6 +80,7 @@ enum Decision {
     Start(Reason),
     Fail,
     Keep,
+    Refused,
     Renew { discard: bool },
     RenewLater,
     Installed,
@@ -207,11 +208,13 @@ impl Model {
                     self.answered(generation, path);
                     return Decision::None;
                 }
-                if answer == Answer::InsufficientScope
-                    || self
-                        .refused
-                        .get(&path)
-                        .is_some_and(|(until, _)| now < *until)
+                if answer == Answer::InsufficientScope {
+                    return Decision::Refused;
+                }
+                if self
+                    .refused
+                    .get(&path)
+                    .is_some_and(|(until, _)| now < *until)
                 {
                     return Decision::Keep;
                 }
@@ -455,6 +458,7 @@ impl Harness {
                     .unauthorized(now, generation, &endpoint(path), verdict)
                 {
                     Unauthorized::Keep => Decision::Keep,
+                    Unauthorized::Refused => Decision::Refused,
                     Unauthorized::Renew { discard } => {
                         if discard {
                             self.expires = None;

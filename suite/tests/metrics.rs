@@ -1,0 +1,211 @@
+//! The layer's metrics (feature `metrics`), read with `metrics-util`'s debugging recorder,
+//! installed for this thread: every test runs on a current-thread runtime, so the logins and
+//! store operations its tasks run are recorded here too. And `watch()`.
+
+mod support;
+
+use http::StatusCode;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use patchworks_auth::{store::FileStore, test_util::FakePatchworks, AuthLayer, Credentials};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use support::*;
+use tower::Layer;
+
+/// What the recorder recorded so far: the debugging recorder's snapshots give what changed
+/// since the last one (counters' increments, gauges' last values, histograms' samples), added
+/// up here.
+#[derive(Default)]
+struct Recorded(std::collections::HashMap<String, f64>);
+
+impl Recorded {
+    fn read(&mut self, snapshotter: &Snapshotter) -> &mut Self {
+        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+            let key = key.key();
+            let mut labels: Vec<_> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            labels.sort();
+            let entry = self
+                .0
+                .entry(format!("{}{{{}}}", key.name(), labels.join(",")))
+                .or_default();
+            match value {
+                DebugValue::Counter(n) => *entry += n as f64,
+                DebugValue::Gauge(v) if v.into_inner() != 0.0 => *entry = v.into_inner(),
+                DebugValue::Gauge(_) => {}
+                DebugValue::Histogram(samples) => *entry += samples.len() as f64,
+            }
+        }
+        self
+    }
+
+    /// A counter's count, a gauge's value, a histogram's number of samples.
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut labels: Vec<_> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
+        self.0
+            .get(&format!("{name}{{{}}}", labels.join(",")))
+            .copied()
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn logins_401s_replays_the_expiry_and_the_store_are_recorded() {
+    let recorder = DebuggingRecorder::new();
+    let metrics = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let mut recorded = Recorded::default();
+    let mut count = |name: &str, labels: &[(&str, &str)]| recorded.read(&metrics).get(name, labels);
+
+    // A first login, with a store: a load (a miss), the lock, a save.
+    let dir = std::env::temp_dir().join(format!("patchworks-metrics-{}", std::process::id()));
+    let fake = FakePatchworks::start().await.unwrap();
+    fake.set_token_lifetime(Duration::from_secs(2));
+    let client = layer(&fake)
+        .store(FileStore::new(dir.join("token")))
+        .layer(fake.client());
+    let mut watch = client.watch();
+    expect_status(&client, &fake, "/api/v1/flows", StatusCode::OK).await;
+    let logins = "patchworks_auth_logins_total";
+    assert_eq!(
+        count(logins, &[("reason", "first_use"), ("outcome", "ok")]),
+        Some(1.0)
+    );
+    let duration = "patchworks_auth_login_duration_seconds";
+    assert_eq!(
+        count(duration, &[("outcome", "ok")]),
+        Some(1.0),
+        "one sample"
+    );
+    let expiry = count("patchworks_auth_token_expiry_timestamp_seconds", &[]).unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (now + 0.5..now + 2.5).contains(&expiry),
+        "{expiry} against {now}"
+    );
+    let store = "patchworks_auth_store_operations_total";
+    // A load, the lock, a load again under it, then (after the callers have the token, the
+    // request that logged in waiting for it) the save.
+    for (op, outcome, times) in [
+        ("load", "miss", 2.0),
+        ("lock", "ok", 1.0),
+        ("save", "ok", 1.0),
+    ] {
+        let labels = [("op", op), ("outcome", outcome)];
+        assert_eq!(count(store, &labels), Some(times), "{op}");
+    }
+    assert!(watch.has_changed().unwrap(), "the login changed the watch");
+    assert!(watch.borrow_and_update().usable);
+
+    // A renewal (due after half of 2 s), in the background; the watch says when it is done.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    expect_status(&client, &fake, "/api/v1/flows", StatusCode::OK).await;
+    let first = watch.borrow().obtained_at;
+    tokio::time::timeout(Duration::from_secs(5), watch.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(watch.borrow_and_update().obtained_at > first, "renewed");
+    assert_eq!(
+        count(logins, &[("reason", "renewal"), ("outcome", "ok")]),
+        Some(1.0)
+    );
+
+    // A stale 401 and its replay.
+    fake.revoke_tokens();
+    expect_status(&client, &fake, "/api/v1/flows", StatusCode::OK).await;
+    let unauthorized = "patchworks_auth_unauthorized_total";
+    assert_eq!(count(unauthorized, &[("verdict", "stale")]), Some(1.0));
+    assert_eq!(
+        count("patchworks_auth_replays_total", &[("outcome", "ok")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        count(logins, &[("reason", "unauthorized"), ("outcome", "ok")]),
+        Some(1.0)
+    );
+
+    // A permission 401.
+    fake.forbid(
+        "/api/v1/admin",
+        Some(r#"Bearer error="insufficient_scope""#),
+    );
+    expect_status(&client, &fake, "/api/v1/admin", StatusCode::UNAUTHORIZED).await;
+    assert_eq!(count(unauthorized, &[("verdict", "refused")]), Some(1.0));
+
+    // A rejected login.
+    let wrong = AuthLayer::new(Credentials::new("ops@example.com", "wrong"))
+        .login_url(fake.login_url())
+        .layer(fake.client());
+    assert!(layer_error(&wrong, &fake, "/api/v1/flows")
+        .await
+        .is_rejected());
+    assert_eq!(
+        count(logins, &[("reason", "first_use"), ("outcome", "rejected")]),
+        Some(1.0)
+    );
+    assert_eq!(count(duration, &[("outcome", "rejected")]), Some(1.0));
+
+    // No label carries the email, the token or a URL.
+    let token = last_api_authorization(&fake).unwrap();
+    count("", &[]);
+    for key in recorded.0.keys() {
+        for secret in [
+            patchworks_auth::test_util::EMAIL,
+            token.as_str(),
+            "127.0.0.1",
+            "/api/",
+        ] {
+            assert!(!key.contains(secret), "{secret} in {key}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_request_with_a_fresh_token_records_nothing() {
+    let recorder = DebuggingRecorder::new();
+    let metrics = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let fake = FakePatchworks::start().await.unwrap();
+    let client = client(&fake);
+    expect_status(&client, &fake, "/api/v1/flows", StatusCode::OK).await;
+    metrics.snapshot(); // what the login recorded
+    for _ in 0..100 {
+        expect_status(&client, &fake, "/api/v1/flows", StatusCode::OK).await;
+    }
+    let mut recorded = Recorded::default();
+    recorded.read(&metrics);
+    assert!(recorded.0.values().all(|v| *v == 0.0), "{:?}", recorded.0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn watch_wakes_on_a_failed_renewal_with_its_error() {
+    let fake = FakePatchworks::start().await.unwrap();
+    fake.set_token_lifetime(Duration::from_secs(2));
+    let client = client(&fake);
+    let mut watch = client.watch();
+    expect_status(&client, &fake, "/api/v1/flows", StatusCode::OK).await;
+    watch.borrow_and_update();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    fake.set_login_answer(patchworks_auth::test_util::LoginAnswer::Status(
+        StatusCode::UNAUTHORIZED,
+    ));
+    expect_status(&client, &fake, "/api/v1/flows", StatusCode::OK).await;
+    tokio::time::timeout(Duration::from_secs(5), watch.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    let state = watch.borrow().clone();
+    assert!(state.usable, "the token stays in use: {state:?}");
+    assert!(
+        state.last_error.as_ref().is_some_and(|e| e.is_rejected()),
+        "{state:?}"
+    );
+    let debug = format!("{state:?}");
+    assert!(debug.contains("s ago") && debug.contains("in "), "{debug}");
+}
