@@ -287,10 +287,16 @@ impl Cache {
             login_timeout: config.login_timeout,
         };
         let (api_key, store) = match &config.credentials.secret {
-            Secret::Login { email, password } => (
+            Secret::Login {
+                account,
+                password,
+                form,
+                ..
+            } => (
                 None,
                 config.store.as_ref().map(|store| {
-                    Shared::new(store, &config.login_url, email, password, config.store_key)
+                    let url = &config.login_url;
+                    Shared::new(store, url, *form, account, password, config.store_key)
                 }),
             ),
             // An API key is the token: in place from the start, never aged, never renewed, and
@@ -595,7 +601,6 @@ impl Cache {
             Error::config("a login needs a Tokio runtime; call the service from within one")
         })?;
         let reason = start.reason;
-        tracing::debug!(target: "patchworks_auth", reason = reason.as_str(), "login started");
         let span = tracing::info_span!(
             target: "patchworks_auth",
             "patchworks_login",
@@ -605,6 +610,7 @@ impl Cache {
         let (settled, saved) = tokio::sync::oneshot::channel::<()>();
         runtime.spawn(tracing::Instrument::instrument(
             async move {
+                tracing::debug!(target: "patchworks_auth", "login started");
                 let cache = claim.cache.clone();
                 let (outcome, lock) = cache.obtain(&start, &login).await;
                 claim.finish(reason, outcome.clone());

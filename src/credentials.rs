@@ -25,10 +25,35 @@ pub struct Credentials {
 
 #[derive(Clone)]
 pub(crate) enum Secret {
-    /// Logged in with at the login endpoint, for a bearer token.
-    Login { email: String, password: String },
+    /// Logged in with at the login endpoint, for a bearer token: an email or a username, as
+    /// `form` says, and whether they came from the environment.
+    Login {
+        account: String,
+        password: String,
+        form: Form,
+        from_env: bool,
+    },
     /// Sent as it is in `Authorization`: no login, no expiry.
     ApiKey(String),
+}
+
+/// Which login form the account is sent in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Form {
+    /// `{"email", "password"}` to the Core API's login.
+    Email,
+    /// `{"username", "password"}` to the Fabric login.
+    Username,
+}
+
+impl Form {
+    /// The field the account goes in.
+    pub(crate) fn field(self) -> &'static str {
+        match self {
+            Form::Email => "email",
+            Form::Username => "username",
+        }
+    }
 }
 
 impl Credentials {
@@ -40,12 +65,36 @@ impl Credentials {
     /// Credentials for the account with this email and password: the layer logs in with them
     /// and sends the bearer token it gets.
     pub fn new(email: impl Into<String>, password: impl Into<String>) -> Self {
-        Credentials {
-            secret: Secret::Login {
-                email: email.into(),
-                password: password.into(),
-            },
-        }
+        Credentials::login(email.into(), password.into(), Form::Email, false)
+    }
+
+    /// Credentials for the account with this username and password, for Patchworks' other
+    /// documented login: `POST https://app.wearepatchworks.com/fabric/api/login` with
+    /// `{"username", "password"}`, which [`AuthLayer::new`](crate::AuthLayer::new) then uses
+    /// (its answer is the same). Redacted, scoped and stored like an email's; its store entry
+    /// is apart from an email spelled the same.
+    ///
+    /// ```
+    /// use patchworks_auth::Credentials;
+    ///
+    /// let creds = Credentials::username("ops", "hunter2");
+    /// assert_eq!(
+    ///     format!("{creds:?}"),
+    ///     r#"Credentials { username: "ops", password: "<redacted>" }"#
+    /// );
+    /// ```
+    pub fn username(username: impl Into<String>, password: impl Into<String>) -> Self {
+        Credentials::login(username.into(), password.into(), Form::Username, false)
+    }
+
+    fn login(account: String, password: String, form: Form, from_env: bool) -> Self {
+        let secret = Secret::Login {
+            account,
+            password,
+            form,
+            from_env,
+        };
+        Credentials { secret }
     }
 
     /// A Patchworks API key: the layer sends it as it is, `Authorization: <key>` (no `Bearer`),
@@ -76,17 +125,19 @@ impl Credentials {
     /// # }
     /// ```
     pub fn from_env() -> Result<Self, Error> {
-        Ok(Credentials::new(
-            env_var(Self::EMAIL_VAR)?,
-            env_var(Self::PASSWORD_VAR)?,
-        ))
+        let (email, password) = (env_var(Self::EMAIL_VAR)?, env_var(Self::PASSWORD_VAR)?);
+        Ok(Credentials::login(email, password, Form::Email, true))
     }
 
-    /// The account's email; `None` for an API key.
+    /// The account's email; `None` for a username or an API key.
     pub fn email(&self) -> Option<&str> {
         match &self.secret {
-            Secret::Login { email, .. } => Some(email),
-            Secret::ApiKey(_) => None,
+            Secret::Login {
+                account,
+                form: Form::Email,
+                ..
+            } => Some(account),
+            _ => None,
         }
     }
 }
@@ -110,7 +161,9 @@ impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Credentials");
         match &self.secret {
-            Secret::Login { email, .. } => d.field("email", email).field("password", &"<redacted>"),
+            Secret::Login { account, form, .. } => d
+                .field(form.field(), account)
+                .field("password", &"<redacted>"),
             Secret::ApiKey(_) => d.field("api_key", &"<redacted>"),
         };
         d.finish()

@@ -36,8 +36,9 @@ pub struct Error {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
-    /// The login endpoint refused the credentials (401, 403 or 422).
-    Rejected(StatusCode),
+    /// The login endpoint refused the credentials (401, 403 or 422); `true` if they came from
+    /// the environment.
+    Rejected(StatusCode, bool),
     /// The login endpoint answered another non-success status, perhaps with a `Retry-After`.
     Status(StatusCode, Option<Duration>),
     /// The login was answered by a redirect (its status), or its answer came from another URI
@@ -76,6 +77,14 @@ impl Error {
         }
     }
 
+    /// This error, saying where the credentials came from if it rejects them.
+    pub(crate) fn from_env(mut self, from_env: bool) -> Self {
+        if let Kind::Rejected(_, hint) = &mut self.kind {
+            *hint = from_env;
+        }
+        self
+    }
+
     pub(crate) fn config(message: impl Into<String>) -> Self {
         Error::new(Kind::Config(message.into()))
     }
@@ -85,7 +94,7 @@ impl Error {
     /// Retrying will not help until the credentials are fixed; the layer backs off (growing
     /// from 5 seconds to 5 minutes) before it tries them again.
     pub fn is_rejected(&self) -> bool {
-        matches!(self.kind, Kind::Rejected(_))
+        matches!(self.kind, Kind::Rejected(..))
     }
 
     /// Returns `true` if the login did not complete within the
@@ -122,9 +131,9 @@ impl Error {
     /// The HTTP status of the login answer, when the login failed because of it.
     pub fn status(&self) -> Option<StatusCode> {
         match self.kind {
-            Kind::Rejected(status) | Kind::Status(status, _) | Kind::Redirected(Some(status)) => {
-                Some(status)
-            }
+            Kind::Rejected(status, _)
+            | Kind::Status(status, _)
+            | Kind::Redirected(Some(status)) => Some(status),
             _ => None,
         }
     }
@@ -155,12 +164,16 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            Kind::Rejected(status) => write!(
+            Kind::Rejected(status, from_env) => write!(
                 f,
-                "Patchworks login rejected the credentials (HTTP {}): check the email and \
-                 password (PATCHWORKS_EMAIL / PATCHWORKS_PASSWORD); the login is retried after \
-                 a back-off",
-                status.as_u16()
+                "Patchworks login rejected the credentials (HTTP {}): check the {}; the login \
+                 is retried after a back-off",
+                status.as_u16(),
+                if *from_env {
+                    "email and password (PATCHWORKS_EMAIL / PATCHWORKS_PASSWORD)"
+                } else {
+                    "account and password given to Credentials"
+                }
             ),
             Kind::Status(status, _) if self.is_transient() => write!(
                 f,
@@ -252,7 +265,7 @@ mod tests {
 
     #[test]
     fn predicates_match_kinds() {
-        let rejected = Error::new(Kind::Rejected(StatusCode::UNAUTHORIZED));
+        let rejected = Error::new(Kind::Rejected(StatusCode::UNAUTHORIZED, false));
         assert!(rejected.is_rejected() && !rejected.is_transient());
         assert_eq!(rejected.status(), Some(StatusCode::UNAUTHORIZED));
 

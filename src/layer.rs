@@ -1,8 +1,13 @@
 //! The layer and its builder.
 
 use crate::{
-    cache::Cache, config::Config, credentials::Credentials, scope::Scope, service::Auth,
-    store::TokenStore, token::TokenState,
+    cache::Cache,
+    config::Config,
+    credentials::{Credentials, Form, Secret},
+    scope::Scope,
+    service::Auth,
+    store::TokenStore,
+    token::TokenState,
 };
 use http::Uri;
 use std::{fmt, sync::Arc, time::Duration};
@@ -10,6 +15,10 @@ use tower_layer::Layer;
 
 /// The production login endpoint.
 pub const DEFAULT_LOGIN_URL: &str = "https://svc-fabric.pwks.co/api/v1/login";
+
+/// The login URL of [`Credentials::username`]: Patchworks' Fabric login, which takes
+/// `{"username", "password"}`.
+pub const DEFAULT_USERNAME_LOGIN_URL: &str = "https://app.wearepatchworks.com/fabric/api/login";
 
 /// [`Layer`] that logs in to Patchworks and adds `Authorization: Bearer <token>` to requests
 /// for the Patchworks API.
@@ -66,7 +75,18 @@ impl AuthLayer {
     /// A layer that logs in with `credentials` at the production login endpoint
     /// (`https://svc-fabric.pwks.co/api/v1/login`).
     pub fn new(credentials: Credentials) -> Self {
-        let login_url = Uri::from_static(DEFAULT_LOGIN_URL);
+        let username = matches!(
+            credentials.secret,
+            Secret::Login {
+                form: Form::Username,
+                ..
+            }
+        );
+        let login_url = Uri::from_static(if username {
+            DEFAULT_USERNAME_LOGIN_URL
+        } else {
+            DEFAULT_LOGIN_URL
+        });
         AuthLayer::from_config(Config {
             credentials,
             scope: Scope::new(&login_url),

@@ -203,6 +203,6 @@ pub use client::{PatchworksClient, DEFAULT_BASE_URL};
 pub use credentials::Credentials;
 pub use error::Error;
 pub use future::ResponseFuture;
-pub use layer::{AuthLayer, DEFAULT_LOGIN_URL};
+pub use layer::{AuthLayer, DEFAULT_LOGIN_URL, DEFAULT_USERNAME_LOGIN_URL};
 pub use service::Auth;
 pub use token::TokenState;

@@ -7,7 +7,7 @@ use crate::{
     bounds::{HttpService, ResponseBody},
     cache::LoginFn,
     config::Config,
-    credentials::Secret,
+    credentials::{Form, Secret},
     error::{Error, Kind},
     token::Obtained,
 };
@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{error::Category, value::RawValue};
 use std::{
     future::Future,
@@ -81,12 +81,19 @@ where
         let (shared, send) = (shared.clone(), make());
         Box::pin(async move {
             let (login_url, credentials) = &*shared;
-            let Secret::Login { email, password } = &credentials.secret else {
+            let Secret::Login {
+                account,
+                password,
+                form,
+                from_env,
+            } = &credentials.secret
+            else {
                 return Err(Error::config("an API key needs no login"));
             };
             let sent_at = Instant::now();
-            let response = send(request(login_url, email, password)).await?;
-            let issued = read_answer(login_url, response).await?;
+            let response = send(request(login_url, *form, account, password)).await?;
+            let answer = read_answer(login_url, response).await;
+            let issued = answer.map_err(|error| error.from_env(*from_env))?;
             Ok(Obtained {
                 header: issued.header,
                 obtained_at: sent_at,
@@ -97,15 +104,15 @@ where
     })
 }
 
-#[derive(Serialize)]
-struct LoginBody<'a> {
-    email: &'a str,
-    password: &'a str,
-}
-
-/// The login request: `POST <url>` with `{"email", "password"}`.
-pub(crate) fn request<B: From<Bytes>>(url: &Uri, email: &str, password: &str) -> Request<B> {
-    let body = LoginBody { email, password };
+/// The login request: `POST <url>` with `{"email", "password"}`, or `{"username", "password"}`
+/// for that form.
+pub(crate) fn request<B: From<Bytes>>(
+    url: &Uri,
+    form: Form,
+    account: &str,
+    password: &str,
+) -> Request<B> {
+    let body = serde_json::json!({ form.field(): account, "password": password });
     // Serializing two strings into a Vec cannot fail.
     let json = serde_json::to_vec(&body).unwrap_or_default();
     let mut request = Request::new(B::from(Bytes::from(json)));
@@ -141,7 +148,7 @@ where
         // server could echo the password there.
         return Err(match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::UNPROCESSABLE_ENTITY => {
-                Error::new(Kind::Rejected(status))
+                Error::new(Kind::Rejected(status, false))
             }
             _ => Error::new(Kind::Status(
                 status,

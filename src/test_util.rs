@@ -63,6 +63,9 @@ use tokio::{net::TcpListener, task::JoinHandle, time::Instant};
 
 /// The login path of the fake Patchworks, as in production.
 pub const LOGIN_PATH: &str = "/api/v1/login";
+/// The path of the fake's username login ([`Credentials::username`]), which takes
+/// `{"username", "password"}` with [`EMAIL`] as the username.
+pub const USERNAME_LOGIN_PATH: &str = "/fabric/api/login";
 
 /// The email the fake Patchworks accepts.
 pub const EMAIL: &str = "ops@example.com";
@@ -505,8 +508,9 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Option<Response<
             });
         }
     }
-    if path == LOGIN_PATH && parts.method == Method::POST {
-        return login(shared, &body).await;
+    let username = path == USERNAME_LOGIN_PATH;
+    if (path == LOGIN_PATH || username) && parts.method == Method::POST {
+        return login(shared, &body, username).await;
     }
     {
         let mut state = shared.state();
@@ -530,14 +534,16 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Option<Response<
     Some(response)
 }
 
+/// The login's body: `email` at [`LOGIN_PATH`], `username` at [`USERNAME_LOGIN_PATH`].
 #[derive(serde::Deserialize)]
 struct LoginBody {
-    email: String,
+    email: Option<String>,
+    username: Option<String>,
     password: String,
 }
 
 /// The answer to a login, or `None` to drop the connection.
-async fn login(shared: &Shared, body: &[u8]) -> Option<Response<Full<Bytes>>> {
+async fn login(shared: &Shared, body: &[u8], username: bool) -> Option<Response<Full<Bytes>>> {
     let (delay, queued, answer) = {
         let mut state = shared.state();
         state.logins += 1;
@@ -578,13 +584,21 @@ async fn login(shared: &Shared, body: &[u8]) -> Option<Response<Full<Bytes>>> {
         }
         _ => {}
     }
-    let Ok(login) = serde_json::from_slice::<LoginBody>(body) else {
+    let login = serde_json::from_slice::<LoginBody>(body).ok();
+    let Some((account, login)) = login.and_then(|login| {
+        let account = if username {
+            login.username.clone()
+        } else {
+            login.email.clone()
+        };
+        account.map(|account| (account, login))
+    }) else {
         return Some(json(
             StatusCode::UNPROCESSABLE_ENTITY,
             serde_json::json!({"message": "The given data was invalid.", "errors": {}}),
         ));
     };
-    let answered = answer_login(&mut shared.state(), login, answer);
+    let answered = answer_login(&mut shared.state(), &account, &login.password, answer);
     match answered {
         Some(response) => Some(response),
         None => std::future::pending().await,
@@ -594,15 +608,14 @@ async fn login(shared: &Shared, body: &[u8]) -> Option<Response<Full<Bytes>>> {
 /// The answer to a login, or `None` to hang.
 fn answer_login(
     state: &mut FakeState,
-    login: LoginBody,
+    account: &str,
+    password: &str,
     answer: LoginAnswer,
 ) -> Option<Response<Full<Bytes>>> {
     if answer == LoginAnswer::Hang {
         return None;
     }
-    if (login.email.as_str(), login.password.as_str())
-        != (state.credentials.0.as_str(), state.credentials.1.as_str())
-    {
+    if (account, password) != (state.credentials.0.as_str(), state.credentials.1.as_str()) {
         return Some(json(
             StatusCode::UNAUTHORIZED,
             serde_json::json!({"message": "Invalid credentials."}),
@@ -611,7 +624,7 @@ fn answer_login(
     let lifetime = state.lifetime;
     let expires_in = lifetime.as_secs() + u64::from(lifetime.subsec_nanos() > 0);
     state.issued += 1;
-    let token = jwt(&login.email, expires_in, state.issued);
+    let token = jwt(account, expires_in, state.issued);
     let message = "You have successfully logged in.";
     Some(match answer {
         LoginAnswer::Token => {

@@ -84,7 +84,10 @@ mod seal;
 pub use self::redis::RedisStore;
 pub use file::FileStore;
 
-use crate::token::{Obtained, Timings};
+use crate::{
+    credentials::Form,
+    token::{Obtained, Timings},
+};
 use http::{HeaderValue, Uri};
 use seal::Sealer;
 use std::{
@@ -152,7 +155,8 @@ impl Shared {
     pub(crate) fn new(
         store: &Arc<dyn TokenStore>,
         login_url: &Uri,
-        email: &str,
+        form: Form,
+        account: &str,
         password: &str,
         key: Option<[u8; 32]>,
     ) -> Shared {
@@ -166,8 +170,8 @@ impl Shared {
         );
         Shared {
             store: store.clone(),
-            key: seal::entry_key(&origin, email),
-            sealer: Arc::new(Sealer::new(email, password, key)),
+            key: seal::entry_key(&origin, form, account),
+            sealer: Arc::new(Sealer::new(account, password, key)),
             down: AtomicBool::new(false),
             outages: AtomicU64::new(0),
         }

@@ -6,6 +6,7 @@
 //! | replaces (16) | the Authorization header value`, where `replaces` is the [`fingerprint`] of
 //! the token a 401 refused before this one was obtained (zeros for none).
 
+use crate::credentials::Form;
 use argon2::Argon2;
 use chacha20poly1305::{
     aead::{Aead, Generate, KeyInit, Payload},
@@ -51,12 +52,16 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 
 /// The store key of an account's entry: versioned, and hashed so that it shows neither the
 /// email nor the login origin.
-pub(crate) fn entry_key(origin: &str, email: &str) -> String {
+pub(crate) fn entry_key(origin: &str, form: Form, account: &str) -> String {
     let mut hash = Sha256::new();
     hash.update(b"patchworks-auth/v1\0");
     hash.update(origin.to_ascii_lowercase().as_bytes());
     hash.update(b"\0");
-    hash.update(email.trim().to_lowercase().as_bytes());
+    // A username is kept apart from an email spelled the same; an email's key is as before.
+    if form == Form::Username {
+        hash.update(b"username\0");
+    }
+    hash.update(account.trim().to_lowercase().as_bytes());
     format!("patchworks-auth:v1:{}", hex(&hash.finalize()))
 }
 
@@ -206,7 +211,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_entry_opens_with_the_same_credentials_only() {
-        let key = entry_key("https://svc-fabric.pwks.co", "ops@example.com");
+        let key = entry_key("https://svc-fabric.pwks.co", Form::Email, "ops@example.com");
         let sealed = Sealer::new("ops@example.com", "hunter2", None)
             .seal(&key, &entry())
             .await
@@ -236,7 +241,11 @@ mod tests {
         // A rotated password, another key, a flipped byte, another version: a miss.
         let rotated = Sealer::new("ops@example.com", "hunter3", None);
         assert!(rotated.open(&key, &sealed).await.is_none());
-        let other_key = entry_key("https://svc-fabric.pwks.co", "billing@example.com");
+        let other_key = entry_key(
+            "https://svc-fabric.pwks.co",
+            Form::Email,
+            "billing@example.com",
+        );
         let sealer = Sealer::new("ops@example.com", "hunter2", None);
         assert!(sealer.open(&other_key, &sealed).await.is_none());
         for at in [0, 5, SALT + 3, 1 + SALT + NONCE + 2, sealed.len() - 1] {
@@ -250,7 +259,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_given_key_seals_without_the_credentials() {
-        let key = entry_key("https://svc-fabric.pwks.co", "ops@example.com");
+        let key = entry_key("https://svc-fabric.pwks.co", Form::Email, "ops@example.com");
         let sealed = Sealer::new("ops@example.com", "hunter2", Some([7; 32]))
             .seal(&key, &entry())
             .await
@@ -263,18 +272,34 @@ mod tests {
 
     #[test]
     fn entry_keys_are_versioned_hashes_of_origin_and_email() {
-        let key = entry_key("https://svc-fabric.pwks.co", "ops@example.com");
+        let key = entry_key("https://svc-fabric.pwks.co", Form::Email, "ops@example.com");
         assert!(key.starts_with("patchworks-auth:v1:"));
         assert_eq!(key.len(), "patchworks-auth:v1:".len() + 64);
         assert!(!key.contains("example"));
         assert_eq!(
             key,
-            entry_key("HTTPS://svc-fabric.pwks.co", " Ops@Example.com")
+            entry_key(
+                "HTTPS://svc-fabric.pwks.co",
+                Form::Email,
+                " Ops@Example.com"
+            )
         );
-        assert_ne!(key, entry_key("https://staging.pwks.co", "ops@example.com"));
         assert_ne!(
             key,
-            entry_key("https://svc-fabric.pwks.co", "dev@example.com")
+            entry_key("https://staging.pwks.co", Form::Email, "ops@example.com")
+        );
+        assert_ne!(
+            key,
+            entry_key("https://svc-fabric.pwks.co", Form::Email, "dev@example.com")
+        );
+        let username = entry_key(
+            "https://svc-fabric.pwks.co",
+            Form::Username,
+            "ops@example.com",
+        );
+        assert_ne!(
+            key, username,
+            "a username spelled as an email has an entry of its own"
         );
     }
 }

@@ -410,9 +410,10 @@ impl Harness {
                         lifetime: Duration::from_secs(lifetime_secs),
                         shared: false,
                     }),
-                    LoginOutcome::Rejected => {
-                        failure(Error::new(Kind::Rejected(StatusCode::UNAUTHORIZED)), 5)
-                    }
+                    LoginOutcome::Rejected => failure(
+                        Error::new(Kind::Rejected(StatusCode::UNAUTHORIZED, false)),
+                        5,
+                    ),
                     LoginOutcome::Unavailable => {
                         let status = StatusCode::SERVICE_UNAVAILABLE;
                         failure(Error::new(Kind::Status(status, None)), 1)

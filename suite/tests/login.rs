@@ -253,3 +253,39 @@ async fn a_jwt_without_expires_in_is_used() {
     );
     assert_eq!(fake.logins(), 1);
 }
+
+#[tokio::test]
+async fn a_username_logs_in_with_the_username_form() {
+    use patchworks_auth::{
+        test_util::{EMAIL, PASSWORD, USERNAME_LOGIN_PATH},
+        AuthLayer, Credentials,
+    };
+    let fake = FakePatchworks::start().await.unwrap();
+    let client = AuthLayer::new(Credentials::username(EMAIL, PASSWORD))
+        .login_url(fake.uri(USERNAME_LOGIN_PATH))
+        .layer(fake.client());
+    assert_eq!(
+        status(&client, &fake, "/api/v1/flows").await,
+        StatusCode::OK
+    );
+    let seen = fake.seen();
+    assert_eq!(seen[0].path, USERNAME_LOGIN_PATH);
+    let body: serde_json::Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"username": EMAIL, "password": PASSWORD})
+    );
+
+    // The email form where the username one is expected is refused, and the error names the
+    // credentials given, not the environment variables.
+    let email_form = AuthLayer::new(Credentials::new(EMAIL, PASSWORD))
+        .login_url(fake.uri(USERNAME_LOGIN_PATH))
+        .layer(fake.client());
+    let error = layer_error(&email_form, &fake, "/api/v1/flows").await;
+    assert!(error.is_rejected(), "{error}");
+    let message = error.to_string();
+    assert!(
+        message.contains("given to Credentials") && !message.contains("PATCHWORKS_EMAIL"),
+        "{message}"
+    );
+}
