@@ -78,7 +78,7 @@ impl Error {
     }
 
     /// This error, saying where the credentials came from if it rejects them.
-    pub(crate) fn from_env(mut self, from_env: bool) -> Self {
+    pub(crate) fn with_env_hint(mut self, from_env: bool) -> Self {
         if let Kind::Rejected(_, hint) = &mut self.kind {
             *hint = from_env;
         }

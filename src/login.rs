@@ -93,7 +93,7 @@ where
             let sent_at = Instant::now();
             let response = send(request(login_url, *form, account, password)).await?;
             let answer = read_answer(login_url, response).await;
-            let issued = answer.map_err(|error| error.from_env(*from_env))?;
+            let issued = answer.map_err(|error| error.with_env_hint(*from_env))?;
             Ok(Obtained {
                 header: issued.header,
                 obtained_at: sent_at,

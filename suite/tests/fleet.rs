@@ -150,6 +150,15 @@ async fn sixteen_processes_cold_started_on_one_file_log_in_once_and_so_do_ten_cl
     }
     assert_eq!(fake.logins(), 1, "ten runs, one login");
 
+    // The account's entry, beside the path.
+    let path = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("token-") && !name.ends_with(".lock")
+        })
+        .expect("the account's entry");
     let bytes = std::fs::read(&path).unwrap();
     assert_nothing_in_the_clear(&fake, &bytes);
     #[cfg(unix)]
