@@ -20,8 +20,8 @@ pub const DEFAULT_LOGIN_URL: &str = "https://svc-fabric.pwks.co/api/v1/login";
 /// `{"username", "password"}`.
 pub const DEFAULT_USERNAME_LOGIN_URL: &str = "https://app.wearepatchworks.com/fabric/api/login";
 
-/// [`Layer`] that logs in to Patchworks and adds `Authorization: Bearer <token>` to requests
-/// for the Patchworks API.
+/// [`Layer`](tower_layer::Layer) that logs in to Patchworks and adds
+/// `Authorization: Bearer <token>` to requests for the Patchworks API.
 ///
 /// Building the layer does no I/O: the first request that needs a token logs in, through the
 /// wrapped service itself, and every later request reuses the token until it is renewed. See

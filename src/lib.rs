@@ -24,7 +24,7 @@
 //!     .layer(AuthLayer::new(Credentials::from_env()?))
 //!     .service(https_client);
 //!
-//! let request = Request::get("https://core.wearepatchworks.com/api/v1/flows")
+//! let request = Request::get("https://svc-fabric.pwks.co/api/v1/flows")
 //!     .body(Full::<Bytes>::default())?;
 //! let response = client.oneshot(request).await?;
 //! println!("{}", response.status());
@@ -53,7 +53,7 @@
 //! | Login answered with a redirect, or fetched from another URI by a redirect-following service below | Refused: the password never follows a redirect, and a token from elsewhere is never used. |
 //! | Request to another origin, or a network-path reference (`//host/..`) or `*` | Passed through untouched; no login. |
 //! | Request that has its own `Authorization` | Passed through untouched; no login, no 401 handling. |
-//! | A [store] shared by several processes ([`AuthLayer::store`]) | A process with no usable token (first request, expiry, a 401, a renewal) takes a newer token from the store, or logs in under the store's lock and saves its token; the others wait for it. One login for the fleet. A request with a fresh token never touches the store. |
+//! | A [store] shared by several processes ([`AuthLayer::store`]) | A process with no usable token (first request, expiry, a 401, a renewal) takes a newer token from the store, or logs in under the store's lock and saves its token once the waiting requests have it; the others wait for it. One login for the fleet. After a 401, only a token saved by a process that logged in after the same token was refused, or obtained after the 401 arrived, is taken; a replay refused with a token from the store discards it and is replayed once more. A request with a fresh token never touches the store. |
 //! | The store down, slow (its operations for one login over [`store_budget`](AuthLayer::store_budget), 300 ms by default) or refusing | The process logs in by itself, as without a store, and warns once per outage; no request fails for it. Once the store answers, the fleet converges on one token without a login. |
 //! | `poll_ready` reserved capacity below the layer (`ConcurrencyLimit`, `Buffer`) and the request must wait for a login | The reservation is let go before the wait, so the login can use it; the request drives the service ready again after. |
 //! | `ResponseFuture` polled after it completed | Panics, "ResponseFuture polled after completion", in every state, as `async` blocks do. |

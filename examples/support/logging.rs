@@ -1,6 +1,7 @@
 //! Logging for the examples: `RUST_LOG` as `target=level` pairs (say `patchworks_auth=debug`),
 //! or the crate's own logs at `default` and above.
 
+use std::io::{stdout, IsTerminal};
 use tracing::Level;
 use tracing_subscriber::{filter::Targets, fmt, prelude::*};
 
@@ -10,7 +11,13 @@ pub fn init(default: Level) {
         .and_then(|directives| directives.parse::<Targets>().ok())
         .unwrap_or_else(|| Targets::new().with_target("patchworks_auth", default));
     tracing_subscriber::registry()
-        .with(fmt::layer().with_target(false).compact())
+        // No colour codes into a pipe or a file.
+        .with(
+            fmt::layer()
+                .with_target(false)
+                .with_ansi(stdout().is_terminal())
+                .compact(),
+        )
         .with(filter)
         .init();
 }
