@@ -1,4 +1,4 @@
-//! The layer for reqwest: [`AuthMiddleware`], a [`Middleware`](reqwest_middleware::Middleware).
+//! The layer for reqwest: [`AuthMiddleware`], a [`Middleware`].
 //!
 //! It shares the token core with [`AuthLayer`]: one login at a time however many requests wait,
 //! background renewal, the 401 rules (a request replayed once after its token was renewed), the
@@ -47,7 +47,7 @@ use http::{header::AUTHORIZATION, StatusCode, Uri};
 use reqwest_middleware::{Middleware, Next};
 use std::{fmt, future::Future, pin::Pin, sync::Arc};
 
-/// A [`Middleware`](reqwest_middleware::Middleware) that logs in to Patchworks and adds
+/// A [`Middleware`] that logs in to Patchworks and adds
 /// `Authorization: Bearer <token>` to requests for the Patchworks API.
 ///
 /// Made from an [`AuthLayer`] (its credentials, login URL, timeouts, store) and the
