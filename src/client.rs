@@ -58,6 +58,8 @@ pub struct PatchworksClient {
     /// The layer's service, for [`login`](Self::login) and [`state`](Self::state).
     auth: Auth<Bare>,
     base: Uri,
+    /// Why the base URL cannot work, if it cannot: every call fails with it.
+    refused: Option<Error>,
 }
 
 impl AuthLayer {
@@ -88,6 +90,7 @@ impl AuthLayer {
             stack: BoxCloneSyncService::new(stack),
             auth,
             base: Uri::from_static(DEFAULT_BASE_URL),
+            refused: None,
         }
     }
 }
@@ -98,8 +101,19 @@ impl PatchworksClient {
 
     /// Sends path-only requests to `base` (for instance a staging API) instead of
     /// [`DEFAULT_BASE_URL`]. Its origin must be one the layer trusts with the token (a
-    /// Patchworks host, or the login URL's).
+    /// Patchworks host over `https`, or the login URL's): any other would get requests without
+    /// the token, and their 401s. Such a base makes every call and [`login`](Self::login) fail
+    /// with an [`Error`] for which [`is_config`](Error::is_config) is `true`, saying to set
+    /// [`AuthLayer::login_url`] to that origin.
     pub fn base_url(mut self, base: Uri) -> Self {
+        self.refused = (!self.auth.trusts(&base)).then(|| {
+            Error::config(format!(
+                "the base URL's origin ({}://{}) does not get the token; log in at that \
+                 origin (AuthLayer::login_url) or use a Patchworks host over https",
+                base.scheme_str().unwrap_or("?"),
+                base.authority().map_or("?", |authority| authority.host()),
+            ))
+        });
         self.base = base;
         self
     }
@@ -111,6 +125,9 @@ impl PatchworksClient {
     ///
     /// The login's [`Error`].
     pub async fn login(&self) -> Result<(), Error> {
+        if let Some(error) = &self.refused {
+            return Err(error.clone());
+        }
         self.auth.login::<Full<Bytes>>().await
     }
 
@@ -150,6 +167,9 @@ impl Service<Request<Full<Bytes>>> for PatchworksClient {
     }
 
     fn call(&mut self, mut request: Request<Full<Bytes>>) -> Self::Future {
+        if let Some(error) = self.refused.clone() {
+            return Box::pin(std::future::ready(Err(error.into())));
+        }
         if let Some(uri) = self.resolve(request.uri()) {
             *request.uri_mut() = uri;
         }

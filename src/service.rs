@@ -137,6 +137,13 @@ impl<S> Auth<S> {
 }
 
 impl<S> Auth<S> {
+    /// Whether requests to `uri` get the token.
+    #[cfg(feature = "rustls")]
+    pub(crate) fn trusts(&self, uri: &http::Uri) -> bool {
+        let scope = self.shared.cache.config.scope.as_ref();
+        scope.is_ok_and(|scope| scope.contains(uri))
+    }
+
     /// Makes sure a token is cached: logs in now unless a usable token is, and waits for that
     /// login. Requests do this by themselves; call it at start-up to refuse to start with bad
     /// credentials or an unreachable login endpoint.

@@ -98,3 +98,28 @@ async fn sits_in_axum_state_as_it_is() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(fake.logins(), 1);
 }
+
+#[tokio::test]
+async fn a_base_url_whose_origin_gets_no_token_is_a_configuration_error() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let elsewhere = FakePatchworks::start().await.unwrap();
+    // The login is at `fake`; the base URL at another origin, which the layer does not trust.
+    let client = AuthLayer::new(fake.credentials())
+        .login_url(fake.login_url())
+        .https_client()
+        .base_url(elsewhere.uri("/api/v1/"));
+    let error = client.login().await.unwrap_err();
+    assert!(error.is_config(), "{error}");
+    assert!(
+        error.to_string().contains("AuthLayer::login_url"),
+        "{error}"
+    );
+    let error = client.oneshot(get_path("/flows")).await.unwrap_err();
+    let error = error.downcast_ref::<patchworks_auth::Error>().unwrap();
+    assert!(error.is_config(), "{error}");
+    assert_eq!(
+        fake.api_calls() + elsewhere.api_calls() + fake.logins(),
+        0,
+        "no silent 401, no I/O"
+    );
+}
