@@ -80,7 +80,8 @@
 //! extensions, and its body when that has a known size up to
 //! [`replay_body_limit`](AuthLayer::replay_body_limit) (64 KiB by default): such a body is read
 //! before the request is sent and rebuilt with `From<Bytes>`, so trailers are not kept. A
-//! request is replayed at most once.
+//! request is replayed at most once, or twice when the first replay's token came from a shared
+//! [store] and was refused too (the store may hold a token revoked since).
 //!
 //! # Layer order
 //!
