@@ -266,6 +266,52 @@ async fn two_revocations_in_a_row_fail_no_request_on_a_file() {
     .await;
 }
 
+/// Two accounts (two login origins) sharing one `FileStore` path, as processes: B's member
+/// logs in and exits while A's login hangs, then new members of each take their own token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_accounts_on_one_file_path_log_in_once_each_and_never_wait_on_each_other() {
+    let _one = one_at_a_time().await;
+    let dir = TempDir::new("accounts");
+    let store = format!("file:{}", dir.0.join("token").display());
+    let (a, b) = (
+        FakePatchworks::start().await.unwrap(),
+        FakePatchworks::start().await.unwrap(),
+    );
+    a.hold_logins();
+    let member_a = spawn(&spec(&a, store.clone(), Some(1)), 1);
+    let deadline = Instant::now() + WITHIN;
+    while a.logins() == 0 {
+        assert!(Instant::now() < deadline, "A never logged in");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A holds its account's lock in its login; B's account has a lock of its own.
+    let member_b = spawn(&spec(&b, store.clone(), Some(1)), 1);
+    let started = Instant::now();
+    let report = tokio::task::spawn_blocking(|| finish(member_b))
+        .await
+        .unwrap();
+    assert_eq!((report[0].failures, b.logins()), (0, 1), "{report:?}");
+    assert!(
+        started.elapsed() < LOGIN_TIMEOUT,
+        "B waited on A: {:?}",
+        started.elapsed()
+    );
+    a.release_logins();
+    let report = tokio::task::spawn_blocking(|| finish(member_a))
+        .await
+        .unwrap();
+    assert_eq!((report[0].failures, a.logins()), (0, 1), "{report:?}");
+
+    // New processes of each account take their own token: no login, nothing overwritten.
+    let again: Vec<_> = [&a, &b]
+        .into_iter()
+        .flat_map(|fake| spawn(&spec(fake, store.clone(), Some(1)), 1))
+        .collect();
+    let reports = tokio::task::spawn_blocking(|| finish(again)).await.unwrap();
+    assert_eq!(total(&reports).failures, 0, "{reports:?}");
+    assert_eq!((a.logins(), b.logins()), (1, 1));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewals_cost_the_fleet_one_login_each_and_no_expired_token_is_sent() {
     let _one = one_at_a_time().await;
