@@ -1,25 +1,36 @@
 //! The layer's metrics on a Prometheus scrape: `cargo run --example metrics`.
 //!
-//! Serves them on loopback with `metrics-exporter-prometheus`, drives a login, a background
+//! Renders them with `metrics-exporter-prometheus`, served on loopback, drives a login, a background
 //! renewal and a 401 against an embedded fake Patchworks, prints the scrape's
 //! `patchworks_auth_*` lines, and exits. The layer needs its `metrics` feature.
 
 use bytes::Bytes;
-use http::{Request, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper::{server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use patchworks_auth::{test_util::FakePatchworks, AuthLayer};
-use std::{net::Ipv4Addr, time::Duration};
+use std::{convert::Infallible, net::Ipv4Addr, time::Duration};
 use tower::{BoxError, Layer, ServiceExt};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), BoxError> {
-    let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port();
-    PrometheusBuilder::new()
-        .with_http_listener((Ipv4Addr::LOCALHOST, port))
-        .install()?;
+    // The scrape, served on loopback as a Prometheus server would read it.
+    let prometheus = PrometheusBuilder::new().install_recorder()?;
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let prometheus = prometheus.clone();
+            let scrape = service_fn(move |_| {
+                let text = Full::new(Bytes::from(prometheus.render()));
+                async move { Ok::<_, Infallible>(Response::new(text)) }
+            });
+            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), scrape);
+            tokio::spawn(connection);
+        }
+    });
 
     let fake = FakePatchworks::start().await?;
     // Two-second tokens: renewal is due after one.
