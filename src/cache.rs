@@ -63,6 +63,15 @@ pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>
 /// A function that logs in once: one attempt, no retries (the driver retries).
 pub(crate) type LoginFn = Arc<dyn Fn() -> BoxFuture<Result<Obtained, Error>> + Send + Sync>;
 
+/// The timings the core ages tokens by, from what the layer was built with (constant: read
+/// without the core's lock).
+fn timings(config: &Config) -> Timings {
+    Timings {
+        refresh_before: config.refresh_before,
+        login_timeout: config.login_timeout,
+    }
+}
+
 /// A draw in `[0, 1)` for the core's jittered back-offs.
 fn jitter() -> f64 {
     HasherRng::default().next_f64()
@@ -282,10 +291,7 @@ pub(crate) struct Cache {
 
 impl Cache {
     pub(crate) fn new(mut config: Config) -> Arc<Cache> {
-        let timings = Timings {
-            refresh_before: config.refresh_before,
-            login_timeout: config.login_timeout,
-        };
+        let timings = timings(&config);
         let (api_key, store) = match &config.credentials.secret {
             Secret::Login {
                 account,
@@ -351,8 +357,7 @@ impl Cache {
 
     /// Announces a change of the core to the requests waiting on one, and to watchers.
     fn changed(&self, core: &Core) {
-        self.wants_answers
-            .store(core.wants_answers(), Ordering::Relaxed);
+        self.hint(core);
         switch();
         self.changes.send_replace(self.snapshot(core));
     }
@@ -513,8 +518,7 @@ impl Cache {
         crate::metrics::replay(refused);
         let mut core = self.lock();
         let again = core.replayed(Instant::now(), generation, endpoint, refused);
-        self.wants_answers
-            .store(core.wants_answers(), Ordering::Relaxed);
+        self.hint(&core);
         again
     }
 
@@ -523,8 +527,13 @@ impl Cache {
     fn report(&self, generation: u64, endpoint: Endpoint) {
         let mut core = self.lock();
         core.answered(Instant::now(), generation, endpoint);
-        self.wants_answers
-            .store(core.wants_answers(), Ordering::Relaxed);
+        self.hint(&core);
+    }
+
+    /// Tells the request path whether the core wants answers reported (read without the lock).
+    fn hint(&self, core: &Core) {
+        let wants = core.wants_answers();
+        self.wants_answers.store(wants, Ordering::Relaxed);
     }
 
     /// The API answered 401 with `headers` to a request to `endpoint` that carried token
@@ -707,7 +716,7 @@ impl Cache {
         let Some(store) = &self.store else { return };
         let mut budget = self.config.store_budget;
         if let Some(obtained) = outcome.ok().filter(|obtained| !obtained.shared) {
-            let timings = *self.lock().timings();
+            let timings = timings(&self.config);
             store
                 .save(&obtained, start.replaces(), &timings, &mut budget)
                 .await;
@@ -748,7 +757,7 @@ impl Cache {
 
     /// The attempts of one login, as [`Attempts`] decides.
     async fn attempts(&self, login: &LoginFn, after: Option<Failure>) -> Result<Obtained, Failure> {
-        let timings = *self.lock().timings();
+        let timings = timings(&self.config);
         let mut attempts = Attempts::new(&timings, Instant::now(), after);
         let mut flying: Vec<(u32, BoxFuture<Result<Obtained, Error>>)> = Vec::with_capacity(2);
         loop {
@@ -838,7 +847,7 @@ impl Cache {
                     Ok(Some((shared, _))) => {
                         let mut core = cache.lock();
                         let (renew_at, _) =
-                            core.timings().schedule(shared.obtained_at, shared.lifetime);
+                            timings(&cache.config).schedule(shared.obtained_at, shared.lifetime);
                         if Instant::now() >= renew_at {
                             continue;
                         }
@@ -866,7 +875,7 @@ impl Cache {
                                     lifetime,
                                     shared: false,
                                 };
-                                let timings = *cache.lock().timings();
+                                let timings = timings(&cache.config);
                                 store.save(&obtained, None, &timings, &mut budget).await;
                                 tracing::info!(
                                     target: "patchworks_auth",

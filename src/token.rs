@@ -328,10 +328,6 @@ impl Core {
         }
     }
 
-    pub(crate) fn timings(&self) -> &Timings {
-        &self.timings
-    }
-
     /// Generation of the current token, if there is one that may be sent at `now`.
     pub(crate) fn usable(&self, now: Instant) -> Option<u64> {
         self.current
