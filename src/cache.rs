@@ -44,11 +44,12 @@ use tokio::{
 };
 use tower::util::rng::{HasherRng, Rng};
 
-// The model check (suite/checks/driver_model.rs) swaps the core's lock for shuttle's, which
-// explores the orders in which requests, logins and 401s take it.
-#[cfg(shuttle)]
+// The model check (src/checks/driver_model.rs, a unit test under `--cfg shuttle`) swaps the
+// core's lock for shuttle's, which explores the orders in which requests, logins and 401s take
+// it.
+#[cfg(all(test, shuttle))]
 use shuttle::sync::{Mutex, MutexGuard};
-#[cfg(not(shuttle))]
+#[cfg(not(all(test, shuttle)))]
 use std::sync::{Mutex, MutexGuard};
 
 /// How often a process waiting for another's login polls the store (plus up to half again).
@@ -251,7 +252,7 @@ impl Drop for Waiting<'_> {
 /// is made one by hand, as a thread may be preempted there.
 #[inline]
 fn switch() {
-    #[cfg(shuttle)]
+    #[cfg(all(test, shuttle))]
     shuttle::thread::yield_now();
 }
 
@@ -350,7 +351,7 @@ impl Cache {
     }
 
     /// The current token.
-    #[cfg(any(feature = "reqwest", shuttle))]
+    #[cfg(any(feature = "reqwest", all(test, shuttle)))]
     pub(crate) fn current(&self) -> &ArcSwapOption<Token> {
         &self.current
     }

@@ -8,7 +8,7 @@
 //! new login once the token expired, and the recovery from a 401. With `PATCHWORKS_EMAIL` and
 //! `PATCHWORKS_PASSWORD` set, it talks to the real Patchworks instead.
 
-#[path = "support/logging.rs"]
+#[path = "../support/logging.rs"]
 mod logging;
 
 use bytes::Bytes;

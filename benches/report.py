@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Prints the medians of `cargo bench --bench auth`, and their ratios, as Markdown.
 
-    cargo bench --bench auth && python3 suite/benches/report.py
+    cargo bench --bench auth && python3 benches/report.py
 
 With folders as arguments (copies of target/criterion from several runs), each figure is the
 median of the runs' medians: on a shared, noisy machine one run can meet a busy neighbour.

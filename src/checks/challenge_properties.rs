@@ -1,6 +1,4 @@
 //! Property tests over what the network controls: the header's bytes.
-//!
-//! Compiled into the crate's unit tests by `suite/` (`cfg(suite)`), which has proptest.
 
 use crate::challenge::*;
 use proptest::prelude::*;

@@ -9,7 +9,7 @@
 //! Against a fake Patchworks on loopback, or the real one when `PATCHWORKS_EMAIL` and
 //! `PATCHWORKS_PASSWORD` are set.
 
-#[path = "../../examples/support/logging.rs"]
+#[path = "support/logging.rs"]
 mod logging;
 
 use axum::{extract::State, http::header::CONTENT_TYPE, routing::get, Router};
@@ -71,7 +71,7 @@ async fn main() -> Result<(), BoxError> {
                 .layer(Client::builder(TokioExecutor::new()).build(https));
             // Refuse to start with bad credentials, rather than fail the first request.
             client.login().await?;
-            let flows = "https://core.wearepatchworks.com/api/v1/flows".parse()?;
+            let flows = "https://svc-fabric.pwks.co/api/v1/flows".parse()?;
             (BoxCloneSyncService::new(client), flows)
         } else {
             let fake = FakePatchworks::start().await?;

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo bench --bench auth
-//! python3 suite/benches/report.py    # medians and ratios as a Markdown table
+//! python3 benches/report.py    # medians and ratios as a Markdown table
 //! ```
 
 use bytes::Bytes;

@@ -1,6 +1,4 @@
 //! Property tests over what the network controls: the answer's bytes and the token's claims.
-//!
-//! Compiled into the crate's unit tests by `suite/` (`cfg(suite)`), which has proptest.
 
 use crate::login::*;
 use base64::Engine as _;
