@@ -67,6 +67,25 @@ impl<B> RequestBody for B where
 {
 }
 
+/// Any request body: what [`PatchworksClient`](crate::PatchworksClient) sends and
+/// [`body::Body::new`](crate::body::Body::new) takes. `Full<Bytes>`, `Empty<Bytes>`, `String`,
+/// axum's `Body`, a forwarded `hyper::body::Incoming`, a `BoxBody`, a
+/// [`body::Body`](crate::body::Body).
+///
+/// Implemented for every `http_body::Body<Data = Bytes> + Send + 'static` whose `Error` is
+/// `Into<BoxError>`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a request body the client can send",
+    note = "request bodies are `http_body::Body`s of `Bytes`: `Full<Bytes>`, `Empty<Bytes>`, \
+            `String`, axum's `Body`, a forwarded `hyper::body::Incoming`"
+)]
+pub trait AnyBody:
+    sealed::Body + Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static
+{
+}
+
+impl<B> AnyBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
+
 /// A response body the layer can read a login answer from.
 ///
 /// Implemented for every `http_body::Body + Send + 'static` whose `Data` is `Send` and whose

@@ -1,9 +1,9 @@
 //! A ready HTTPS client: [`PatchworksClient`], from [`AuthLayer::https_client`].
 
-use crate::{retry::RetryPolicy, service::Auth, AuthLayer, Error, TokenState};
-use bytes::Bytes;
+use crate::{
+    body::Body, bounds::AnyBody, retry::RetryPolicy, service::Auth, AuthLayer, Error, TokenState,
+};
 use http::{uri::PathAndQuery, Request, Response, Uri};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::{
@@ -23,38 +23,56 @@ use tower_http::follow_redirect::FollowRedirectLayer;
 /// Where relative request paths go by default: the Patchworks Core API.
 pub const DEFAULT_BASE_URL: &str = "https://svc-fabric.pwks.co/api/v1/";
 
-type Bare = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type Bare = Client<HttpsConnector<HttpConnector>, Body>;
 
 /// A Patchworks API client, ready to use: hyper-util over rustls (ring, the webpki roots,
-/// HTTP/1 and HTTP/2), with the crate's one layer order on top:
+/// HTTP/1.1, and HTTP/2 with the cargo feature `http2`), with the crate's one layer order on top:
 ///
 /// ```text
 /// timeout (30 s) → redirects (each hop re-checked) → RetryPolicy → AuthLayer → hyper-util
 /// ```
 ///
 /// Made by [`AuthLayer::https_client`] (cargo feature `rustls`). It is `Clone + Send + Sync +
-/// 'static`, a `Service<Request<Full<Bytes>>>` answering `Response<Incoming>` with
-/// [`BoxError`]s, so it sits in axum state as it is. Clones share one connection pool and one
-/// token.
+/// 'static`, a `Service<Request<B>>` for any request body `B` ([`AnyBody`]: `Full<Bytes>`,
+/// `Empty<Bytes>`, `String`, axum's `Body`, a forwarded `Incoming`) answering
+/// `Response<Incoming>` with [`BoxError`]s, so it sits in axum state as it is, and a handler
+/// forwards its request's body without collecting it. Clones share one connection pool and one
+/// token. Bytes are retried and replayed after a 401; a streamed body is sent once (see
+/// [`body`](crate::body)).
 ///
 /// A request whose URI is a path (`/flows?page=2`) goes to the [base URL](Self::base_url)
 /// followed by that path: `https://svc-fabric.pwks.co/api/v1/flows?page=2` by default.
 ///
 /// ```no_run
 /// use http::Request;
-/// use patchworks_auth::{AuthLayer, Credentials};
+/// use patchworks_auth::{body::Body, AuthLayer, Credentials};
 /// use tower::ServiceExt;
 ///
 /// # async fn run() -> Result<(), tower::BoxError> {
 /// let client = AuthLayer::new(Credentials::from_env()?).https_client();
 /// client.login().await?; // refuse to start with bad credentials
-/// let flows = client.oneshot(Request::get("/flows").body(Default::default())?).await?;
+/// let flows = client.oneshot(Request::get("/flows").body(Body::empty())?).await?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// A body that is not one is refused when the code is compiled:
+///
+/// ```compile_fail,E0277
+/// # use http::Request;
+/// # use patchworks_auth::{AuthLayer, Credentials};
+/// # use tower::ServiceExt;
+/// # async fn run() -> Result<(), tower::BoxError> {
+/// let client = AuthLayer::new(Credentials::new("ops@example.com", "pw")).https_client();
+/// let flows = client.oneshot(Request::get("/flows").body(b"{}".to_vec())?).await?;
+/// // error[E0277]: `Vec<u8>` is not a request body the client can send
+/// //   = note: request bodies are `http_body::Body`s of `Bytes`: `Full<Bytes>`, ...
 /// # Ok(())
 /// # }
 /// ```
 #[derive(Clone)]
 pub struct PatchworksClient {
-    stack: BoxCloneSyncService<Request<Full<Bytes>>, Response<Incoming>, BoxError>,
+    stack: BoxCloneSyncService<Request<Body>, Response<Incoming>, BoxError>,
     /// The layer's service, for [`login`](Self::login) and [`state`](Self::state).
     auth: Auth<Bare>,
     base: Uri,
@@ -128,7 +146,7 @@ impl PatchworksClient {
         if let Some(error) = &self.refused {
             return Err(error.clone());
         }
-        self.auth.login::<Full<Bytes>>().await
+        self.auth.login::<Body>().await
     }
 
     /// What the layer knows of its token, without the token.
@@ -157,7 +175,7 @@ impl PatchworksClient {
     }
 }
 
-impl Service<Request<Full<Bytes>>> for PatchworksClient {
+impl<B: AnyBody> Service<Request<B>> for PatchworksClient {
     type Response = Response<Incoming>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
@@ -166,10 +184,11 @@ impl Service<Request<Full<Bytes>>> for PatchworksClient {
         self.stack.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<Full<Bytes>>) -> Self::Future {
+    fn call(&mut self, request: Request<B>) -> Self::Future {
         if let Some(error) = self.refused.clone() {
             return Box::pin(std::future::ready(Err(error.into())));
         }
+        let mut request = request.map(Body::new);
         if let Some(uri) = self.resolve(request.uri()) {
             *request.uri_mut() = uri;
         }

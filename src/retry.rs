@@ -27,7 +27,9 @@ use tower::{
 ///   `Retry-After` (seconds or an HTTP date), up to [`max_retry_after`](Self::max_retry_after).
 /// - At most [`max_retries`](Self::max_retries) times (default 3), and, with a
 ///   [`budget`](Self::budget), only while the budget allows.
-/// - Only requests it can clone: the body type must be `Clone` (`Full<Bytes>`, `String`, ...).
+/// - Only requests it can copy: a body that is `Clone` (`Full<Bytes>`, `Empty<Bytes>`,
+///   `String`), or a [`body::Body`](crate::body::Body) made from bytes (see [`RetryBody`]). A
+///   streamed body is sent once.
 ///
 /// Put it **outside** [`AuthLayer`](crate::AuthLayer): each attempt then passes through the
 /// layer and gets the current token, and a 401 is already handled (renewed and replayed once)
@@ -146,9 +148,37 @@ fn backoff(min: Duration, max: Duration) -> ExponentialBackoff {
         .make_backoff()
 }
 
+/// A request body [`RetryPolicy`] can copy to retry a request with: every `Clone` body
+/// (`Full<Bytes>`, `Empty<Bytes>`, `String`) and [`body::Body`](crate::body::Body), which
+/// copies its bytes and declines a stream.
+#[diagnostic::on_unimplemented(
+    message = "`RetryPolicy` cannot copy a request body of type `{Self}` to retry the request",
+    label = "a request with this body goes through `RetryPolicy`",
+    note = "retried bodies are `Clone` (`Full<Bytes>`, `Empty<Bytes>`, `String`) or \
+            `patchworks_auth::body::Body`: put `.map_request(|r: Request<_>| r.map(Body::new))` \
+            above `.retry(..)`, as the `body` module shows"
+)]
+pub trait RetryBody: Sized {
+    /// A copy to send again, or `None` if this body cannot be copied (the request is then not
+    /// retried).
+    fn try_clone(&self) -> Option<Self>;
+}
+
+impl<B: Clone> RetryBody for B {
+    fn try_clone(&self) -> Option<Self> {
+        Some(self.clone())
+    }
+}
+
+impl RetryBody for crate::body::Body {
+    fn try_clone(&self) -> Option<Self> {
+        crate::body::Body::try_clone(self)
+    }
+}
+
 impl<B, ResBody> Policy<Request<B>, Response<ResBody>, BoxError> for RetryPolicy
 where
-    B: Clone,
+    B: RetryBody,
 {
     type Future = tokio::time::Sleep;
 
@@ -190,7 +220,7 @@ where
         if !is_idempotent(request.method()) || self.retries_left == 0 {
             return None; // never retried: no need for a copy
         }
-        let mut clone = Request::new(request.body().clone());
+        let mut clone = Request::new(request.body().try_clone()?);
         *clone.method_mut() = request.method().clone();
         *clone.uri_mut() = request.uri().clone();
         *clone.version_mut() = request.version();

@@ -102,3 +102,81 @@ async fn a_forwarded_incoming_body_goes_through_and_is_replayed() {
     assert_eq!(fake.logins(), 2, "the second was replayed after a 401");
     assert_eq!(fake.unauthorized(), 1);
 }
+
+/// The crate's one layer order (README, "Layer order"), with `body::Body` outermost.
+fn retried<B: patchworks_auth::bounds::AnyBody>(
+    fake: &FakePatchworks,
+) -> tower::util::BoxCloneService<Request<B>, Response<Incoming>, tower::BoxError> {
+    use patchworks_auth::retry::RetryPolicy;
+    use std::time::Duration;
+    use tower::ServiceBuilder;
+    use tower_http::follow_redirect::FollowRedirectLayer;
+
+    let stack = ServiceBuilder::new()
+        .map_request(|request: Request<B>| request.map(Body::new))
+        .timeout(Duration::from_secs(30))
+        .layer(FollowRedirectLayer::new())
+        .retry(RetryPolicy::new().backoff(Duration::from_millis(1), Duration::from_millis(2)))
+        .layer(AuthLayer::new(fake.credentials()).login_url(fake.login_url()))
+        .service(Client::builder(TokioExecutor::new()).build_http::<Body>());
+    tower::util::BoxCloneService::new(stack)
+}
+
+/// Under `RetryPolicy`, `body::Body` is copied when it is bytes, however it was made, and a
+/// streamed body is sent once.
+#[tokio::test]
+async fn body_under_the_retry_policy_retries_bytes_and_sends_a_stream_once() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let uri = fake.uri("/api/v1/flows");
+
+    // Bytes: `Full`, `String` and a `Body` stay bytes through `Body::new`.
+    let client = retried::<Body>(&fake);
+    for (text, body) in [
+        ("full", Body::new(Full::new(Bytes::from("full")))),
+        ("string", Body::new(String::from("string"))),
+        ("from", Body::from("from")),
+    ] {
+        fake.fail_api_calls(1, StatusCode::SERVICE_UNAVAILABLE, Some(0));
+        let calls = fake.api_calls();
+        let response = client
+            .clone()
+            .oneshot(Request::put(uri.clone()).body(body).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{text} retried");
+        assert_eq!(fake.api_calls() - calls, 2, "{text}");
+        assert_eq!(fake.seen().into_iter().last().unwrap().body, text);
+    }
+
+    // axum's `Body`, empty (a GET's, a DELETE's): retried.
+    let client = retried::<axum::body::Body>(&fake);
+    fake.fail_api_calls(1, StatusCode::SERVICE_UNAVAILABLE, Some(0));
+    let calls = fake.api_calls();
+    let response = client
+        .clone()
+        .oneshot(
+            Request::put(uri.clone())
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "retried");
+    assert_eq!(fake.api_calls() - calls, 2);
+
+    // A stream cannot be copied: sent once, and its 503 returned for the caller to decide.
+    fake.fail_api_calls(1, StatusCode::SERVICE_UNAVAILABLE, Some(0));
+    let calls = fake.api_calls();
+    let chunks = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from("streamed"))]);
+    let response = client
+        .oneshot(
+            Request::put(uri)
+                .body(axum::body::Body::from_stream(chunks))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(fake.api_calls() - calls, 1, "not retried");
+    assert_eq!(fake.logins(), 2, "one per client");
+}

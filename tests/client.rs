@@ -123,3 +123,60 @@ async fn a_base_url_whose_origin_gets_no_token_is_a_configuration_error() {
         "no silent 401, no I/O"
     );
 }
+
+async fn post<B: patchworks_auth::bounds::AnyBody>(
+    client: &PatchworksClient,
+    fake: &FakePatchworks,
+    body: B,
+) -> Bytes {
+    let request = Request::post("/flows").body(body).unwrap();
+    let response = client.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    fake.seen().into_iter().last().unwrap().body
+}
+
+/// The ready client takes the bodies a hyper-util client does, with no conversion by hand; an
+/// axum handler forwards its request's body as it is, and a revocation replays it.
+#[tokio::test]
+async fn takes_any_request_body() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let client = client(&fake);
+    assert_eq!(
+        post(&client, &fake, http_body_util::Empty::<Bytes>::new()).await,
+        ""
+    );
+    assert_eq!(post(&client, &fake, String::from("string")).await, "string");
+    assert_eq!(post(&client, &fake, Full::from("full")).await, "full");
+    assert_eq!(
+        post(&client, &fake, axum::body::Body::from("axum")).await,
+        "axum"
+    );
+
+    async fn forward(
+        State(client): State<PatchworksClient>,
+        request: Request<axum::body::Body>,
+    ) -> StatusCode {
+        let request = Request::post("/flows").body(request.into_body()).unwrap();
+        client.oneshot(request).await.unwrap().status()
+    }
+    let app = Router::new()
+        .route("/forward", axum::routing::post(forward))
+        .with_state(client.clone());
+    fake.revoke_tokens();
+    let request = Request::post("/forward")
+        .body(axum::body::Body::from("forwarded"))
+        .unwrap();
+    assert_eq!(app.oneshot(request).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(fake.seen().into_iter().last().unwrap().body, "forwarded");
+    assert_eq!(fake.logins(), 2, "replayed after the revocation");
+}
+
+/// A proxy's `Incoming` goes to the ready client as it is (checked by the compiler).
+#[allow(dead_code)]
+fn forwards_incoming(
+    client: PatchworksClient,
+    request: Request<hyper::body::Incoming>,
+) -> impl std::future::Future<Output = Result<http::Response<hyper::body::Incoming>, tower::BoxError>>
+{
+    client.oneshot(request)
+}
