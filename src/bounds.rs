@@ -74,11 +74,6 @@ impl<B> RequestBody for B where
 ///
 /// Implemented for every `http_body::Body<Data = Bytes> + Send + 'static` whose `Error` is
 /// `Into<BoxError>`.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` is not a request body the client can send",
-    note = "request bodies are `http_body::Body`s of `Bytes`: `Full<Bytes>`, `Empty<Bytes>`, \
-            `String`, axum's `Body`, a forwarded `hyper::body::Incoming`"
-)]
 pub trait AnyBody:
     sealed::Body + Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static
 {

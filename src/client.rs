@@ -65,8 +65,8 @@ type Bare = Client<HttpsConnector<HttpConnector>, Body>;
 /// # async fn run() -> Result<(), tower::BoxError> {
 /// let client = AuthLayer::new(Credentials::new("ops@example.com", "pw")).https_client();
 /// let flows = client.oneshot(Request::get("/flows").body(b"{}".to_vec())?).await?;
-/// // error[E0277]: `Vec<u8>` is not a request body the client can send
-/// //   = note: request bodies are `http_body::Body`s of `Bytes`: `Full<Bytes>`, ...
+/// // error[E0277]: the trait bound `Vec<u8>: http_body::Body` is not satisfied
+/// // (bytes go in a `Full<Bytes>`: `.body(Full::from(bytes))`)
 /// # Ok(())
 /// # }
 /// ```

@@ -118,13 +118,39 @@ impl AuthLayer {
     ///
     /// The URL must be absolute and `https`, or `http` to a loopback host (`127.0.0.0/8`, `::1`,
     /// `localhost`) for tests and local development, so that the password never crosses a
-    /// network unencrypted. Any other URL makes every request fail with an [`Error`](crate::Error) for which
-    /// [`is_config`](crate::Error::is_config) is `true`.
+    /// network unencrypted. Any other URL is logged as an error here, where the layer is built,
+    /// and makes [`Auth::login`](crate::Auth::login) and every request fail with an
+    /// [`Error`](crate::Error) for which [`is_config`](crate::Error::is_config) is `true`, without
+    /// a byte sent. To refuse it where the layer is built, use
+    /// [`try_login_url`](Self::try_login_url).
     pub fn login_url(self, login_url: Uri) -> Self {
         self.map_config(|config| {
             config.scope = Scope::new(&login_url);
+            if let Err(error) = &config.scope {
+                tracing::error!(target: "patchworks_auth", %error, "invalid login URL");
+            }
             config.login_url = login_url;
         })
+    }
+
+    /// [`login_url`](Self::login_url), refusing a URL it would not log in at.
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`](crate::Error) for which [`is_config`](crate::Error::is_config) is `true`
+    /// when the URL is not absolute, carries a user name or password, or is plain-text `http`
+    /// to a host that is not loopback. Its message says what to use instead.
+    ///
+    /// ```
+    /// use patchworks_auth::{AuthLayer, Credentials};
+    ///
+    /// let layer = AuthLayer::new(Credentials::new("ops@example.com", "pw"));
+    /// let error = layer.try_login_url("http://staging.example.com/login".parse().unwrap());
+    /// assert!(error.unwrap_err().is_config());
+    /// ```
+    pub fn try_login_url(self, login_url: Uri) -> Result<Self, crate::Error> {
+        Scope::new(&login_url)?;
+        Ok(self.login_url(login_url))
     }
 
     /// How long before its expiry a token is renewed. Default: 5 minutes.

@@ -151,13 +151,6 @@ fn backoff(min: Duration, max: Duration) -> ExponentialBackoff {
 /// A request body [`RetryPolicy`] can copy to retry a request with: every `Clone` body
 /// (`Full<Bytes>`, `Empty<Bytes>`, `String`) and [`body::Body`](crate::body::Body), which
 /// copies its bytes and declines a stream.
-#[diagnostic::on_unimplemented(
-    message = "`RetryPolicy` cannot copy a request body of type `{Self}` to retry the request",
-    label = "a request with this body goes through `RetryPolicy`",
-    note = "retried bodies are `Clone` (`Full<Bytes>`, `Empty<Bytes>`, `String`) or \
-            `patchworks_auth::body::Body`: put `.map_request(|r: Request<_>| r.map(Body::new))` \
-            above `.retry(..)`, as the `body` module shows"
-)]
 pub trait RetryBody: Sized {
     /// A copy to send again, or `None` if this body cannot be copied (the request is then not
     /// retried).

@@ -180,3 +180,33 @@ fn forwards_incoming(
 {
     client.oneshot(request)
 }
+
+/// A plain-text login URL to a host that is not loopback is refused where the layer is built
+/// (`try_login_url`), and by the client's `login` and every call without a byte sent.
+#[tokio::test]
+async fn a_plain_http_login_url_off_loopback_is_refused_before_any_io() {
+    let url: http::Uri = "http://staging.example.com/api/v1/login".parse().unwrap();
+    let error = AuthLayer::new(Credentials::new("ops@example.com", "pw"))
+        .try_login_url(url.clone())
+        .unwrap_err();
+    assert!(error.is_config(), "{error}");
+    assert!(error.to_string().contains("use https://"), "{error}");
+    assert!(
+        !format!("{error:?}").contains("pw\""),
+        "no password in {error:?}"
+    );
+
+    let client = AuthLayer::new(Credentials::new("ops@example.com", "pw"))
+        .login_url(url)
+        .https_client();
+    assert!(client.login().await.unwrap_err().is_config());
+    let error = client.oneshot(get_path("/flows")).await.unwrap_err();
+    let error = error.downcast_ref::<patchworks_auth::Error>().unwrap();
+    assert!(error.is_config(), "{error}");
+
+    // Loopback stays allowed, for tests and local development.
+    let loopback = "http://127.0.0.1:8080/api/v1/login".parse().unwrap();
+    assert!(AuthLayer::new(Credentials::new("ops@example.com", "pw"))
+        .try_login_url(loopback)
+        .is_ok());
+}
