@@ -13,7 +13,7 @@ import statistics
 import sys
 
 roots = [pathlib.Path(arg) for arg in sys.argv[1:]] or [
-    pathlib.Path(__file__).resolve().parents[2] / "target" / "criterion"
+    pathlib.Path(__file__).resolve().parents[1] / "target" / "criterion"
 ]
 
 
