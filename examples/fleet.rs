@@ -48,6 +48,7 @@ async fn coordinate() {
         requests: None,
         interval_ms: 50,
         login_timeout_ms: 2_000,
+        budget: None,
     };
     println!(
         "fleet: {FLEET} processes on {}",

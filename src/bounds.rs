@@ -67,7 +67,7 @@ impl<B> RequestBody for B where
 {
 }
 
-/// Any request body: what [`PatchworksClient`](crate::PatchworksClient) sends and
+/// Any request body: what `PatchworksClient` (feature `rustls`) sends and
 /// [`body::Body::new`](crate::body::Body::new) takes. `Full<Bytes>`, `Empty<Bytes>`, `String`,
 /// axum's `Body`, a forwarded `hyper::body::Incoming`, a `BoxBody`, a
 /// [`body::Body`](crate::body::Body).

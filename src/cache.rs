@@ -12,6 +12,7 @@
 //! back so is due again at once, and the request that takes it up waits for it, so that it runs
 //! while a runtime does.
 
+use crate::budget::{is_too_many, Purpose};
 use crate::{
     challenge::{self, Verdict},
     clock::Coarse,
@@ -319,6 +320,10 @@ impl Cache {
                 (header, None)
             }
         };
+        if let Some(Some(budget)) = config.budget {
+            let shared = store.as_ref().map(Shared::budget);
+            config.gate = Some(Arc::new(crate::budget::Gate::new(budget, shared)));
+        }
         let now = Instant::now();
         let current = api_key.clone().map(|header| {
             let obtained = Obtained {
@@ -370,6 +375,24 @@ impl Cache {
     }
 
     /// What is known of the token, without the token.
+    /// Takes one unit of the API budget, if there is one, for a request about to be sent to
+    /// Patchworks (an API call or a replay; logins take theirs in [`login_through`]).
+    ///
+    /// [`login_through`]: crate::login::login_through
+    pub(crate) async fn spend(&self) -> Result<(), Error> {
+        match &self.config.gate {
+            Some(gate) => gate.take(Purpose::Request).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Patchworks answered: a 429 pauses the API budget, if there is one.
+    pub(crate) async fn throttled(&self, status: http::StatusCode, headers: &http::HeaderMap) {
+        if let (Some(gate), true) = (&self.config.gate, is_too_many(status)) {
+            gate.too_many(headers).await;
+        }
+    }
+
     pub(crate) fn state(&self) -> TokenState {
         self.snapshot(&self.lock())
     }
@@ -394,7 +417,9 @@ impl Cache {
             most_waiting: self.most_waiting.load(Ordering::Relaxed),
             last_error: core.last_error().cloned(),
             store_outages: self.store.as_ref().map_or(0, Shared::outages),
+            ..TokenState::default()
         }
+        .with_budget(self.config.gate.as_deref())
     }
 
     /// A token that may be sent: the current one, or the outcome of the login in flight, or of

@@ -86,8 +86,15 @@ impl AuthLayer {
     /// Its requests time out after 30 s, follow up to 20 redirects (each hop passes the origin
     /// check again: the token goes only where it belongs), and are retried by a default
     /// [`RetryPolicy`] (idempotent methods, at most 3 times).
+    ///
+    /// It keeps an API [budget](crate::budget) of 240 requests a minute
+    /// ([`Budget::per_minute(240)`](crate::budget::Budget::per_minute)), what Patchworks allows
+    /// its Growth and Professional plans, shared with every process of a [store](Self::store),
+    /// unless this layer was given another ([`budget`](Self::budget)) or none
+    /// ([`no_budget`](Self::no_budget)).
     #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
     pub fn https_client(self) -> PatchworksClient {
+        let layer = self.budget_or(crate::budget::Budget::per_minute(240));
         // The webpki roots are compiled in: no platform verifier, no file to find.
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
@@ -98,7 +105,7 @@ impl AuthLayer {
         let https = https.enable_http2();
         let https = https.build();
         let bare: Bare = Client::builder(TokioExecutor::new()).build(https);
-        let auth = tower_layer::Layer::layer(&self, bare);
+        let auth = tower_layer::Layer::layer(&layer, bare);
         let stack = ServiceBuilder::new()
             .timeout(PatchworksClient::TIMEOUT)
             .layer(FollowRedirectLayer::new())

@@ -1,6 +1,7 @@
 //! What a layer was built with.
 
 use crate::{
+    budget::{Budget, Gate},
     credentials::Credentials,
     error::Error,
     scope::{Redacted, Scope},
@@ -25,6 +26,10 @@ pub(crate) struct Config {
     pub(crate) store_key: Option<[u8; 32]>,
     /// What the store may take of one login.
     pub(crate) store_budget: Duration,
+    /// The API budget: `None` until the builder says, `Some(None)` for none.
+    pub(crate) budget: Option<Option<Budget>>,
+    /// The budget as the layer keeps it, made by `Cache::new` (with the store's key).
+    pub(crate) gate: Option<Arc<Gate>>,
 }
 
 impl fmt::Debug for Config {
@@ -38,6 +43,7 @@ impl fmt::Debug for Config {
             .field("store", &self.store)
             .field("store_key", &self.store_key.map(|_| "<redacted>"))
             .field("store_budget", &self.store_budget)
+            .field("budget", &self.budget)
             .finish()
     }
 }

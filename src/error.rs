@@ -63,6 +63,8 @@ pub(crate) enum Kind {
     Abandoned,
     /// A request body kept for a replay was longer than its size hint said.
     RequestBody,
+    /// The request waited `max_wait` for the API budget and was not sent.
+    BudgetExhausted(Duration),
 }
 
 impl Error {
@@ -126,6 +128,17 @@ impl Error {
     /// [`Credentials::from_env`](crate::Credentials::from_env) found no credentials.
     pub fn is_config(&self) -> bool {
         matches!(self.kind, Kind::Config(_))
+    }
+
+    /// Returns `true` if the request waited the API [budget](crate::budget)'s `max_wait` for
+    /// its turn and was not sent. [`RetryPolicy`](crate::retry::RetryPolicy) retries it after
+    /// its back-off; a caller may also wait and try again, or shed the work.
+    pub fn is_budget_exhausted(&self) -> bool {
+        matches!(self.kind, Kind::BudgetExhausted(_))
+    }
+
+    pub(crate) fn budget_exhausted(waited: Duration) -> Self {
+        Error::new(Kind::BudgetExhausted(waited))
     }
 
     /// The HTTP status of the login answer, when the login failed because of it.
@@ -233,6 +246,12 @@ impl fmt::Display for Error {
             ),
             Kind::RequestBody => f.write_str(
                 "the request body is longer than its size hint said; the request was not sent",
+            ),
+            Kind::BudgetExhausted(waited) => write!(
+                f,
+                "the Patchworks API budget had no turn for this request within {waited:?} \
+                 (Budget::max_wait); it was not sent: retry later, send less, or raise the \
+                 budget if your plan allows more"
             ),
         }
     }

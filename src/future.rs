@@ -362,6 +362,15 @@ where
         })
     }
 
+    /// A request whose whole course is a boxed future (see [`Auth::budgeted`]).
+    ///
+    /// [`Auth::budgeted`]: crate::Auth
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn slow(future: BoxFuture<Result<Response<ResBody>, BoxError>>) -> Self {
+        Self::new(State::Slow { future })
+    }
+
     /// `future`, then the renewal it took up.
     #[cold]
     #[inline(never)]
@@ -632,6 +641,7 @@ where
     };
     drop(unauthorized);
     for again in [true, false] {
+        cache.spend().await?;
         token.authorize_replay(request.headers_mut());
         let response = inner.ready().await.map_err(Into::into)?.call(request).await;
         let response = response.map_err(Into::into)?;

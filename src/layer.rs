@@ -1,6 +1,7 @@
 //! The layer and its builder.
 
 use crate::{
+    budget::Budget,
     cache::Cache,
     config::Config,
     credentials::{Credentials, Form, Secret},
@@ -97,6 +98,8 @@ impl AuthLayer {
             store: None,
             store_key: None,
             store_budget: crate::store::STORE_BUDGET,
+            budget: None,
+            gate: None,
         })
     }
 
@@ -229,6 +232,29 @@ impl AuthLayer {
     /// Default: 300 ms.
     pub fn store_budget(self, budget: Duration) -> Self {
         self.map_config(|config| config.store_budget = budget)
+    }
+
+    /// Keeps the requests sent to Patchworks (API calls, logins, replays) within `budget`, in
+    /// this process and, with a [store](Self::store), across every process sharing it: see
+    /// [`budget`](crate::budget). Default: none, except in
+    /// `https_client()` (feature `rustls`), which applies `Budget::per_minute(240)`.
+    pub fn budget(self, budget: Budget) -> Self {
+        self.map_config(|config| config.budget = Some(Some(budget)))
+    }
+
+    /// `budget` unless the builder chose one (or none).
+    #[cfg_attr(not(feature = "rustls"), allow(dead_code))]
+    pub(crate) fn budget_or(self, budget: Budget) -> Self {
+        match self.cache.config.budget {
+            None => self.budget(budget),
+            Some(_) => self,
+        }
+    }
+
+    /// No API budget, not even the ready client's default: for an account whose limit is
+    /// kept some other way.
+    pub fn no_budget(self) -> Self {
+        self.map_config(|config| config.budget = Some(None))
     }
 }
 

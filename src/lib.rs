@@ -147,6 +147,7 @@
 
 pub mod body;
 pub mod bounds;
+pub mod budget;
 mod cache;
 mod challenge;
 #[cfg(feature = "rustls")]

@@ -76,11 +76,11 @@ where
     RB: ResponseBody,
 {
     let (login_url, credentials) = (config.login_url.clone(), config.credentials.clone());
-    let shared = Arc::new((login_url, credentials));
+    let shared = Arc::new((login_url, credentials, config.gate.clone()));
     Arc::new(move || {
         let (shared, send) = (shared.clone(), make());
         Box::pin(async move {
-            let (login_url, credentials) = &*shared;
+            let (login_url, credentials, gate) = &*shared;
             let Secret::Login {
                 account,
                 password,
@@ -90,8 +90,16 @@ where
             else {
                 return Err(Error::config("an API key needs no login"));
             };
+            // A login is a request to Patchworks: it takes a unit of the API budget, and its
+            // wait is bounded by the login timeout, not `max_wait`.
+            if let Some(gate) = gate {
+                let _ = gate.take(crate::budget::Purpose::Login).await;
+            }
             let sent_at = Instant::now();
             let response = send(request(login_url, *form, account, password)).await?;
+            if let (Some(gate), true) = (gate, crate::budget::is_too_many(response.status())) {
+                gate.too_many(response.headers()).await;
+            }
             let answer = read_answer(login_url, response).await;
             let issued = answer.map_err(|error| error.with_env_hint(*from_env))?;
             Ok(Obtained {

@@ -67,3 +67,23 @@ pub(crate) fn store(op: &str, outcome: &'static str) {
     #[cfg(not(feature = "metrics"))]
     let _ = (op, outcome);
 }
+
+/// A request waited `waited` for its turn in the API budget.
+pub(crate) fn budget_wait(waited: Duration) {
+    #[cfg(feature = "metrics")]
+    ::metrics::histogram!("patchworks_auth_budget_wait_seconds").record(waited.as_secs_f64());
+    #[cfg(not(feature = "metrics"))]
+    let _ = waited;
+}
+
+/// A 429 paused the API budget.
+pub(crate) fn budget_pause() {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!("patchworks_auth_budget_pauses_total").increment(1);
+}
+
+/// A request waited `max_wait` for the API budget and was not sent.
+pub(crate) fn budget_refused() {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!("patchworks_auth_budget_refused_total").increment(1);
+}

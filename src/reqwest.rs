@@ -113,11 +113,18 @@ impl AuthMiddleware {
             // The caller's own credentials, or not a Patchworks origin: not ours to touch.
             return next.run(request, extensions).await;
         }
+        // The budget's turn first: the token is taken once the request may go.
+        self.cache.spend().await.map_err(middleware_error)?;
         let (token, renewal) = self.token().await.map_err(middleware_error)?;
         request
             .headers_mut()
             .insert(AUTHORIZATION, token.header.clone());
         let response = self.sent(token, request, extensions, next).await;
+        if let Ok(response) = &response {
+            self.cache
+                .throttled(response.status(), response.headers())
+                .await;
+        }
         if let Some(renewal) = renewal {
             renewal.await;
         }
@@ -158,6 +165,7 @@ impl AuthMiddleware {
         drop(response);
         for again in [true, false] {
             let copy = replay.try_clone();
+            self.cache.spend().await.map_err(middleware_error)?;
             token.authorize_replay(replay.headers_mut());
             let response = next
                 .clone()

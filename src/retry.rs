@@ -22,7 +22,8 @@ use tower::{
 /// - Only idempotent requests: `GET`, `HEAD`, `PUT`, `DELETE`, `OPTIONS`. A `POST` or `PATCH`
 ///   is never retried: the first attempt may have been applied.
 /// - Only transient failures: a connection that could not be made or broke before the answer
-///   (refused, reset, aborted, closed), and the answers `429`, `502`, `503` and `504`.
+///   (refused, reset, aborted, closed), a request the API [budget](crate::budget) did not send
+///   within its `max_wait`, and the answers `429`, `502`, `503` and `504`.
 /// - After a back-off: exponential from 100 ms to 10 s with random jitter, or the answer's
 ///   `Retry-After` (seconds or an HTTP date), up to [`max_retry_after`](Self::max_retry_after).
 /// - At most [`max_retries`](Self::max_retries) times (default 3), and, with a
@@ -132,6 +133,14 @@ impl RetryPolicy {
                 _ => None,
             },
             Err(error) if is_connection_error(error.as_ref()) => Some(Delay::Backoff),
+            // Never sent: the budget had no turn for it within its `max_wait`.
+            Err(error)
+                if error
+                    .downcast_ref::<crate::Error>()
+                    .is_some_and(crate::Error::is_budget_exhausted) =>
+            {
+                Some(Delay::Backoff)
+            }
             Err(_) => None,
         }
     }

@@ -264,6 +264,22 @@ where
             // The caller's own credentials, or not a Patchworks origin: not ours to touch.
             return ResponseFuture::passthrough(self.inner.call(request));
         }
+        if self.shared.cache.config.gate.is_some() {
+            return self.budgeted(request);
+        }
+        self.send(request)
+    }
+}
+
+impl<S: Clone> Auth<S> {
+    /// Sends a request that gets the token: with it, or after the login it waits for.
+    #[inline]
+    fn send<ReqBody, ResBody>(&mut self, request: Request<ReqBody>) -> ResponseFuture<S, ReqBody>
+    where
+        S: HttpService<ReqBody, ResBody = ResBody>,
+        ReqBody: RequestBody,
+        ResBody: ResponseBody,
+    {
         let Some(token) = self.token.load() else {
             return self.cold(request);
         };
@@ -294,5 +310,34 @@ where
         };
         let (ready, replayer) = (Ready::Borrowed(&mut self.inner), own.replayer.clone());
         ResponseFuture::warm(ready, replayer, request, own.header.clone(), generation)
+    }
+
+    /// A request under an API budget: it waits for its turn, then is sent as any other by a
+    /// clone driven ready; a 429 pauses the budget. Let go of `self.inner`'s reservation as in
+    /// [`Auth::cold`].
+    #[cold]
+    #[inline(never)]
+    fn budgeted<ReqBody, ResBody>(
+        &mut self,
+        request: Request<ReqBody>,
+    ) -> ResponseFuture<S, ReqBody>
+    where
+        S: HttpService<ReqBody, ResBody = ResBody>,
+        ReqBody: RequestBody,
+        ResBody: ResponseBody,
+    {
+        let unreserved = self.inner.clone();
+        drop(std::mem::replace(&mut self.inner, unreserved));
+        let mut auth = self.clone();
+        ResponseFuture::slow(Box::pin(async move {
+            let cache = auth.shared.cache.clone();
+            cache.spend().await?;
+            let response = tower::ServiceExt::ready(&mut auth)
+                .await?
+                .send(request)
+                .await?;
+            cache.throttled(response.status(), response.headers()).await;
+            Ok(response)
+        }))
     }
 }

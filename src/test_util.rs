@@ -165,6 +165,11 @@ struct FakeState {
     seen: Vec<Seen>,
     /// Tokens that opened at least one API call.
     used: std::collections::HashSet<String>,
+    /// The rate limit [`FakePatchworks::limit_rate`] set: at most this many requests in any
+    /// window of this length, and when the last ones arrived.
+    rate: Option<(usize, Duration, std::collections::VecDeque<Instant>)>,
+    /// Requests answered `429` for the rate limit.
+    too_many: usize,
 }
 
 /// At most this many requests are kept for [`FakePatchworks::seen`], so a long test stays small.
@@ -194,6 +199,8 @@ impl FakePatchworks {
                 dropped: 0,
                 api_status: None,
                 api_failures: (0, StatusCode::SERVICE_UNAVAILABLE, None),
+                rate: None,
+                too_many: 0,
                 redirects: HashMap::new(),
                 forbidden: HashMap::new(),
                 api_key: None,
@@ -324,6 +331,19 @@ impl FakePatchworks {
     /// `Retry-After: <seconds>` if given; then it answers normally again.
     pub fn fail_api_calls(&self, count: usize, status: StatusCode, retry_after: Option<u64>) {
         self.state().api_failures = (count, status, retry_after);
+    }
+
+    /// Enforces a rate limit as Patchworks does: a request (login or API call) arriving when
+    /// `limit` others arrived within the last `per` (a sliding window) is answered `429 Too
+    /// Many Requests` with `Retry-After: 1`, and not counted. See
+    /// [`too_many`](Self::too_many).
+    pub fn limit_rate(&self, limit: usize, per: Duration) {
+        self.state().rate = Some((limit, per, std::collections::VecDeque::new()));
+    }
+
+    /// How many requests the [rate limit](Self::limit_rate) answered `429`.
+    pub fn too_many(&self) -> usize {
+        self.state().too_many
     }
 
     /// Makes `from` (a path) answer `301 Moved Permanently` to `to` (a path or an absolute URI),
@@ -484,6 +504,9 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 async fn handle(shared: &Shared, request: Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    if let Some(refused) = over_rate(&mut shared.state()) {
+        return Some(refused);
+    }
     let (parts, body) = request.into_parts();
     let body = body
         .collect()
@@ -531,6 +554,31 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Option<Response<
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    Some(response)
+}
+
+/// A `429` if this request, arriving now, is over the rate limit; counts it otherwise.
+fn over_rate(state: &mut FakeState) -> Option<Response<Full<Bytes>>> {
+    let now = Instant::now();
+    let (limit, per, arrived) = state.rate.as_mut()?;
+    while arrived
+        .front()
+        .is_some_and(|at| now.duration_since(*at) >= *per)
+    {
+        arrived.pop_front();
+    }
+    if arrived.len() < *limit {
+        arrived.push_back(now);
+        return None;
+    }
+    state.too_many += 1;
+    let mut response = Response::new(Full::new(Bytes::from_static(
+        b"{\"message\":\"Too Many Requests\"}",
+    )));
+    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
     Some(response)
 }
 

@@ -848,6 +848,29 @@ pub struct TokenState {
     /// How many times the shared [store](crate::store) stopped answering (each outage counted
     /// once, however long it lasted). Always `0` without a store.
     pub store_outages: u64,
+    /// Requests (and logins) that waited for their turn in the API [budget](crate::budget),
+    /// in this process.
+    pub budget_waited: u64,
+    /// The longest of those waits.
+    pub budget_longest_wait: Duration,
+    /// How many 429s paused the budget.
+    pub budget_pauses: u64,
+    /// Requests that waited the budget's `max_wait` and were not sent.
+    pub budget_refused: u64,
+}
+
+impl TokenState {
+    pub(crate) fn with_budget(mut self, gate: Option<&crate::budget::Gate>) -> Self {
+        if let Some(gate) = gate {
+            (
+                self.budget_waited,
+                self.budget_longest_wait,
+                self.budget_pauses,
+                self.budget_refused,
+            ) = gate.counts();
+        }
+        self
+    }
 }
 
 impl fmt::Debug for TokenState {
@@ -871,6 +894,10 @@ impl fmt::Debug for TokenState {
             .field("most_waiting", &self.most_waiting)
             .field("last_error", &self.last_error)
             .field("store_outages", &self.store_outages)
+            .field("budget_waited", &self.budget_waited)
+            .field("budget_longest_wait", &self.budget_longest_wait)
+            .field("budget_pauses", &self.budget_pauses)
+            .field("budget_refused", &self.budget_refused)
             .finish()
     }
 }

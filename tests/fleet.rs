@@ -49,6 +49,7 @@ fn spec(fake: &FakePatchworks, store: String, requests: Option<u64>) -> Spec {
         requests,
         interval_ms: 50,
         login_timeout_ms: LOGIN_TIMEOUT.as_millis() as u64,
+        budget: None,
     }
 }
 

@@ -41,6 +41,8 @@ fn cache() -> Arc<Cache> {
         store: None,
         store_key: None,
         store_budget: Duration::from_millis(300),
+        budget: None,
+        gate: None,
     })
 }
 

@@ -5,13 +5,16 @@ use sha2::{Digest, Sha256};
 use std::{
     collections::HashMap,
     fs::{self, File, OpenOptions, TryLockError},
-    io::{self, Read, Write},
+    io::{self, Read, Seek, Write},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 const MAGIC: &[u8; 4] = b"pwa1";
+/// An API budget's file: this, when a pause ends, then when each unit of the window was taken
+/// (microseconds since the Unix epoch, big-endian).
+const BUDGET_MAGIC: &[u8; 4] = b"pwb1";
 /// The most of a token file read: a real entry is a few hundred bytes.
 const MAX_FILE: u64 = 16 * 1024;
 
@@ -30,6 +33,11 @@ const MAX_FILE: u64 = 16 * 1024;
 /// others may read or write, anything but a regular file or one larger than 16 KiB (never read
 /// whole), and a directory others may write to unless it has the sticky bit (as `/tmp` has).
 /// Its file work runs on Tokio's blocking threads, so the store's budget bounds it.
+///
+/// The account's API [budget](crate::budget) is a file beside its entry (`.budget`): the times
+/// of the last window's units on the wall clock the host's processes share, read and rewritten
+/// under an OS lock on that file. It holds up to about 2,000 units; a larger budget is kept by
+/// each process alone.
 ///
 /// Upgrading from a version that kept one entry in the file at `path` itself: that file is no
 /// longer read (the first run after the upgrade logs in once), and may be deleted.
@@ -99,6 +107,41 @@ impl TokenStore for FileStore {
         }))
     }
 
+    fn take_budget<'a>(
+        &'a self,
+        key: &'a str,
+        limit: u32,
+        window: Duration,
+        _name: &'a str,
+    ) -> StoreFuture<'a, Option<Duration>> {
+        let path = budget_path(&self.paths(key).0);
+        Box::pin(blocking(move || {
+            update_budget(&path, |now, paused_until, sent| {
+                if *paused_until > now {
+                    return Some(Duration::from_micros(*paused_until - now));
+                }
+                let window = u64::try_from(window.as_micros()).unwrap_or(u64::MAX);
+                sent.retain(|at| now.saturating_sub(*at) < window);
+                if sent.len() < limit as usize {
+                    sent.push(now);
+                    return None;
+                }
+                let oldest = sent.iter().min().copied().unwrap_or(now);
+                Some(Duration::from_micros((oldest + window).saturating_sub(now)))
+            })
+        }))
+    }
+
+    fn pause_budget<'a>(&'a self, key: &'a str, pause: Duration) -> StoreFuture<'a, ()> {
+        let path = budget_path(&self.paths(key).0);
+        Box::pin(blocking(move || {
+            let pause = u64::try_from(pause.as_micros()).unwrap_or(u64::MAX);
+            update_budget(&path, |now, paused_until, _| {
+                *paused_until = (*paused_until).max(now.saturating_add(pause));
+            })
+        }))
+    }
+
     fn unlock<'a>(&'a self, _key: &'a str, owner: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             // Closing the file lets go of the lock.
@@ -117,6 +160,48 @@ async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> Result<T, tower::BoxError> {
     Ok(tokio::task::spawn_blocking(f).await??)
+}
+
+fn budget_path(entry: &Path) -> PathBuf {
+    let mut name = entry.as_os_str().to_owned();
+    name.push(".budget");
+    PathBuf::from(name)
+}
+
+/// Runs `f` on a budget's state (now, when a pause ends, the units' times, all in microseconds
+/// since the Unix epoch) under an exclusive OS lock on its file, and writes the state back.
+fn update_budget<T>(
+    path: &Path,
+    f: impl FnOnce(u64, &mut u64, &mut Vec<u64>) -> T,
+) -> io::Result<T> {
+    let file = open_private(path, true)?;
+    file.lock()?;
+    let mut bytes = Vec::new();
+    (&file).take(MAX_FILE).read_to_end(&mut bytes)?;
+    // A file that does not parse (new, or cut short by a crash) is an empty budget.
+    let mut words = bytes
+        .strip_prefix(BUDGET_MAGIC)
+        .unwrap_or_default()
+        .chunks_exact(8)
+        .map(|word| u64::from_be_bytes(word.try_into().unwrap_or_default()));
+    let mut paused_until = words.next().unwrap_or(0);
+    let mut sent: Vec<u64> = words.collect();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(io::Error::other)?;
+    let now = u64::try_from(now.as_micros()).unwrap_or(u64::MAX);
+    let outcome = f(now, &mut paused_until, &mut sent);
+    let mut out = Vec::with_capacity(12 + 8 * sent.len());
+    out.extend_from_slice(BUDGET_MAGIC);
+    out.extend_from_slice(&paused_until.to_be_bytes());
+    for at in &sent {
+        out.extend_from_slice(&at.to_be_bytes());
+    }
+    // In place, under the lock (a rename would leave the lock on the old file).
+    file.set_len(0)?;
+    (&file).seek(io::SeekFrom::Start(0))?;
+    (&file).write_all(&out)?;
+    Ok(outcome)
 }
 
 fn read(path: &Path, key: &str) -> io::Result<Option<Vec<u8>>> {

@@ -129,6 +129,47 @@ pub trait TokenStore: fmt::Debug + Send + Sync + 'static {
 
     /// Lets go of the lock of `key` if `owner` still holds it (and only then).
     fn unlock<'a>(&'a self, key: &'a str, owner: &'a str) -> StoreFuture<'a, ()>;
+
+    /// Takes one unit of the API [budget](crate::budget) of `key`'s account, as `name`: at most
+    /// `limit` units in any `window`, timed by one clock every process shares. `None` if taken;
+    /// otherwise how long until one may be had (the oldest ages out, or a pause ends).
+    ///
+    /// The default shares nothing: each process keeps its own budget.
+    fn take_budget<'a>(
+        &'a self,
+        key: &'a str,
+        limit: u32,
+        window: Duration,
+        name: &'a str,
+    ) -> StoreFuture<'a, Option<Duration>> {
+        let _ = (key, limit, window, name);
+        Box::pin(std::future::ready(Err(Unsupported.into())))
+    }
+
+    /// Pauses the API budget of `key`'s account for `pause` (after a 429), for every process;
+    /// a longer pause already set stays.
+    ///
+    /// The default shares nothing.
+    fn pause_budget<'a>(&'a self, key: &'a str, pause: Duration) -> StoreFuture<'a, ()> {
+        let _ = (key, pause);
+        Box::pin(std::future::ready(Err(Unsupported.into())))
+    }
+}
+
+/// A store that keeps no shared budget: the default of [`TokenStore::take_budget`].
+#[derive(Debug)]
+struct Unsupported;
+
+impl fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("this token store shares no API budget")
+    }
+}
+
+impl std::error::Error for Unsupported {}
+
+pub(crate) fn is_unsupported(error: &(dyn std::error::Error + 'static)) -> bool {
+    error.is::<Unsupported>()
 }
 
 /// What the store may take of one login, its operations together: see
@@ -141,6 +182,10 @@ pub(crate) struct Owner(String);
 impl Owner {
     pub(crate) fn new() -> Owner {
         Owner(seal::hex(&seal::random::<16>()))
+    }
+
+    pub(crate) fn into_string(self) -> String {
+        self.0
     }
 }
 
@@ -179,6 +224,11 @@ impl Shared {
             down: AtomicBool::new(false),
             outages: AtomicU64::new(0),
         }
+    }
+
+    /// The store and the account's key, for the API budget.
+    pub(crate) fn budget(&self) -> (Arc<dyn TokenStore>, String) {
+        (self.store.clone(), self.key.clone())
     }
 
     pub(crate) fn outages(&self) -> u64 {

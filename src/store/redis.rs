@@ -16,12 +16,39 @@ const UNLOCK: &str = r"if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
+/// Takes one unit of an API budget: a sliding log in a sorted set (`KEYS[1]`), paused while
+/// `KEYS[2]` lives, timed by the server's clock (`TIME`) so that every host agrees. Returns -1
+/// if taken, else the microseconds until a unit may be had.
+const TAKE: &str = r"local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window = tonumber(ARGV[2])
+local paused = redis.call('PTTL', KEYS[2])
+if paused > 0 then
+    return paused * 1000
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+    redis.call('ZADD', KEYS[1], now, ARGV[3])
+    redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000) + 1000)
+    return -1
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return math.max(0, math.ceil(tonumber(oldest[2]) + window - now))";
+
+/// Pauses an API budget for `ARGV[1]` ms, unless a longer pause is set.
+const PAUSE: &str = r"if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
+    redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+end
+return 0";
+
 /// A [`TokenStore`] in Redis: for replicas on several hosts, and serverless functions.
 ///
 /// The entry is a string key with an expiry (`SET .. PX`); the lock is a key beside it
 /// (`<key>:lock`) taken with `SET NX PX` and a random owner, let go by a compare-and-delete
 /// script, and lapsing after the [login timeout](crate::AuthLayer::login_timeout) if its holder
-/// dies. It connects on first use, over TCP (`redis://`, `rediss://` with redis-rs's TLS
+/// dies. The account's API [budget](crate::budget) is a sorted set beside them
+/// (`<key>:budget`, and `<key>:budget:pause` after a 429), taken by one script timed by the
+/// server's clock. It connects on first use, over TCP (`redis://`, `rediss://` with redis-rs's TLS
 /// features) or a Unix socket (`redis+unix:///path`), and again after any error.
 ///
 /// ```no_run
@@ -39,6 +66,8 @@ pub struct RedisStore {
     /// The connection, once made; dropped after an error so that the next operation reconnects.
     connection: Arc<Mutex<Option<MultiplexedConnection>>>,
     unlock: Arc<Script>,
+    take: Arc<Script>,
+    pause: Arc<Script>,
 }
 
 impl RedisStore {
@@ -61,6 +90,8 @@ impl RedisStore {
             client,
             connection: Arc::default(),
             unlock: Arc::new(Script::new(UNLOCK)),
+            take: Arc::new(Script::new(TAKE)),
+            pause: Arc::new(Script::new(PAUSE)),
         })
     }
 
@@ -91,6 +122,19 @@ impl RedisStore {
     ) -> Result<T, tower::BoxError> {
         let mut connection = self.connection().await?;
         let result = command.query_async(&mut connection).await;
+        if result.is_err() {
+            self.forget();
+        }
+        Ok(result?)
+    }
+
+    /// Runs `invocation` of a script; forgets the connection if it fails.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T, tower::BoxError> {
+        let mut connection = self.connection().await?;
+        let result = invocation.invoke_async(&mut connection).await;
         if result.is_err() {
             self.forget();
         }
@@ -139,17 +183,35 @@ impl TokenStore for RedisStore {
 
     fn unlock<'a>(&'a self, key: &'a str, owner: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let mut connection = self.connection().await?;
-            let result: redis::RedisResult<i64> = self
-                .unlock
-                .key(format!("{key}:lock"))
-                .arg(owner)
-                .invoke_async(&mut connection)
-                .await;
-            if result.is_err() {
-                self.forget();
-            }
-            result?;
+            let mut invocation = self.unlock.key(format!("{key}:lock"));
+            invocation.arg(owner);
+            self.invoke::<i64>(invocation).await?;
+            Ok(())
+        })
+    }
+
+    fn take_budget<'a>(
+        &'a self,
+        key: &'a str,
+        limit: u32,
+        window: Duration,
+        name: &'a str,
+    ) -> StoreFuture<'a, Option<Duration>> {
+        Box::pin(async move {
+            let mut invocation = self.take.key(format!("{key}:budget"));
+            invocation.key(format!("{key}:budget:pause"));
+            let window = u64::try_from(window.as_micros()).unwrap_or(u64::MAX);
+            invocation.arg(limit).arg(window).arg(name);
+            let wait: i64 = self.invoke(invocation).await?;
+            Ok(u64::try_from(wait).ok().map(Duration::from_micros))
+        })
+    }
+
+    fn pause_budget<'a>(&'a self, key: &'a str, pause: Duration) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut invocation = self.pause.key(format!("{key}:budget:pause"));
+            invocation.arg(millis(pause));
+            self.invoke::<i64>(invocation).await?;
             Ok(())
         })
     }

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use patchworks_auth::{
+    budget::Budget,
     store::{FileStore, RedisStore},
     test_util::{EMAIL, PASSWORD},
     AuthLayer, Credentials,
@@ -43,6 +44,9 @@ pub struct Spec {
     /// Between two requests.
     pub interval_ms: u64,
     pub login_timeout_ms: u64,
+    /// An API budget: `(limit, per in ms)`.
+    #[serde(default)]
+    pub budget: Option<(u32, u64)>,
 }
 
 /// What a member reports when it exits.
@@ -72,6 +76,10 @@ async fn member(spec: Spec) {
     let layer = AuthLayer::new(Credentials::new(EMAIL, PASSWORD))
         .login_url(spec.login_url.parse().unwrap())
         .login_timeout(Duration::from_millis(spec.login_timeout_ms));
+    let layer = match spec.budget {
+        Some((limit, per_ms)) => layer.budget(Budget::new(limit, Duration::from_millis(per_ms))),
+        None => layer,
+    };
     let layer = match spec.store.split_once(':') {
         Some(("file", path)) => layer.store(FileStore::new(path)),
         Some(("redis", url)) => layer.store(RedisStore::new(url).unwrap()),

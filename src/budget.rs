@@ -1,0 +1,397 @@
+//! [`Budget`]: one API budget per account, shared across the processes that share its token.
+//!
+//! Patchworks allows 240 API requests a minute per account (Growth and Professional; "starting
+//! at 240" on Enterprise), login tokens and API keys alike. A fleet sharing one account shares
+//! that budget: four replicas in a sync loop, or a cron job started beside a service, go over it
+//! within seconds, and each process learns of it from its own 429s. With a budget the layer
+//! keeps every process inside it instead:
+//!
+//! ```
+//! use patchworks_auth::{budget::Budget, AuthLayer, Credentials};
+//! use std::time::Duration;
+//!
+//! let layer = AuthLayer::new(Credentials::new("ops@example.com", "hunter2"))
+//!     .budget(Budget::per_minute(240).max_wait(Duration::from_secs(10)));
+//! ```
+//!
+//! - **What counts.** Every request the layer sends to Patchworks takes one unit: API calls,
+//!   logins and replays after a 401. A request to another origin takes none.
+//! - **The promise.** Never more than `limit` requests in any window of `per`, a sliding one,
+//!   so that neither a sliding nor a fixed count on the server's side sees more. The window is
+//!   kept [`margin`](Budget::margin) longer (a twentieth of `per`, at least 50 ms) for the
+//!   requests' transit times, so a long run goes at about 95% of `limit / per`. Up to `limit`
+//!   requests go at once; a request over the budget waits for the oldest of the window to age
+//!   out.
+//! - **Waiting.** In arrival order, for at most [`max_wait`](Budget::max_wait) (30 s by
+//!   default; a wait for a login is not counted). Past it the request fails, unsent, with an
+//!   [`Error`] for which [`is_budget_exhausted`](Error::is_budget_exhausted) is `true`, which
+//!   [`RetryPolicy`](crate::retry::RetryPolicy) retries. A caller that gives up while waiting
+//!   gives its turn back.
+//! - **Shared.** With a [store](crate::store), the budget is the account's, across every
+//!   process that uses the store: in Redis, one atomic script on a key per account (hashed as
+//!   the token's key), timed by the Redis server's clock so that hosts with skewed clocks
+//!   agree; in a [`FileStore`](crate::store::FileStore), a file beside the token's under an OS
+//!   lock. A unit is taken before its request is sent, so a process that crashes mid-request
+//!   has spent it. If the store is down or slow, each process keeps its own budget meanwhile
+//!   and warns once: no request fails for it.
+//! - **A 429 pauses the account.** Its `Retry-After` (1 s without one, at most 5 minutes)
+//!   pauses the budget of every process sharing it; the 429 itself is returned as it is, for
+//!   `RetryPolicy` above the layer to retry after the pause.
+//! - **Seen** in [`TokenState`](crate::TokenState) (`budget_waited`, `budget_longest_wait`,
+//!   `budget_pauses`, `budget_refused`) and, with the `metrics` feature, in the metrics.
+//!
+//! `AuthLayer::https_client()` (feature `rustls`) applies `Budget::per_minute(240)` unless
+//! told otherwise; a bare [`AuthLayer`](crate::AuthLayer)
+//! has no budget unless given one.
+//!
+//! Why a sliding log and not `governor`'s GCRA: GCRA allowing a burst of `limit` lets through
+//! up to `2 * limit - 1` requests in one window of `per` (the burst, then the refill), which a
+//! server counting a sliding window refuses; allowing a burst of 1 keeps the promise but spaces
+//! every request `per / limit` apart, so a CLI's 50 requests under 240 a minute take 12 s
+//! instead of none (BENCHMARKS.md, "the budget"). The log keeps the promise exactly, lets a
+//! burst through, and is the same rule in Redis, in a file and in the process, so a fallback
+//! changes nothing but the sharing.
+
+use crate::{error::Error, store::TokenStore};
+use http::{HeaderMap, StatusCode};
+use std::{
+    collections::VecDeque,
+    fmt,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, SystemTime},
+};
+use tokio::{
+    sync::Semaphore,
+    time::{sleep_until, timeout, Instant},
+};
+
+/// How long a 429 pauses the budget when it says nothing, and the longest it may.
+const PAUSE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(300));
+/// The longest one budget operation on the store may take before the process goes on alone.
+const STORE_DEADLINE: Duration = Duration::from_millis(250);
+
+/// An API budget: at most `limit` requests in any window of `per` (see the
+/// [module documentation](self)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    limit: u32,
+    per: Duration,
+    max_wait: Duration,
+    margin: Option<Duration>,
+}
+
+impl Budget {
+    /// The default for [`max_wait`](Self::max_wait): 30 seconds.
+    pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(30);
+
+    /// At most `limit` requests in any window of `per`.
+    ///
+    /// # Panics
+    ///
+    /// If `limit` or `per` is zero.
+    pub fn new(limit: u32, per: Duration) -> Self {
+        assert!(limit > 0, "Budget::new takes a limit above zero");
+        assert!(!per.is_zero(), "Budget::new takes a window above zero");
+        Budget {
+            limit,
+            per,
+            max_wait: Self::DEFAULT_MAX_WAIT,
+            margin: None,
+        }
+    }
+
+    /// At most `n` requests in any minute: `Budget::new(n, 60 s)`. Patchworks allows 240 on
+    /// its Growth and Professional plans; an Enterprise account may allow more (ask Patchworks,
+    /// then give your figure here).
+    ///
+    /// # Panics
+    ///
+    /// If `n` is zero.
+    pub fn per_minute(n: u32) -> Self {
+        Budget::new(n, Duration::from_secs(60))
+    }
+
+    /// The longest a request waits for its turn before it fails with an [`Error`] for which
+    /// [`is_budget_exhausted`](Error::is_budget_exhausted) is `true`. A wait for a login is not
+    /// counted. Default: 30 s.
+    pub fn max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = max_wait;
+        self
+    }
+
+    /// How much longer than `per` the window is kept, for the requests' transit times: a
+    /// request counted at one moment reaches Patchworks a little later, and two requests'
+    /// delays differ. Default: a twentieth of `per`, at least 50 ms.
+    pub fn margin(mut self, margin: Duration) -> Self {
+        self.margin = Some(margin);
+        self
+    }
+
+    /// The window as the layer keeps it: `per` and the margin.
+    fn window(&self) -> Duration {
+        let margin = self
+            .margin
+            .unwrap_or_else(|| (self.per / 20).max(Duration::from_millis(50)));
+        self.per + margin
+    }
+}
+
+/// The sliding log of one process: when its last requests were sent, and until when a 429
+/// paused it. The same rule as the stores' (Redis's script, the file's).
+#[derive(Debug, Default)]
+struct Log {
+    sent: VecDeque<Instant>,
+    paused_until: Option<Instant>,
+}
+
+impl Log {
+    /// Takes one unit at `now`, or says when one may be had.
+    fn take(&mut self, now: Instant, limit: u32, window: Duration) -> Result<(), Instant> {
+        if let Some(until) = self.paused_until {
+            if now < until {
+                return Err(until);
+            }
+            self.paused_until = None;
+        }
+        while self
+            .sent
+            .front()
+            .is_some_and(|first| now.duration_since(*first) >= window)
+        {
+            self.sent.pop_front();
+        }
+        match self.sent.front() {
+            Some(first) if self.sent.len() >= limit as usize => Err(*first + window),
+            _ => {
+                self.sent.push_back(now);
+                Ok(())
+            }
+        }
+    }
+
+    /// Records a unit the store gave, keeping only the last window's (for an outage to come).
+    fn record(&mut self, now: Instant, limit: u32, window: Duration) {
+        while self.sent.front().is_some_and(|first| {
+            now.duration_since(*first) >= window || self.sent.len() >= limit as usize
+        }) {
+            self.sent.pop_front();
+        }
+        self.sent.push_back(now);
+    }
+
+    fn pause(&mut self, until: Instant) {
+        self.paused_until = Some(self.paused_until.map_or(until, |paused| paused.max(until)));
+    }
+}
+
+/// Why a unit is taken: a login's wait is not bounded by `max_wait`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    Request,
+    Login,
+}
+
+/// The budget as the layer keeps it: the process's log, the turnstile that keeps waiters in
+/// arrival order, the store it is shared through, and what it counted.
+pub(crate) struct Gate {
+    budget: Budget,
+    window: Duration,
+    log: Mutex<Log>,
+    /// One permit: the request at the head of the queue takes it and waits for its unit;
+    /// tokio's semaphore is fair, so the others queue in arrival order, and one that gives up
+    /// leaves the queue.
+    turnstile: Semaphore,
+    shared: Option<(Arc<dyn TokenStore>, String)>,
+    /// Each unit taken from the store is named, so that two processes' units never merge.
+    names: AtomicU64,
+    owner: String,
+    /// Whether the last store operation failed (for one warning per outage).
+    down: AtomicBool,
+    waited: AtomicU64,
+    longest_wait_us: AtomicU64,
+    pauses: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl Gate {
+    pub(crate) fn new(budget: Budget, shared: Option<(Arc<dyn TokenStore>, String)>) -> Gate {
+        Gate {
+            budget,
+            window: budget.window(),
+            log: Mutex::default(),
+            turnstile: Semaphore::new(1),
+            shared,
+            names: AtomicU64::new(0),
+            owner: crate::store::Owner::new().into_string(),
+            down: AtomicBool::new(false),
+            waited: AtomicU64::new(0),
+            longest_wait_us: AtomicU64::new(0),
+            pauses: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes one unit for a request about to be sent to Patchworks, waiting for its turn.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::is_budget_exhausted`] after `max_wait` (never for a login).
+    pub(crate) async fn take(&self, purpose: Purpose) -> Result<(), Error> {
+        let started = Instant::now();
+        let wait = async {
+            // The semaphore is never closed.
+            let _turn = self.turnstile.acquire().await;
+            loop {
+                match self.try_take(Instant::now()).await {
+                    Ok(()) => return,
+                    Err(until) => sleep_until(until).await,
+                }
+            }
+        };
+        match purpose {
+            Purpose::Login => wait.await,
+            Purpose::Request => {
+                if timeout(self.budget.max_wait, wait).await.is_err() {
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::budget_refused();
+                    return Err(Error::budget_exhausted(self.budget.max_wait));
+                }
+            }
+        }
+        let waited = started.elapsed();
+        if waited >= Duration::from_millis(1) {
+            self.waited.fetch_add(1, Ordering::Relaxed);
+            let micros = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+            self.longest_wait_us.fetch_max(micros, Ordering::Relaxed);
+            crate::metrics::budget_wait(waited);
+        }
+        Ok(())
+    }
+
+    /// One try: from the store if it answers (the process's log records the unit too, for
+    /// an outage to come), else from the process's own log.
+    async fn try_take(&self, now: Instant) -> Result<(), Instant> {
+        if let Some((store, key)) = &self.shared {
+            let name = format!(
+                "{}-{}",
+                self.owner,
+                self.names.fetch_add(1, Ordering::Relaxed)
+            );
+            let taken = store.take_budget(key, self.budget.limit, self.window, &name);
+            match self.run("take", timeout(STORE_DEADLINE, taken).await) {
+                Some(None) => {
+                    self.lock().record(now, self.budget.limit, self.window);
+                    return Ok(());
+                }
+                Some(Some(wait)) => return Err(now + wait),
+                None => {}
+            }
+        }
+        self.lock().take(now, self.budget.limit, self.window)
+    }
+
+    /// A store operation's outcome, or `None` (after one warning per outage) to go on alone.
+    fn run<T>(
+        &self,
+        what: &str,
+        outcome: Result<Result<T, tower::BoxError>, tokio::time::error::Elapsed>,
+    ) -> Option<T> {
+        let error = match outcome {
+            Ok(Ok(value)) => {
+                if self.down.swap(false, Ordering::Relaxed) {
+                    tracing::info!(target: "patchworks_auth", "the budget is shared again");
+                }
+                return Some(value);
+            }
+            Ok(Err(error)) if crate::store::is_unsupported(&*error) => return None,
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer within {STORE_DEADLINE:?}"),
+        };
+        if !self.down.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                target: "patchworks_auth",
+                operation = what,
+                %error,
+                "token store unavailable for the API budget: this process keeps its own until \
+                 it answers"
+            );
+        }
+        None
+    }
+
+    /// Patchworks answered 429: the budget pauses for its `Retry-After` (1 s without one, at
+    /// most 5 minutes), in this process and, through the store, in every process sharing it.
+    pub(crate) async fn too_many(&self, headers: &HeaderMap) {
+        let pause = crate::login::retry_after(headers, SystemTime::now())
+            .unwrap_or(PAUSE.0)
+            .min(PAUSE.1);
+        self.pauses.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::budget_pause();
+        tracing::warn!(
+            target: "patchworks_auth",
+            ?pause,
+            "Patchworks answered 429 Too Many Requests: the API budget pauses"
+        );
+        self.lock().pause(Instant::now() + pause);
+        if let Some((store, key)) = &self.shared {
+            let paused = store.pause_budget(key, pause);
+            let _ = self.run("pause", timeout(STORE_DEADLINE, paused).await);
+        }
+    }
+
+    /// What the budget counted: requests that waited, the longest wait, pauses, refusals.
+    pub(crate) fn counts(&self) -> (u64, Duration, u64, u64) {
+        (
+            self.waited.load(Ordering::Relaxed),
+            Duration::from_micros(self.longest_wait_us.load(Ordering::Relaxed)),
+            self.pauses.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+        )
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Log> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Whether an answer pauses the budget.
+pub(crate) fn is_too_many(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS
+}
+
+impl fmt::Debug for Gate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gate")
+            .field("budget", &self.budget)
+            .field("shared", &self.shared.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_never_lets_more_than_the_limit_into_a_window() {
+        let (limit, window) = (3, Duration::from_secs(2));
+        let (mut log, start) = (Log::default(), Instant::now());
+        let at = |ms| start + Duration::from_millis(ms);
+        for ms in [0, 10, 20] {
+            assert_eq!(log.take(at(ms), limit, window), Ok(()));
+        }
+        assert_eq!(
+            log.take(at(30), limit, window),
+            Err(at(2000)),
+            "the oldest ages out"
+        );
+        assert_eq!(log.take(at(2000), limit, window), Ok(()));
+        assert_eq!(log.take(at(2001), limit, window), Err(at(2010)));
+        log.pause(at(5000));
+        assert_eq!(log.take(at(4000), limit, window), Err(at(5000)), "paused");
+        assert_eq!(log.take(at(5000), limit, window), Ok(()));
+    }
+}

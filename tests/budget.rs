@@ -1,0 +1,326 @@
+//! One API budget per account (`patchworks_auth::budget`): in one process, and across a fleet
+//! of real OS processes (copies of this test binary) sharing a real `redis-server` or a file,
+//! against a fake Patchworks that enforces a sliding-window rate limit and answers 429 beyond it.
+
+#[path = "support/fleet.rs"]
+mod fleet;
+
+use bytes::Bytes;
+use fleet::{total, Member, Redis, Report, Spec, TempDir};
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use patchworks_auth::{budget::Budget, test_util::FakePatchworks, AuthLayer};
+use std::{path::PathBuf, time::Duration};
+use tokio::time::Instant;
+use tower::{Layer, ServiceExt};
+
+const WITHIN: Duration = Duration::from_secs(60);
+
+/// What a member runs: this binary, its one ignored test.
+#[test]
+#[ignore = "run by the budget tests as a member process"]
+fn budget_member() {
+    assert!(
+        fleet::run_member_if_asked(),
+        "run by the budget tests, with {} set",
+        fleet::MEMBER_VAR
+    );
+}
+
+const MEMBER_ARGS: &[&str] = &["--ignored", "--exact", "budget_member", "--nocapture", "-q"];
+
+/// One scenario at a time: each has the machine's two cores to itself.
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+type Authed =
+    patchworks_auth::Auth<Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>>;
+
+fn client(fake: &FakePatchworks, budget: Budget) -> Authed {
+    AuthLayer::new(fake.credentials())
+        .login_url(fake.login_url())
+        .budget(budget)
+        .layer(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>())
+}
+
+fn get(fake: &FakePatchworks, path: &str) -> Request<Full<Bytes>> {
+    Request::get(fake.uri(path)).body(Full::default()).unwrap()
+}
+
+/// Requests per second from the first request the fake saw to the last.
+fn throughput(fake: &FakePatchworks) -> f64 {
+    let seen = fake.seen();
+    let first = seen.iter().map(|s| s.received_at).min().unwrap();
+    let last = seen.iter().map(|s| s.received_at).max().unwrap();
+    seen.len() as f64 / last.duration_since(first).as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_requests_keep_within_the_budget() {
+    let _one = one_at_a_time().await;
+    let fake = FakePatchworks::start().await.unwrap();
+    let (limit, per) = (200, Duration::from_secs(1));
+    fake.limit_rate(limit, per);
+    let client = client(&fake, Budget::new(limit as u32, per));
+    let requests = (0..1000).map(|i| {
+        let request = get(&fake, &format!("/api/v1/flows/{i}"));
+        tokio::spawn(client.clone().oneshot(request))
+    });
+    let responses = futures_util::future::join_all(requests.collect::<Vec<_>>()).await;
+    for response in responses {
+        assert_eq!(response.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(fake.too_many(), 0, "no 429");
+    assert_eq!(fake.api_calls(), 1000);
+    let rate = throughput(&fake);
+    assert!(rate >= 0.85 * 200.0, "{rate:.0} requests/s against 200");
+    let state = client.state();
+    assert!(state.budget_waited >= 700, "{state:?}");
+    assert!(
+        state.budget_longest_wait >= Duration::from_secs(3),
+        "{state:?}"
+    );
+}
+
+#[tokio::test]
+async fn waiters_go_in_arrival_order_and_one_that_gives_up_gives_its_turn_back() {
+    let fake = FakePatchworks::start().await.unwrap();
+    // The login and the first request take the window's two units.
+    let budget = Budget::new(2, Duration::from_millis(400)).margin(Duration::ZERO);
+    let client = client(&fake, budget);
+    client
+        .clone()
+        .oneshot(get(&fake, "/api/v1/0"))
+        .await
+        .unwrap();
+    let mut waiting = Vec::new();
+    for i in 1..=5 {
+        waiting.push(tokio::spawn(
+            client.clone().oneshot(get(&fake, &format!("/api/v1/{i}"))),
+        ));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    waiting.remove(1).abort(); // the second in line gives up
+    for request in waiting {
+        assert_eq!(request.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    let paths: Vec<String> = fake.seen().into_iter().map(|s| s.path).collect();
+    assert_eq!(
+        paths[1..],
+        [
+            "/api/v1/0",
+            "/api/v1/1",
+            "/api/v1/3",
+            "/api/v1/4",
+            "/api/v1/5"
+        ],
+        "in arrival order, and the one that gave up never sent"
+    );
+}
+
+#[tokio::test]
+async fn a_request_past_max_wait_fails_unsent_with_a_typed_error() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let budget = Budget::new(2, Duration::from_secs(60)).max_wait(Duration::from_millis(100));
+    let client = client(&fake, budget);
+    client
+        .clone()
+        .oneshot(get(&fake, "/api/v1/flows"))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let error = client
+        .clone()
+        .oneshot(get(&fake, "/api/v1/flows"))
+        .await
+        .unwrap_err();
+    let error = error.downcast_ref::<patchworks_auth::Error>().unwrap();
+    assert!(error.is_budget_exhausted(), "{error}");
+    assert!(error.to_string().contains("max_wait"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(fake.api_calls(), 1, "never sent");
+    assert_eq!(client.state().budget_refused, 1);
+}
+
+#[tokio::test]
+async fn a_429_pauses_the_budget_for_its_retry_after_and_is_returned_as_it_is() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let client = client(&fake, Budget::per_minute(240));
+    client
+        .clone()
+        .oneshot(get(&fake, "/api/v1/flows"))
+        .await
+        .unwrap();
+    fake.fail_api_calls(1, StatusCode::TOO_MANY_REQUESTS, Some(2));
+    let response = client
+        .clone()
+        .oneshot(get(&fake, "/api/v1/flows"))
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "returned as it is"
+    );
+    let paused = Instant::now();
+    let response = client
+        .clone()
+        .oneshot(get(&fake, "/api/v1/flows"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let waited = paused.elapsed();
+    assert!(waited >= Duration::from_millis(1900), "waited {waited:?}");
+    assert!(waited < Duration::from_secs(4), "waited {waited:?}");
+    assert_eq!(client.state().budget_pauses, 1);
+}
+
+#[tokio::test]
+async fn requests_to_other_origins_take_no_unit() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let elsewhere = FakePatchworks::start().await.unwrap();
+    let budget = Budget::new(2, Duration::from_secs(60)).max_wait(Duration::from_millis(50));
+    let client = client(&fake, budget);
+    client
+        .clone()
+        .oneshot(get(&fake, "/api/v1/flows"))
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        let response = client
+            .clone()
+            .oneshot(get(&elsewhere, "/api/v1/flows"))
+            .await;
+        assert_eq!(
+            response.unwrap().status(),
+            StatusCode::UNAUTHORIZED,
+            "no token sent there"
+        );
+    }
+    assert_eq!(client.state().budget_refused, 0);
+}
+
+// A fleet: 8 processes, each sending 50 requests one after the other as fast as it can, under
+// `Budget::new(100, 2 s)`, against a fake that allows 100 requests in any 2 s.
+
+const FLEET: usize = 8;
+
+fn exe() -> PathBuf {
+    std::env::current_exe().unwrap()
+}
+
+fn spec(fake: &FakePatchworks, store: String, requests: Option<u64>) -> Spec {
+    Spec {
+        login_url: fake.login_url().to_string(),
+        api_url: fake.uri("/api/v1/flows").to_string(),
+        store,
+        requests,
+        interval_ms: 0,
+        login_timeout_ms: 10_000,
+        budget: Some((100, 2_000)),
+    }
+}
+
+fn spawn(spec: &Spec, n: usize) -> Vec<Member> {
+    (0..n)
+        .map(|_| Member::spawn(&exe(), MEMBER_ARGS, spec))
+        .collect()
+}
+
+async fn finish(members: Vec<Member>) -> Vec<Report> {
+    tokio::task::spawn_blocking(|| members.into_iter().map(|m| m.finish(WITHIN)).collect())
+        .await
+        .unwrap()
+}
+
+async fn eight_processes_keep_within_the_budget(store: String, fake: FakePatchworks) {
+    fake.limit_rate(100, Duration::from_secs(2));
+    let reports = finish(spawn(&spec(&fake, store, Some(50)), FLEET)).await;
+    let sum = total(&reports);
+    assert_eq!(sum.requests, 400);
+    assert_eq!(sum.failures, 0, "{reports:?}");
+    assert_eq!(fake.too_many(), 0, "no 429");
+    let rate = throughput(&fake);
+    assert!(rate >= 0.85 * 50.0, "{rate:.1} requests/s against 50");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_processes_on_one_redis_keep_within_the_budget() {
+    let _one = one_at_a_time().await;
+    let Some(redis) = Redis::start() else { return };
+    let fake = FakePatchworks::start().await.unwrap();
+    eight_processes_keep_within_the_budget(format!("redis:{}", redis.url()), fake).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_processes_on_one_file_keep_within_the_budget() {
+    let _one = one_at_a_time().await;
+    let dir = TempDir::new("budget");
+    let store = format!("file:{}", dir.0.join("token").display());
+    let fake = FakePatchworks::start().await.unwrap();
+    eight_processes_keep_within_the_budget(store, fake).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_429_with_retry_after_pauses_every_process_of_the_fleet() {
+    let _one = one_at_a_time().await;
+    let Some(redis) = Redis::start() else { return };
+    let fake = FakePatchworks::start().await.unwrap();
+    let mut spec = spec(&fake, format!("redis:{}", redis.url()), None);
+    (spec.budget, spec.interval_ms) = (Some((1000, 2_000)), 50);
+    let mut members = spawn(&spec, 4);
+    for member in &mut members {
+        tokio::task::block_in_place(|| member.wait_ready(WITHIN));
+    }
+    let before = fake.seen().len();
+    fake.fail_api_calls(1, StatusCode::TOO_MANY_REQUESTS, Some(2));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let reports = finish(members).await;
+
+    let seen = fake.seen();
+    let failed = seen[before..]
+        .iter()
+        .find(|s| s.path == "/api/v1/flows")
+        .unwrap()
+        .received_at;
+    let during: Vec<Duration> = seen[before..]
+        .iter()
+        .map(|s| s.received_at.saturating_duration_since(failed))
+        .filter(|after| *after > Duration::from_millis(300) && *after < Duration::from_millis(1900))
+        .collect();
+    assert!(during.is_empty(), "requests during the pause: {during:?}");
+    let resumed = seen[before..]
+        .iter()
+        .filter(|s| s.received_at > failed + Duration::from_secs(2));
+    assert!(resumed.count() >= 4, "every process resumes");
+    assert_eq!(
+        total(&reports).failures,
+        1,
+        "the 429, returned: {reports:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_mid_run_fails_no_request() {
+    let _one = one_at_a_time().await;
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let fake = FakePatchworks::start().await.unwrap();
+    let mut spec = spec(&fake, format!("redis:{}", redis.url()), None);
+    (spec.budget, spec.interval_ms) = (Some((1000, 2_000)), 20);
+    let mut members = spawn(&spec, 4);
+    for member in &mut members {
+        tokio::task::block_in_place(|| member.wait_ready(WITHIN));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reports = finish(members).await;
+    let sum = total(&reports);
+    assert!(sum.requests >= 4 * 50, "{reports:?}");
+    assert_eq!(sum.failures, 0, "{reports:?}");
+}
