@@ -226,8 +226,43 @@ fn warm_path(c: &mut Criterion) {
     group.bench_function("naive", |b| {
         b.iter_batched(request, |r| call(&mut naive, r), BatchSize::SmallInput)
     });
+    // With an in-process API budget that never makes a request wait, against `governor`'s
+    // limiter alone in front of the inner service.
+    let mut auth_budget = budgeted(&runtime);
+    group.bench_function("auth_budget", |b| {
+        b.iter_batched(
+            request,
+            |r| call(&mut auth_budget, r),
+            BatchSize::SmallInput,
+        )
+    });
+    let limiter =
+        governor::RateLimiter::direct(governor::Quota::per_second(std::num::NonZeroU32::MAX));
+    group.bench_function("inner_governor", |b| {
+        b.iter_batched(
+            request,
+            |r| {
+                limiter.check().unwrap();
+                call(&mut inner, r)
+            },
+            BatchSize::SmallInput,
+        )
+    });
     group.finish();
     drop(redis);
+}
+
+/// The layer with an in-process budget so large (and a window so short) that no request
+/// waits: what taking a unit costs.
+fn budgeted(runtime: &tokio::runtime::Runtime) -> patchworks_auth::Auth<Inner> {
+    let _guard = runtime.enter();
+    let budget = patchworks_auth::budget::Budget::new(u32::MAX, Duration::from_millis(1))
+        .margin(Duration::ZERO);
+    let auth = AuthLayer::new(credentials()).budget(budget).layer(inner());
+    runtime.block_on(async {
+        assert_eq!(auth.clone().oneshot(request()).await.unwrap().status(), 200);
+    });
+    auth
 }
 
 /// The same four, driven from `threads` OS threads at once, each with its own clone of one
@@ -595,6 +630,7 @@ fn profile(spec: &str) {
         "inner" => run(inner(), n),
         "static" => run(add_authorization, n),
         "auth" => run(auth, n),
+        "auth_budget" => run(budgeted(&runtime), n),
         other => panic!("no contender {other:?}"),
     }
 }

@@ -240,6 +240,9 @@ impl Gate {
     ///
     /// [`Error::is_budget_exhausted`] after `max_wait` (never for a login).
     pub(crate) async fn take(&self, purpose: Purpose) -> Result<(), Error> {
+        if self.take_now() {
+            return Ok(());
+        }
         let started = Instant::now();
         let wait = async {
             // The semaphore is never closed.
@@ -269,6 +272,20 @@ impl Gate {
             crate::metrics::budget_wait(waited);
         }
         Ok(())
+    }
+
+    /// A unit now, without waiting: only a budget kept in the process, with no request queued
+    /// and a unit free. What lets a request under an in-process budget take the warm path.
+    pub(crate) fn take_now(&self) -> bool {
+        if self.shared.is_some() {
+            return false;
+        }
+        let Ok(_turn) = self.turnstile.try_acquire() else {
+            return false;
+        };
+        self.lock()
+            .take(Instant::now(), self.budget.limit, self.window)
+            .is_ok()
     }
 
     /// One try: from the store if it answers (the process's log records the unit too, for
@@ -323,8 +340,9 @@ impl Gate {
     }
 
     /// Patchworks answered 429: the budget pauses for its `Retry-After` (1 s without one, at
-    /// most 5 minutes), in this process and, through the store, in every process sharing it.
-    pub(crate) async fn too_many(&self, headers: &HeaderMap) {
+    /// most 5 minutes), in this process and, through the store (on a task of its own), in every
+    /// process sharing it.
+    pub(crate) fn too_many(self: &Arc<Self>, headers: &HeaderMap) {
         let pause = crate::login::retry_after(headers, SystemTime::now())
             .unwrap_or(PAUSE.0)
             .min(PAUSE.1);
@@ -336,9 +354,14 @@ impl Gate {
             "Patchworks answered 429 Too Many Requests: the API budget pauses"
         );
         self.lock().pause(Instant::now() + pause);
-        if let Some((store, key)) = &self.shared {
-            let paused = store.pause_budget(key, pause);
-            let _ = self.run("pause", timeout(STORE_DEADLINE, paused).await);
+        if let (Some(_), Ok(runtime)) = (&self.shared, tokio::runtime::Handle::try_current()) {
+            let gate = self.clone();
+            runtime.spawn(async move {
+                if let Some((store, key)) = &gate.shared {
+                    let paused = store.pause_budget(key, pause);
+                    let _ = gate.run("pause", timeout(STORE_DEADLINE, paused).await);
+                }
+            });
         }
     }
 

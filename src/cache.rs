@@ -12,7 +12,7 @@
 //! back so is due again at once, and the request that takes it up waits for it, so that it runs
 //! while a runtime does.
 
-use crate::budget::{is_too_many, Purpose};
+use crate::budget::Purpose;
 use crate::{
     challenge::{self, Verdict},
     clock::Coarse,
@@ -277,8 +277,12 @@ pub(crate) struct Cache {
     /// The token requests carry; `None` before the first login and after a 401 discarded it.
     /// Written only under the `core` lock, with the core's own view of it.
     current: ArcSwapOption<Token>,
-    /// Whether the request path reports answers to the core ([`Core::wants_answers`]).
+    /// Whether the request path reports answers ([`Cache::answered`]): the core wants them
+    /// ([`Core::wants_answers`]), or an API budget watches for 429s. One load on the request
+    /// path for both.
     wants_answers: AtomicBool,
+    /// Whether the core wants answers (kept apart for a layer with a budget).
+    core_wants: AtomicBool,
     /// What is known of the token, sent after every change of the core: what requests waiting
     /// on a login wake on, and what [`Cache::watch`] hands out.
     changes: watch::Sender<TokenState>,
@@ -324,6 +328,7 @@ impl Cache {
             let shared = store.as_ref().map(Shared::budget);
             config.gate = Some(Arc::new(crate::budget::Gate::new(budget, shared)));
         }
+        let budgeted = config.gate.is_some();
         let now = Instant::now();
         let current = api_key.clone().map(|header| {
             let obtained = Obtained {
@@ -338,7 +343,8 @@ impl Cache {
             config,
             core: Mutex::new(Core::new(timings, api_key, now)),
             current: ArcSwapOption::new(current),
-            wants_answers: AtomicBool::new(false),
+            wants_answers: AtomicBool::new(budgeted),
+            core_wants: AtomicBool::new(false),
             changes: watch::Sender::new(TokenState::default()),
             logins: AtomicU64::new(0),
             most_waiting: AtomicUsize::new(0),
@@ -386,11 +392,23 @@ impl Cache {
         }
     }
 
-    /// Patchworks answered: a 429 pauses the API budget, if there is one.
-    pub(crate) async fn throttled(&self, status: http::StatusCode, headers: &http::HeaderMap) {
-        if let (Some(gate), true) = (&self.config.gate, is_too_many(status)) {
-            gate.too_many(headers).await;
+    /// Patchworks answered 429: the API budget pauses, if there is one.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn throttled(&self, headers: &http::HeaderMap) {
+        if let Some(gate) = &self.config.gate {
+            gate.too_many(headers);
         }
+    }
+
+    /// A unit of the API budget now, without waiting (see [`Gate::take_now`]).
+    ///
+    /// [`Gate::take_now`]: crate::budget::Gate::take_now
+    pub(crate) fn take_now(&self) -> bool {
+        self.config
+            .gate
+            .as_ref()
+            .is_some_and(|gate| gate.take_now())
     }
 
     pub(crate) fn state(&self) -> TokenState {
@@ -528,12 +546,17 @@ impl Cache {
         }
     }
 
-    /// A request with token `generation` had an answer other than 401 from `endpoint` (made only
-    /// if the core wants it).
+    /// A request with token `generation` had an answer other than 401, with `status` and
+    /// `headers`, from `endpoint` (made only if the core wants it): a 429 pauses the API budget.
     #[inline]
-    pub(crate) fn answered(&self, generation: u64, endpoint: impl FnOnce() -> Endpoint) {
+    pub(crate) fn answered(
+        &self,
+        generation: u64,
+        (status, headers): (http::StatusCode, &http::HeaderMap),
+        endpoint: impl FnOnce() -> Endpoint,
+    ) {
         if self.wants_answers.load(Ordering::Relaxed) {
-            self.report(generation, endpoint());
+            self.report(generation, status, headers, endpoint);
         }
     }
 
@@ -550,16 +573,31 @@ impl Cache {
 
     #[cold]
     #[inline(never)]
-    fn report(&self, generation: u64, endpoint: Endpoint) {
+    fn report(
+        &self,
+        generation: u64,
+        status: http::StatusCode,
+        headers: &http::HeaderMap,
+        endpoint: impl FnOnce() -> Endpoint,
+    ) {
+        if crate::budget::is_too_many(status) {
+            self.throttled(headers);
+        }
+        // With a budget, every answer comes here: the core's lock only if it wants answers.
+        if self.config.gate.is_some() && !self.core_wants.load(Ordering::Relaxed) {
+            return;
+        }
         let mut core = self.lock();
-        core.answered(Instant::now(), generation, endpoint);
+        core.answered(Instant::now(), generation, endpoint());
         self.hint(&core);
     }
 
     /// Tells the request path whether the core wants answers reported (read without the lock).
     fn hint(&self, core: &Core) {
         let wants = core.wants_answers();
-        self.wants_answers.store(wants, Ordering::Relaxed);
+        self.core_wants.store(wants, Ordering::Relaxed);
+        let gate = self.config.gate.is_some();
+        self.wants_answers.store(wants || gate, Ordering::Relaxed);
     }
 
     /// The API answered 401 with `headers` to a request to `endpoint` that carried token

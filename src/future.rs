@@ -542,9 +542,10 @@ where
                     let (Some(ctx), Some(replay)) = (ctx.as_ref(), replay.as_ref()) else {
                         panic!("{POLLED_AFTER_COMPLETION}");
                     };
+                    let answer = (response.status(), response.headers());
                     ctx.replayer
                         .cache
-                        .answered(ctx.generation, || replay.endpoint());
+                        .answered(ctx.generation, answer, || replay.endpoint());
                     state.set(State::Done);
                     return Poll::Ready(Ok(response));
                 }
@@ -645,6 +646,9 @@ where
         token.authorize_replay(request.headers_mut());
         let response = inner.ready().await.map_err(Into::into)?.call(request).await;
         let response = response.map_err(Into::into)?;
+        if crate::budget::is_too_many(response.status()) {
+            cache.throttled(response.headers());
+        }
         let refused = response.status() == StatusCode::UNAUTHORIZED;
         if !cache.replayed(token.generation, endpoint.clone(), refused) || !again {
             return Ok(response);

@@ -98,7 +98,7 @@ where
             let sent_at = Instant::now();
             let response = send(request(login_url, *form, account, password)).await?;
             if let (Some(gate), true) = (gate, crate::budget::is_too_many(response.status())) {
-                gate.too_many(response.headers()).await;
+                gate.too_many(response.headers());
             }
             let answer = read_answer(login_url, response).await;
             let issued = answer.map_err(|error| error.with_env_hint(*from_env))?;

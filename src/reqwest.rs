@@ -120,11 +120,6 @@ impl AuthMiddleware {
             .headers_mut()
             .insert(AUTHORIZATION, token.header.clone());
         let response = self.sent(token, request, extensions, next).await;
-        if let Ok(response) = &response {
-            self.cache
-                .throttled(response.status(), response.headers())
-                .await;
-        }
         if let Some(renewal) = renewal {
             renewal.await;
         }
@@ -147,7 +142,8 @@ impl AuthMiddleware {
         let extensions_copy = extensions.clone();
         let response = next.clone().run(request, extensions).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
-            self.cache.answered(token.generation, || endpoint);
+            let answer = (response.status(), response.headers());
+            self.cache.answered(token.generation, answer, || endpoint);
             return Ok(response);
         }
         let decision = self.cache.unauthorized(
@@ -171,6 +167,9 @@ impl AuthMiddleware {
                 .clone()
                 .run(replay, &mut extensions_copy.clone())
                 .await?;
+            if crate::budget::is_too_many(response.status()) {
+                self.cache.throttled(response.headers());
+            }
             let refused = response.status() == StatusCode::UNAUTHORIZED;
             if !self
                 .cache

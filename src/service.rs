@@ -54,6 +54,10 @@ pub struct Auth<S> {
     own: Option<Own<S>>,
     /// Warm requests sent without `own` since it was last made or found out of date.
     shared_sends: u32,
+    /// Whether this service's requests wait for the API budget: the layer has one, and this is
+    /// not the clone a request that has its unit is sent with. A field, so that a layer without
+    /// a budget pays one test of it on the request path.
+    budgeted: bool,
 }
 
 /// What a long-lived [`Auth`] keeps of its own for one token, so that its warm requests write
@@ -75,6 +79,7 @@ impl<S> Auth<S> {
     pub(crate) fn new(inner: S, cache: Arc<Cache>) -> Self {
         let token = arc_swap::Cache::new(Current(cache.clone()));
         Auth {
+            budgeted: cache.config.gate.is_some(),
             shared: Replayer::new(cache),
             inner,
             token,
@@ -228,6 +233,7 @@ impl<S: Clone> Clone for Auth<S> {
             token: self.token.clone(),
             own: None,
             shared_sends: 0,
+            budgeted: self.budgeted,
         }
     }
 }
@@ -264,22 +270,9 @@ where
             // The caller's own credentials, or not a Patchworks origin: not ours to touch.
             return ResponseFuture::passthrough(self.inner.call(request));
         }
-        if self.shared.cache.config.gate.is_some() {
+        if self.budgeted && !self.shared.cache.take_now() {
             return self.budgeted(request);
         }
-        self.send(request)
-    }
-}
-
-impl<S: Clone> Auth<S> {
-    /// Sends a request that gets the token: with it, or after the login it waits for.
-    #[inline]
-    fn send<ReqBody, ResBody>(&mut self, request: Request<ReqBody>) -> ResponseFuture<S, ReqBody>
-    where
-        S: HttpService<ReqBody, ResBody = ResBody>,
-        ReqBody: RequestBody,
-        ResBody: ResponseBody,
-    {
         let Some(token) = self.token.load() else {
             return self.cold(request);
         };
@@ -311,9 +304,11 @@ impl<S: Clone> Auth<S> {
         let (ready, replayer) = (Ready::Borrowed(&mut self.inner), own.replayer.clone());
         ResponseFuture::warm(ready, replayer, request, own.header.clone(), generation)
     }
+}
 
-    /// A request under an API budget: it waits for its turn, then is sent as any other by a
-    /// clone driven ready; a 429 pauses the budget. Let go of `self.inner`'s reservation as in
+impl<S: Clone> Auth<S> {
+    /// A request under an API budget that must wait for its turn (or ask the store for it):
+    /// then it is sent as any other, by a clone driven ready. Let go of `self.inner`'s reservation as in
     /// [`Auth::cold`].
     #[cold]
     #[inline(never)]
@@ -329,15 +324,10 @@ impl<S: Clone> Auth<S> {
         let unreserved = self.inner.clone();
         drop(std::mem::replace(&mut self.inner, unreserved));
         let mut auth = self.clone();
+        auth.budgeted = false; // its request has its unit
         ResponseFuture::slow(Box::pin(async move {
-            let cache = auth.shared.cache.clone();
-            cache.spend().await?;
-            let response = tower::ServiceExt::ready(&mut auth)
-                .await?
-                .send(request)
-                .await?;
-            cache.throttled(response.status(), response.headers()).await;
-            Ok(response)
+            auth.shared.cache.spend().await?;
+            tower::ServiceExt::oneshot(auth, request).await
         }))
     }
 }

@@ -121,3 +121,45 @@ async fn rejected_credentials_are_a_typed_error() {
     assert!(!format!("{error:?}{error}").contains("wrong"));
     assert_eq!(fake.api_calls(), 0);
 }
+
+/// The same API budget as the tower layer's: a 429 pauses it, and past `max_wait` a request
+/// fails unsent with the typed error.
+#[tokio::test]
+async fn the_budget_pauses_on_a_429_and_refuses_past_max_wait() {
+    use patchworks_auth::budget::Budget;
+    use std::time::{Duration, Instant};
+
+    let fake = FakePatchworks::start().await.unwrap();
+    let budget = Budget::new(4, Duration::from_secs(60)).max_wait(Duration::from_secs(3));
+    let layer = AuthLayer::new(fake.credentials()).budget(budget);
+    let (client, middleware) = client(&fake, layer);
+    assert_eq!(get(&client, &fake, "/api/v1/flows").await, StatusCode::OK);
+    fake.fail_api_calls(1, StatusCode::TOO_MANY_REQUESTS, Some(1));
+    let status = get(&client, &fake, "/api/v1/flows").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "returned as it is");
+    let paused = Instant::now();
+    assert_eq!(get(&client, &fake, "/api/v1/flows").await, StatusCode::OK);
+    assert!(
+        paused.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        paused.elapsed()
+    );
+    // The login and three requests took the window's four units.
+    let error = client
+        .get(fake.uri("/api/v1/flows").to_string())
+        .send()
+        .await
+        .unwrap_err();
+    let reqwest_middleware::Error::Middleware(error) = error else {
+        panic!("not the middleware's error: {error}")
+    };
+    let error = error.downcast_ref::<patchworks_auth::Error>().unwrap();
+    assert!(error.is_budget_exhausted(), "{error}");
+    assert_eq!(fake.api_calls(), 3, "never sent");
+    let state = middleware.state();
+    assert_eq!(
+        (state.budget_pauses, state.budget_refused),
+        (1, 1),
+        "{state:?}"
+    );
+}
