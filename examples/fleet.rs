@@ -9,6 +9,11 @@
 //! process with its own layer: a cold start together, a revocation all of them see, and (on
 //! Redis) an outage of the store with a revocation during it, then the store back. It prints
 //! one row per phase: processes, requests, logins, failed requests, store outages seen.
+//!
+//! Then the API budget: 8 processes each send 50 requests as fast as they can against a fake
+//! that allows 100 requests in any 2 s (answering 429 beyond), without a budget and with
+//! `Budget::new(100, 2 s)` shared through the same store: requests, 429s, and the throughput
+//! against the budget's 50 a second.
 
 #[path = "../tests/support/fleet.rs"]
 mod fleet;
@@ -94,6 +99,42 @@ async fn coordinate() {
     let reports: Vec<Report> =
         blocking(move || members.drain(..).map(|m| m.finish(WITHIN)).collect()).await;
     row("all phases", fake.logins(), Some(total(&reports)));
+
+    println!(
+        "\nAPI budget: 8 processes x 50 requests, a fake allowing 100 in any 2 s\n{:<26} {:>9} {:>6} {:>13} {:>11}",
+        "budget", "requests", "429s", "requests/s", "vs 50/s"
+    );
+    for budget in [None, Some((100, 2_000))] {
+        let fake = FakePatchworks::start().await.unwrap();
+        fake.limit_rate(100, Duration::from_secs(2));
+        let spec = Spec {
+            login_url: fake.login_url().to_string(),
+            api_url: fake.uri("/api/v1/flows").to_string(),
+            store: store.clone(),
+            requests: Some(50),
+            interval_ms: 0,
+            login_timeout_ms: 10_000,
+            budget,
+        };
+        let members: Vec<Member> = (0..8).map(|_| Member::spawn(&exe(), &[], &spec)).collect();
+        let reports: Vec<Report> =
+            blocking(move || members.into_iter().map(|m| m.finish(WITHIN)).collect()).await;
+        let seen = fake.seen();
+        let first = seen.iter().map(|s| s.received_at).min().unwrap();
+        let last = seen.iter().map(|s| s.received_at).max().unwrap();
+        let rate = seen.len() as f64 / last.duration_since(first).as_secs_f64();
+        let name = match budget {
+            None => "none".to_owned(),
+            Some(_) => "Budget::new(100, 2 s)".to_owned(),
+        };
+        println!(
+            "{name:<26} {:>9} {:>6} {:>13.1} {:>10.0}%",
+            total(&reports).requests,
+            fake.too_many(),
+            rate,
+            rate / 50.0 * 100.0
+        );
+    }
 }
 
 /// One row; the members' own counts only at the end (they report when they exit).

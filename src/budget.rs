@@ -18,7 +18,7 @@
 //!   logins and replays after a 401. A request to another origin takes none.
 //! - **The promise.** Never more than `limit` requests in any window of `per`, a sliding one,
 //!   so that neither a sliding nor a fixed count on the server's side sees more. The window is
-//!   kept [`margin`](Budget::margin) longer (a twentieth of `per`, at least 50 ms) for the
+//!   kept [`margin`](Budget::margin) longer (a twentieth of `per`, at least 250 ms) for the
 //!   requests' transit times, so a long run goes at about 95% of `limit / per`. Up to `limit`
 //!   requests go at once; a request over the budget waits for the oldest of the window to age
 //!   out.
@@ -124,7 +124,9 @@ impl Budget {
 
     /// How much longer than `per` the window is kept, for the requests' transit times: a
     /// request counted at one moment reaches Patchworks a little later, and two requests'
-    /// delays differ. Default: a twentieth of `per`, at least 50 ms.
+    /// delays differ: a process's first request also opens its connection (TCP, TLS), and
+    /// arrives that much later than the ones after it. Default: a twentieth of `per`, at least
+    /// 250 ms (3 s for a minute).
     pub fn margin(mut self, margin: Duration) -> Self {
         self.margin = Some(margin);
         self
@@ -134,7 +136,7 @@ impl Budget {
     fn window(&self) -> Duration {
         let margin = self
             .margin
-            .unwrap_or_else(|| (self.per / 20).max(Duration::from_millis(50)));
+            .unwrap_or_else(|| (self.per / 20).max(Duration::from_millis(250)));
         self.per + margin
     }
 }
@@ -397,6 +399,65 @@ impl fmt::Debug for Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The most units any sliding window of `per` holds, for units sent at `times`.
+    fn most_in_a_window(times: &[Duration], per: Duration) -> usize {
+        (0..times.len())
+            .map(|i| {
+                times[i..]
+                    .iter()
+                    .take_while(|t| **t < times[i] + per)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Why not `governor` (module docs): a client sending as fast as each limiter lets it, for
+    /// three minutes in 10 ms steps, under 240 a minute.
+    #[test]
+    fn governor_breaks_a_sliding_minute_or_spaces_a_burst_where_the_log_does_neither() {
+        use governor::{clock::FakeRelativeClock, Quota, RateLimiter};
+        use std::num::NonZeroU32;
+
+        let (minute, step) = (Duration::from_secs(60), Duration::from_millis(10));
+        let per_minute = Quota::per_minute(NonZeroU32::new(240).unwrap());
+        let run = |mut admit: Box<dyn FnMut(Duration) -> bool>| {
+            let mut sent = Vec::new();
+            for i in 0..18_000 {
+                let now = step * i;
+                while admit(now) {
+                    sent.push(now);
+                }
+            }
+            sent
+        };
+        let gcra = |quota: Quota| -> Box<dyn FnMut(Duration) -> bool> {
+            let clock = FakeRelativeClock::default();
+            let limiter = RateLimiter::direct_with_clock(quota, clock.clone());
+            let mut at = Duration::ZERO;
+            Box::new(move |now| {
+                clock.advance(now - at);
+                at = now;
+                limiter.check().is_ok()
+            })
+        };
+        // A burst of the limit (governor's default): twice the limit in one sliding minute.
+        let sent = run(gcra(per_minute));
+        assert_eq!(most_in_a_window(&sent, minute), 479);
+        // A burst of one keeps the minute, but 50 requests at once take 12.25 s.
+        let sent = run(gcra(per_minute.allow_burst(NonZeroU32::new(1).unwrap())));
+        assert_eq!(most_in_a_window(&sent, minute), 240);
+        assert_eq!(sent[49], Duration::from_millis(12_250));
+        // The log: the minute kept (with its margin), and 50 requests at once go at once.
+        let (mut log, start) = (Log::default(), Instant::now());
+        let window = Budget::per_minute(240).window();
+        let sent = run(Box::new(move |now| {
+            log.take(start + now, 240, window).is_ok()
+        }));
+        assert_eq!(most_in_a_window(&sent, minute), 240);
+        assert_eq!(sent[49], Duration::ZERO);
+    }
 
     #[test]
     fn the_log_never_lets_more_than_the_limit_into_a_window() {

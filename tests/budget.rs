@@ -62,7 +62,7 @@ fn throughput(fake: &FakePatchworks) -> f64 {
 async fn a_thousand_concurrent_requests_keep_within_the_budget() {
     let _one = one_at_a_time().await;
     let fake = FakePatchworks::start().await.unwrap();
-    let (limit, per) = (200, Duration::from_secs(1));
+    let (limit, per) = (100, Duration::from_secs(2));
     fake.limit_rate(limit, per);
     let client = client(&fake, Budget::new(limit as u32, per));
     let requests = (0..1000).map(|i| {
@@ -76,7 +76,7 @@ async fn a_thousand_concurrent_requests_keep_within_the_budget() {
     assert_eq!(fake.too_many(), 0, "no 429");
     assert_eq!(fake.api_calls(), 1000);
     let rate = throughput(&fake);
-    assert!(rate >= 0.85 * 200.0, "{rate:.0} requests/s against 200");
+    assert!(rate >= 0.85 * 50.0, "{rate:.1} requests/s against 50");
     let state = client.state();
     assert!(state.budget_waited >= 700, "{state:?}");
     assert!(
