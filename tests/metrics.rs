@@ -209,3 +209,35 @@ async fn watch_wakes_on_a_failed_renewal_with_its_error() {
     let debug = format!("{state:?}");
     assert!(debug.contains("s ago") && debug.contains("in "), "{debug}");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_budget_records_its_waits_pauses_and_refusals() {
+    use patchworks_auth::budget::Budget;
+
+    let recorder = DebuggingRecorder::new();
+    let metrics = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let fake = FakePatchworks::start().await.unwrap();
+    let budget = Budget::new(3, Duration::from_secs(60)).max_wait(Duration::from_millis(50));
+    let client = layer(&fake).budget(budget).layer(fake.client());
+    expect_status(&client, &fake, "/api/v1/flows", StatusCode::OK).await;
+    fake.fail_api_calls(1, StatusCode::TOO_MANY_REQUESTS, Some(0));
+    let throttled = StatusCode::TOO_MANY_REQUESTS;
+    expect_status(&client, &fake, "/api/v1/flows", throttled).await;
+    // The login and two requests took the window's three units: the next waits, and is
+    // refused after 50 ms.
+    let error = layer_error(&client, &fake, "/api/v1/flows").await;
+    assert!(error.is_budget_exhausted(), "{error}");
+    let mut recorded = Recorded::default();
+    recorded.read(&metrics);
+    assert_eq!(
+        recorded.get("patchworks_auth_budget_pauses_total", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        recorded.get("patchworks_auth_budget_refused_total", &[]),
+        Some(1.0)
+    );
+    let waits = recorded.get("patchworks_auth_budget_wait_seconds", &[]);
+    assert_eq!(waits, None, "no request waited and went");
+}
