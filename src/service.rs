@@ -188,6 +188,13 @@ impl<S> Auth<S> {
 }
 
 impl<S: Clone> Auth<S> {
+    /// Lets go of what `poll_ready` reserved in `self.inner` (a `ConcurrencyLimit` permit, a
+    /// `Buffer` slot) for a request that will wait: a fresh clone, not ready, takes its place.
+    fn unreserve(&mut self) {
+        let unreserved = self.inner.clone();
+        drop(std::mem::replace(&mut self.inner, unreserved));
+    }
+
     /// A request that waits for a login first.
     ///
     /// `poll_ready` may have reserved capacity in `self.inner` (a `ConcurrencyLimit` permit, a
@@ -201,8 +208,7 @@ impl<S: Clone> Auth<S> {
         ReqBody: RequestBody,
         ResBody: ResponseBody,
     {
-        let unreserved = self.inner.clone();
-        drop(std::mem::replace(&mut self.inner, unreserved));
+        self.unreserve();
         self.shared.ready(&self.inner);
         ResponseFuture::cold(self.inner.clone(), self.shared.clone(), request)
     }
@@ -321,8 +327,7 @@ impl<S: Clone> Auth<S> {
         ReqBody: RequestBody,
         ResBody: ResponseBody,
     {
-        let unreserved = self.inner.clone();
-        drop(std::mem::replace(&mut self.inner, unreserved));
+        self.unreserve();
         let mut auth = self.clone();
         auth.budgeted = false; // its request has its unit
         ResponseFuture::slow(Box::pin(async move {
