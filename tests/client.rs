@@ -210,3 +210,22 @@ async fn a_plain_http_login_url_off_loopback_is_refused_before_any_io() {
         .try_login_url(loopback)
         .is_ok());
 }
+
+/// The ready client keeps the API budget of 240 a minute unless told otherwise: a 429 pauses
+/// it (and `RetryPolicy` retries after the pause); with `no_budget()` there is none to pause.
+#[tokio::test]
+async fn keeps_a_budget_of_240_a_minute_unless_told_otherwise() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let budgeted = client(&fake);
+    let none = AuthLayer::new(fake.credentials())
+        .login_url(fake.login_url())
+        .no_budget()
+        .https_client()
+        .base_url(fake.uri("/api/v1/"));
+    for (client, pauses) in [(budgeted, 1), (none, 0)] {
+        fake.fail_api_calls(1, StatusCode::TOO_MANY_REQUESTS, Some(0));
+        let response = client.clone().oneshot(get_path("/flows")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "retried");
+        assert_eq!(client.state().budget_pauses, pauses);
+    }
+}
