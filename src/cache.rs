@@ -12,8 +12,8 @@
 //! back so is due again at once, and the request that takes it up waits for it, so that it runs
 //! while a runtime does.
 
-use crate::budget::Purpose;
 use crate::{
+    budget::Purpose,
     challenge::{self, Verdict},
     clock::Coarse,
     config::Config,
@@ -380,7 +380,6 @@ impl Cache {
         self.changes.subscribe()
     }
 
-    /// What is known of the token, without the token.
     /// Takes one unit of the API budget, if there is one, for a request about to be sent to
     /// Patchworks (an API call or a replay; logins take theirs in [`login_through`]).
     ///
@@ -411,6 +410,7 @@ impl Cache {
             .is_some_and(|gate| gate.take_now())
     }
 
+    /// What is known of the token, without the token.
     pub(crate) fn state(&self) -> TokenState {
         self.snapshot(&self.lock())
     }
