@@ -31,9 +31,10 @@
 //!   process that uses the store: in Redis, one atomic script on a key per account (hashed as
 //!   the token's key), timed by the Redis server's clock so that hosts with skewed clocks
 //!   agree; in a [`FileStore`](crate::store::FileStore), a file beside the token's under an OS
-//!   lock. A unit is taken before its request is sent, so a process that crashes mid-request
-//!   has spent it. If the store is down or slow, each process keeps its own budget meanwhile
-//!   and warns once: no request fails for it.
+//!   lock. With an [API key](crate::Credentials::api_key), which is never stored, the budget
+//!   is shared under the key's hash. A unit is taken before its request is sent, so a process
+//!   that crashes mid-request has spent it. If the store is down or slow, each process keeps
+//!   its own budget meanwhile and warns once: no request fails for it.
 //! - **A 429 pauses the account.** Its `Retry-After` (1 s without one, at most 5 minutes)
 //!   pauses the budget of every process sharing it; the 429 itself is returned as it is, for
 //!   `RetryPolicy` above the layer to retry after the pause.

@@ -325,7 +325,15 @@ impl Cache {
             }
         };
         if let Some(Some(budget)) = config.budget {
-            let shared = store.as_ref().map(Shared::budget);
+            // Login tokens and API keys share one limit: an API key's budget is shared through
+            // the store too, under its hash, though the key itself is never stored.
+            let shared = match (&store, &config.store, &config.credentials.secret) {
+                (Some(store), ..) => Some(store.budget()),
+                (None, Some(store), Secret::ApiKey(key)) => {
+                    Some((store.clone(), crate::store::api_key_budget_key(key)))
+                }
+                _ => None,
+            };
             config.gate = Some(Arc::new(crate::budget::Gate::new(budget, shared)));
         }
         let budgeted = config.gate.is_some();

@@ -324,3 +324,44 @@ async fn redis_stopped_mid_run_fails_no_request() {
     assert!(sum.requests >= 4 * 50, "{reports:?}");
     assert_eq!(sum.failures, 0, "{reports:?}");
 }
+
+/// Two layers on one store, as two processes would be, share one budget: for a login's
+/// account, and for an API key, which is never stored but limited the same.
+#[tokio::test]
+async fn layers_sharing_a_store_share_the_budget_for_logins_and_api_keys() {
+    use patchworks_auth::{store::FileStore, Credentials};
+
+    let fake = FakePatchworks::start().await.unwrap();
+    fake.accept_api_key("key-1");
+    let dir = TempDir::new("shared-budget");
+    let budget = Budget::new(2, Duration::from_secs(60)).max_wait(Duration::from_millis(100));
+    let accounts = [
+        ("login", fake.credentials()),
+        ("key", Credentials::api_key("key-1")),
+    ];
+    for (name, credentials) in accounts {
+        let store = FileStore::new(dir.0.join(name).join("token"));
+        let layer = || {
+            AuthLayer::new(credentials.clone())
+                .login_url(fake.login_url())
+                .store(store.clone())
+                .budget(budget)
+                .layer(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>())
+        };
+        let (first, second) = (layer(), layer());
+        // The login and a request, or two requests with the key: the window's two units.
+        let sends = if name == "key" { 2 } else { 1 };
+        for _ in 0..sends {
+            let response = first.clone().oneshot(get(&fake, "/api/v1/flows")).await;
+            assert_eq!(response.unwrap().status(), StatusCode::OK, "{name}");
+        }
+        let error = second
+            .clone()
+            .oneshot(get(&fake, "/api/v1/flows"))
+            .await
+            .unwrap_err();
+        let error = error.downcast_ref::<patchworks_auth::Error>().unwrap();
+        assert!(error.is_budget_exhausted(), "{name}: {error}");
+    }
+    assert_eq!(fake.logins(), 1, "the second layer took the stored token");
+}

@@ -83,6 +83,8 @@ mod file;
 mod redis;
 mod seal;
 
+pub(crate) use seal::api_key_budget_key;
+
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::RedisStore;

@@ -65,6 +65,15 @@ pub(crate) fn entry_key(origin: &str, form: Form, account: &str) -> String {
     format!("patchworks-auth:v1:{}", hex(&hash.finalize()))
 }
 
+/// The store key an API key's budget is shared under: its hash (an API key is never stored, and
+/// one key may serve several accounts' processes no better than its hash tells them apart).
+pub(crate) fn api_key_budget_key(key: &str) -> String {
+    let mut hash = Sha256::new();
+    hash.update(b"patchworks-auth/v1\0api-key\0");
+    hash.update(key.as_bytes());
+    format!("patchworks-auth:v1:key:{}", hex(&hash.finalize()))
+}
+
 /// Seals and opens entries with a key derived from the credentials (or given).
 pub(crate) struct Sealer {
     material: Material,
