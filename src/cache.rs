@@ -568,10 +568,20 @@ impl Cache {
         }
     }
 
-    /// A request replayed with token `generation` after a 401 was answered: refused again
-    /// (`refused`) or not. Returns whether to replay it once more: after a token taken from
-    /// the store was refused, with the token [`Cache::unauthorized`] then gives.
-    pub(crate) fn replayed(&self, generation: u64, endpoint: Endpoint, refused: bool) -> bool {
+    /// A request replayed with token `generation` after a 401 was answered with `status` and
+    /// `headers`: refused again (a 401) or not; a 429 pauses the API budget. Returns whether to
+    /// replay it once more: after a token taken from the store was refused, with the token
+    /// [`Cache::unauthorized`] then gives.
+    pub(crate) fn replayed(
+        &self,
+        generation: u64,
+        endpoint: Endpoint,
+        (status, headers): (http::StatusCode, &http::HeaderMap),
+    ) -> bool {
+        if crate::budget::is_too_many(status) {
+            self.throttled(headers);
+        }
+        let refused = status == http::StatusCode::UNAUTHORIZED;
         crate::metrics::replay(refused);
         let mut core = self.lock();
         let again = core.replayed(Instant::now(), generation, endpoint, refused);

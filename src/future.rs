@@ -646,11 +646,8 @@ where
         token.authorize_replay(request.headers_mut());
         let response = inner.ready().await.map_err(Into::into)?.call(request).await;
         let response = response.map_err(Into::into)?;
-        if crate::budget::is_too_many(response.status()) {
-            cache.throttled(response.headers());
-        }
-        let refused = response.status() == StatusCode::UNAUTHORIZED;
-        if !cache.replayed(token.generation, endpoint.clone(), refused) || !again {
+        let answer = (response.status(), response.headers());
+        if !cache.replayed(token.generation, endpoint.clone(), answer) || !again {
             return Ok(response);
         }
         // Refused with a token from the store: judged like any refused token.

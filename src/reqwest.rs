@@ -167,13 +167,10 @@ impl AuthMiddleware {
                 .clone()
                 .run(replay, &mut extensions_copy.clone())
                 .await?;
-            if crate::budget::is_too_many(response.status()) {
-                self.cache.throttled(response.headers());
-            }
-            let refused = response.status() == StatusCode::UNAUTHORIZED;
+            let answer = (response.status(), response.headers());
             if !self
                 .cache
-                .replayed(token.generation, endpoint.clone(), refused)
+                .replayed(token.generation, endpoint.clone(), answer)
                 || !again
             {
                 return Ok(response);
