@@ -50,6 +50,16 @@ fn get(fake: &FakePatchworks, path: &str) -> Request<Full<Bytes>> {
     Request::get(fake.uri(path)).body(Full::default()).unwrap()
 }
 
+/// `GET /api/v1/flows` fails with the layer's own error: that error.
+async fn layer_error(client: &Authed, fake: &FakePatchworks) -> patchworks_auth::Error {
+    let error = client
+        .clone()
+        .oneshot(get(fake, "/api/v1/flows"))
+        .await
+        .unwrap_err();
+    *error.downcast::<patchworks_auth::Error>().unwrap()
+}
+
 /// Requests per second from the first request the fake saw to the last.
 fn throughput(fake: &FakePatchworks) -> f64 {
     let seen = fake.seen();
@@ -132,12 +142,7 @@ async fn a_request_past_max_wait_fails_unsent_with_a_typed_error() {
         .await
         .unwrap();
     let started = Instant::now();
-    let error = client
-        .clone()
-        .oneshot(get(&fake, "/api/v1/flows"))
-        .await
-        .unwrap_err();
-    let error = error.downcast_ref::<patchworks_auth::Error>().unwrap();
+    let error = layer_error(&client, &fake).await;
     assert!(error.is_budget_exhausted(), "{error}");
     assert!(error.to_string().contains("max_wait"), "{error}");
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -355,12 +360,7 @@ async fn layers_sharing_a_store_share_the_budget_for_logins_and_api_keys() {
             let response = first.clone().oneshot(get(&fake, "/api/v1/flows")).await;
             assert_eq!(response.unwrap().status(), StatusCode::OK, "{name}");
         }
-        let error = second
-            .clone()
-            .oneshot(get(&fake, "/api/v1/flows"))
-            .await
-            .unwrap_err();
-        let error = error.downcast_ref::<patchworks_auth::Error>().unwrap();
+        let error = layer_error(&second, &fake).await;
         assert!(error.is_budget_exhausted(), "{name}: {error}");
     }
     assert_eq!(fake.logins(), 1, "the second layer took the stored token");

@@ -15,6 +15,23 @@ fn client(fake: &FakePatchworks, layer: AuthLayer) -> (ClientWithMiddleware, Aut
     (client, middleware)
 }
 
+/// `GET path` fails with the layer's own error: that error.
+async fn layer_error(
+    client: &ClientWithMiddleware,
+    fake: &FakePatchworks,
+    path: &str,
+) -> patchworks_auth::Error {
+    let error = client
+        .get(fake.uri(path).to_string())
+        .send()
+        .await
+        .unwrap_err();
+    let reqwest_middleware::Error::Middleware(error) = error else {
+        panic!("not the middleware's error: {error}")
+    };
+    error.downcast::<patchworks_auth::Error>().unwrap()
+}
+
 async fn get(client: &ClientWithMiddleware, fake: &FakePatchworks, path: &str) -> StatusCode {
     let response = client.get(fake.uri(path).to_string()).send().await;
     response.unwrap().status()
@@ -108,15 +125,7 @@ async fn rejected_credentials_are_a_typed_error() {
     let fake = FakePatchworks::start().await.unwrap();
     let layer = AuthLayer::new(Credentials::new("ops@example.com", "wrong"));
     let (client, _) = client(&fake, layer);
-    let error = client
-        .get(fake.uri("/api/v1/flows").to_string())
-        .send()
-        .await
-        .unwrap_err();
-    let reqwest_middleware::Error::Middleware(error) = error else {
-        panic!("not the middleware's error: {error}")
-    };
-    let error = error.downcast_ref::<patchworks_auth::Error>().unwrap();
+    let error = layer_error(&client, &fake, "/api/v1/flows").await;
     assert!(error.is_rejected(), "{error}");
     assert!(!format!("{error:?}{error}").contains("wrong"));
     assert_eq!(fake.api_calls(), 0);
@@ -145,15 +154,7 @@ async fn the_budget_pauses_on_a_429_and_refuses_past_max_wait() {
         paused.elapsed()
     );
     // The login and three requests took the window's four units.
-    let error = client
-        .get(fake.uri("/api/v1/flows").to_string())
-        .send()
-        .await
-        .unwrap_err();
-    let reqwest_middleware::Error::Middleware(error) = error else {
-        panic!("not the middleware's error: {error}")
-    };
-    let error = error.downcast_ref::<patchworks_auth::Error>().unwrap();
+    let error = layer_error(&client, &fake, "/api/v1/flows").await;
     assert!(error.is_budget_exhausted(), "{error}");
     assert_eq!(fake.api_calls(), 3, "never sent");
     let state = middleware.state();
