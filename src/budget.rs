@@ -142,17 +142,20 @@ impl Budget {
     }
 }
 
-/// The sliding log of one process: when its last requests were sent, and until when a 429
-/// paused it. The same rule as the stores' (Redis's script, the file's).
+/// A sliding log: when the last window's units were taken, and until when a 429 paused it, in
+/// microseconds on one clock: since the [`Gate`]'s creation in a process, since the Unix epoch
+/// in a [`FileStore`](crate::store::FileStore)'s file. One rule for both; Redis's script keeps
+/// the same in Lua.
 #[derive(Debug, Default)]
-struct Log {
-    sent: VecDeque<Instant>,
-    paused_until: Option<Instant>,
+pub(crate) struct Log {
+    pub(crate) sent: VecDeque<u64>,
+    pub(crate) paused_until: Option<u64>,
 }
 
 impl Log {
-    /// Takes one unit at `now`, or says when one may be had.
-    fn take(&mut self, now: Instant, limit: u32, window: Duration) -> Result<(), Instant> {
+    /// Takes one unit at `now`, or says when one may be had: when the pause ends, or when the
+    /// window's oldest unit ages out.
+    pub(crate) fn take(&mut self, now: u64, limit: u32, window: u64) -> Result<(), u64> {
         if let Some(until) = self.paused_until {
             if now < until {
                 return Err(until);
@@ -162,12 +165,12 @@ impl Log {
         while self
             .sent
             .front()
-            .is_some_and(|first| now.duration_since(*first) >= window)
+            .is_some_and(|first| first.saturating_add(window) <= now)
         {
             self.sent.pop_front();
         }
         match self.sent.front() {
-            Some(first) if self.sent.len() >= limit as usize => Err(*first + window),
+            Some(first) if self.sent.len() >= limit as usize => Err(first.saturating_add(window)),
             _ => {
                 self.sent.push_back(now);
                 Ok(())
@@ -176,18 +179,24 @@ impl Log {
     }
 
     /// Records a unit the store gave, keeping only the last window's (for an outage to come).
-    fn record(&mut self, now: Instant, limit: u32, window: Duration) {
+    fn record(&mut self, now: u64, limit: u32, window: u64) {
         while self.sent.front().is_some_and(|first| {
-            now.duration_since(*first) >= window || self.sent.len() >= limit as usize
+            first.saturating_add(window) <= now || self.sent.len() >= limit as usize
         }) {
             self.sent.pop_front();
         }
         self.sent.push_back(now);
     }
 
-    fn pause(&mut self, until: Instant) {
+    /// Pauses the log until `until`, unless a longer pause is set.
+    pub(crate) fn pause(&mut self, until: u64) {
         self.paused_until = Some(self.paused_until.map_or(until, |paused| paused.max(until)));
     }
+}
+
+/// A duration in whole microseconds, as a [`Log`] counts.
+pub(crate) fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Why a unit is taken: a login's wait is not bounded by `max_wait`.
@@ -203,6 +212,8 @@ pub(crate) struct Gate {
     budget: Budget,
     window: Duration,
     log: Mutex<Log>,
+    /// Where the process's log counts its microseconds from.
+    epoch: Instant,
     /// One permit: the request at the head of the queue takes it and waits for its unit;
     /// tokio's semaphore is fair, so the others queue in arrival order, and one that gives up
     /// leaves the queue.
@@ -224,6 +235,7 @@ impl Gate {
         Gate {
             budget,
             window: budget.window(),
+            epoch: Instant::now(),
             log: Mutex::default(),
             turnstile: Semaphore::new(1),
             shared,
@@ -287,7 +299,11 @@ impl Gate {
             return false;
         };
         self.lock()
-            .take(Instant::now(), self.budget.limit, self.window)
+            .take(
+                self.at(Instant::now()),
+                self.budget.limit,
+                micros(self.window),
+            )
             .is_ok()
     }
 
@@ -303,14 +319,17 @@ impl Gate {
             let taken = store.take_budget(key, self.budget.limit, self.window, &name);
             match self.run("take", timeout(STORE_DEADLINE, taken).await) {
                 Some(None) => {
-                    self.lock().record(now, self.budget.limit, self.window);
+                    let (now, window) = (self.at(now), micros(self.window));
+                    self.lock().record(now, self.budget.limit, window);
                     return Ok(());
                 }
                 Some(Some(wait)) => return Err(now + wait),
                 None => {}
             }
         }
-        self.lock().take(now, self.budget.limit, self.window)
+        let window = micros(self.window);
+        let taken = self.lock().take(self.at(now), self.budget.limit, window);
+        taken.map_err(|at| self.epoch + Duration::from_micros(at))
     }
 
     /// A store operation's outcome, or `None` (after one warning per outage) to go on alone.
@@ -356,7 +375,7 @@ impl Gate {
             ?pause,
             "Patchworks answered 429 Too Many Requests: the API budget pauses"
         );
-        self.lock().pause(Instant::now() + pause);
+        self.lock().pause(self.at(Instant::now() + pause));
         if let (Some(_), Ok(runtime)) = (&self.shared, tokio::runtime::Handle::try_current()) {
             let gate = self.clone();
             runtime.spawn(async move {
@@ -376,6 +395,11 @@ impl Gate {
             self.pauses.load(Ordering::Relaxed),
             self.refused.load(Ordering::Relaxed),
         )
+    }
+
+    /// `instant` on the process's log's clock.
+    fn at(&self, instant: Instant) -> u64 {
+        micros(instant.saturating_duration_since(self.epoch))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Log> {
@@ -451,10 +475,9 @@ mod tests {
         assert_eq!(most_in_a_window(&sent, minute), 240);
         assert_eq!(sent[49], Duration::from_millis(12_250));
         // The log: the minute kept (with its margin), and 50 requests at once go at once.
-        let (mut log, start) = (Log::default(), Instant::now());
-        let window = Budget::per_minute(240).window();
+        let (mut log, window) = (Log::default(), micros(Budget::per_minute(240).window()));
         let sent = run(Box::new(move |now| {
-            log.take(start + now, 240, window).is_ok()
+            log.take(micros(now), 240, window).is_ok()
         }));
         assert_eq!(most_in_a_window(&sent, minute), 240);
         assert_eq!(sent[49], Duration::ZERO);
@@ -462,9 +485,9 @@ mod tests {
 
     #[test]
     fn the_log_never_lets_more_than_the_limit_into_a_window() {
-        let (limit, window) = (3, Duration::from_secs(2));
-        let (mut log, start) = (Log::default(), Instant::now());
-        let at = |ms| start + Duration::from_millis(ms);
+        let (limit, window) = (3, micros(Duration::from_secs(2)));
+        let mut log = Log::default();
+        let at = |ms: u64| ms * 1000;
         for ms in [0, 10, 20] {
             assert_eq!(log.take(at(ms), limit, window), Ok(()));
         }

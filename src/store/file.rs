@@ -1,6 +1,7 @@
 //! A token store in files, one per account, each locked with an OS file lock.
 
 use super::{StoreFuture, TokenStore};
+use crate::budget::Log;
 use sha2::{Digest, Sha256};
 use std::{
     collections::HashMap,
@@ -116,18 +117,11 @@ impl TokenStore for FileStore {
     ) -> StoreFuture<'a, Option<Duration>> {
         let path = budget_path(&self.paths(key).0);
         Box::pin(blocking(move || {
-            update_budget(&path, |now, paused_until, sent| {
-                if *paused_until > now {
-                    return Some(Duration::from_micros(*paused_until - now));
-                }
-                let window = u64::try_from(window.as_micros()).unwrap_or(u64::MAX);
-                sent.retain(|at| now.saturating_sub(*at) < window);
-                if sent.len() < limit as usize {
-                    sent.push(now);
-                    return None;
-                }
-                let oldest = sent.iter().min().copied().unwrap_or(now);
-                Some(Duration::from_micros((oldest + window).saturating_sub(now)))
+            let window = crate::budget::micros(window);
+            update_budget(&path, |now, log| {
+                log.take(now, limit, window)
+                    .err()
+                    .map(|at| Duration::from_micros(at.saturating_sub(now)))
             })
         }))
     }
@@ -135,10 +129,8 @@ impl TokenStore for FileStore {
     fn pause_budget<'a>(&'a self, key: &'a str, pause: Duration) -> StoreFuture<'a, ()> {
         let path = budget_path(&self.paths(key).0);
         Box::pin(blocking(move || {
-            let pause = u64::try_from(pause.as_micros()).unwrap_or(u64::MAX);
-            update_budget(&path, |now, paused_until, _| {
-                *paused_until = (*paused_until).max(now.saturating_add(pause));
-            })
+            let pause = crate::budget::micros(pause);
+            update_budget(&path, |now, log| log.pause(now.saturating_add(pause)))
         }))
     }
 
@@ -168,12 +160,9 @@ fn budget_path(entry: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Runs `f` on a budget's state (now, when a pause ends, the units' times, all in microseconds
-/// since the Unix epoch) under an exclusive OS lock on its file, and writes the state back.
-fn update_budget<T>(
-    path: &Path,
-    f: impl FnOnce(u64, &mut u64, &mut Vec<u64>) -> T,
-) -> io::Result<T> {
+/// Runs `f` on a budget's log (now, and the log, in microseconds since the Unix epoch) under
+/// an exclusive OS lock on its file, and writes the log back.
+fn update_budget<T>(path: &Path, f: impl FnOnce(u64, &mut Log) -> T) -> io::Result<T> {
     let file = open_private(path, true)?;
     file.lock()?;
     let mut bytes = Vec::new();
@@ -184,17 +173,18 @@ fn update_budget<T>(
         .unwrap_or_default()
         .chunks_exact(8)
         .map(|word| u64::from_be_bytes(word.try_into().unwrap_or_default()));
-    let mut paused_until = words.next().unwrap_or(0);
-    let mut sent: Vec<u64> = words.collect();
+    let mut log = Log {
+        paused_until: words.next().filter(|until| *until != 0),
+        sent: words.collect(),
+    };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_err(io::Error::other)?;
-    let now = u64::try_from(now.as_micros()).unwrap_or(u64::MAX);
-    let outcome = f(now, &mut paused_until, &mut sent);
-    let mut out = Vec::with_capacity(12 + 8 * sent.len());
+    let outcome = f(crate::budget::micros(now), &mut log);
+    let mut out = Vec::with_capacity(12 + 8 * log.sent.len());
     out.extend_from_slice(BUDGET_MAGIC);
-    out.extend_from_slice(&paused_until.to_be_bytes());
-    for at in &sent {
+    out.extend_from_slice(&log.paused_until.unwrap_or(0).to_be_bytes());
+    for at in &log.sent {
         out.extend_from_slice(&at.to_be_bytes());
     }
     // In place, under the lock (a rename would leave the lock on the old file).
