@@ -723,6 +723,7 @@ impl Cache {
         Claim {
             cache: self.clone(),
             id: start.id,
+            began: Instant::now(),
             done: false,
         }
     }
@@ -819,21 +820,8 @@ impl Cache {
             Err(failure) if failure.error.is_rejected() => "rejected",
             Err(_) => "error",
         };
+        // The outcome is logged once, by `Claim::finish`, with the generation the core gives it.
         crate::metrics::login(start.reason, label, took);
-        match &outcome {
-            Ok(obtained) => tracing::info!(
-                target: "patchworks_auth",
-                lifetime = ?obtained.lifetime,
-                ?took,
-                "logged in to Patchworks"
-            ),
-            Err(failure) => tracing::warn!(
-                target: "patchworks_auth",
-                retry_in = ?failure.retry_at.saturating_duration_since(Instant::now()),
-                error = %failure.error,
-                "Patchworks login failed"
-            ),
-        }
         outcome
     }
 
@@ -978,6 +966,8 @@ impl Cache {
 pub(crate) struct Claim {
     cache: Arc<Cache>,
     id: u64,
+    /// When the login was claimed: its log line says how long it took, store time included.
+    began: Instant,
     done: bool,
 }
 
@@ -1024,9 +1014,10 @@ impl Claim {
             (Some((token, false)), _) => {
                 tracing::info!(
                     target: "patchworks_auth",
+                    reason = reason.as_str(),
                     generation = token.generation,
                     lifetime = ?token.lifetime(),
-                    took = ?token.obtained_at.elapsed(),
+                    took = ?self.began.elapsed(),
                     "logged in to Patchworks"
                 );
                 if cache.store.as_ref().is_some_and(Shared::is_down) {
@@ -1037,6 +1028,7 @@ impl Claim {
                 target: "patchworks_auth",
                 reason = reason.as_str(),
                 retry_in = ?retry_at.saturating_duration_since(Instant::now()),
+                took = ?self.began.elapsed(),
                 %error,
                 "Patchworks login failed"
             ),
