@@ -441,6 +441,7 @@ impl Cache {
             usable: current.is_some_and(|token| token.phase() != Phase::Expired),
             logins: self.logins.load(Ordering::Relaxed),
             most_waiting: self.most_waiting.load(Ordering::Relaxed),
+            waiting: self.waiting.load(Ordering::Relaxed),
             last_error: core.last_error().cloned(),
             store_outages: self.store.as_ref().map_or(0, Shared::outages),
             ..TokenState::default()

@@ -62,6 +62,8 @@ mod tests {
 
     #[test]
     fn moves_forward_with_real_time() {
+        // At least the time slept, less the clock's resolution (a few ms); no upper bound, as
+        // a busy machine may wake this thread late.
         let before = Coarse::now();
         std::thread::sleep(Duration::from_millis(30));
         let after = Coarse::now();
@@ -70,6 +72,5 @@ mod tests {
             after >= before.after(Duration::from_millis(20)),
             "{before:?} {after:?}"
         );
-        assert!(after < before.after(Duration::from_secs(5)));
     }
 }

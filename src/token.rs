@@ -843,6 +843,8 @@ pub struct TokenState {
     pub logins: u64,
     /// The most requests that waited on one login, counted when it answered.
     pub most_waiting: usize,
+    /// Requests waiting for a login right now.
+    pub waiting: usize,
     /// The last login's error, until a login succeeds.
     pub last_error: Option<Error>,
     /// How many times the shared [store](crate::store) stopped answering (each outage counted
@@ -892,6 +894,7 @@ impl fmt::Debug for TokenState {
             .field("usable", &self.usable)
             .field("logins", &self.logins)
             .field("most_waiting", &self.most_waiting)
+            .field("waiting", &self.waiting)
             .field("last_error", &self.last_error)
             .field("store_outages", &self.store_outages)
             .field("budget_waited", &self.budget_waited)

@@ -145,7 +145,9 @@ async fn a_request_past_max_wait_fails_unsent_with_a_typed_error() {
     let error = layer_error(&client, &fake).await;
     assert!(error.is_budget_exhausted(), "{error}");
     assert!(error.to_string().contains("max_wait"), "{error}");
-    assert!(started.elapsed() < Duration::from_secs(5));
+    // Refused after its `max_wait` (0.1 s), not when a unit frees (60 s): the widest bound that
+    // tells the two apart on a busy machine.
+    assert!(started.elapsed() < Duration::from_secs(30));
     assert_eq!(fake.api_calls(), 1, "never sent");
     assert_eq!(client.state().budget_refused, 1);
 }
@@ -178,8 +180,10 @@ async fn a_429_pauses_the_budget_for_its_retry_after_and_is_returned_as_it_is() 
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let waited = paused.elapsed();
+    // The promise is about time: paused for the 429's `Retry-After` (2 s), and no longer than
+    // it takes to come back after it; well short of the budget's `max_wait` (30 s).
     assert!(waited >= Duration::from_millis(1900), "waited {waited:?}");
-    assert!(waited < Duration::from_secs(4), "waited {waited:?}");
+    assert!(waited < Duration::from_secs(15), "waited {waited:?}");
     assert_eq!(client.state().budget_pauses, 1);
 }
 

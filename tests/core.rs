@@ -76,8 +76,11 @@ async fn a_login_out_of_time_says_how_many_attempts_ran_and_how_long_the_slowest
 fn with_a_runtime_per_call_an_abandoned_renewal_is_taken_up_before_the_token_expires() {
     let server = tokio::runtime::Runtime::new().unwrap();
     let fake = server.block_on(FakePatchworks::start()).unwrap();
-    // Renewal due after 1.5 s (half the lifetime); sent until 2.7 s.
-    fake.set_token_lifetime(Duration::from_secs(3));
+    // In real time, since each call's runtime has a clock of its own. Renewal is due after 3 s
+    // (half the lifetime) and the token is sent until 5.4 s: 2.4 s for the calls below, however
+    // busy the machine.
+    let lifetime = Duration::from_secs(6);
+    fake.set_token_lifetime(lifetime);
     let client = layer(&fake).layer(fake.client());
     let call = || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -87,32 +90,45 @@ fn with_a_runtime_per_call_an_abandoned_renewal_is_taken_up_before_the_token_exp
         runtime.block_on(status(&client, &fake, "/api/v1/flows"))
     };
     assert_eq!(call(), StatusCode::OK);
-    let first = client.state().obtained_at.unwrap();
+    let first = client.state();
+    let (obtained_at, expires_at) = (first.obtained_at.unwrap(), first.expires_at.unwrap());
 
-    std::thread::sleep(Duration::from_millis(1600));
-    // The renewal cannot answer before the call that starts it returns; its token lives long.
-    fake.set_login_delay(Duration::from_millis(300));
+    // Into the renewal window: the time this test is about.
+    sleep_until(obtained_at + lifetime / 2 + Duration::from_millis(100));
+    // The fake holds the renewal until the call that starts it has returned and its runtime
+    // has gone; the renewed token lives long.
+    fake.hold_logins();
     fake.set_token_lifetime(Duration::from_secs(600));
     assert_eq!(
         call(),
         StatusCode::OK,
         "starts the renewal, then its runtime goes"
     );
+    assert_eq!(fake.logins(), 2, "the renewal reached the fake");
+    fake.release_logins();
     assert_eq!(
         call(),
         StatusCode::OK,
         "takes the renewal up and waits for it"
     );
     let state = client.state();
-    assert!(state.obtained_at.unwrap() > first, "renewed: {state:?}");
+    assert!(
+        state.obtained_at.unwrap() > obtained_at,
+        "renewed: {state:?}"
+    );
 
     // Past the first token's expiry: the renewed token is there, no login to wait for.
-    std::thread::sleep(Duration::from_millis(1200));
+    sleep_until(expires_at + Duration::from_millis(100));
     assert!(client.state().usable);
     let logins = fake.logins();
     assert_eq!(call(), StatusCode::OK);
     assert_eq!(fake.logins(), logins, "no cold login");
     assert_eq!(fake.expired_tokens_seen() + fake.unauthorized(), 0);
+}
+
+/// Sleeps this thread until `deadline`.
+fn sleep_until(deadline: std::time::Instant) {
+    std::thread::sleep(deadline.saturating_duration_since(std::time::Instant::now()));
 }
 
 // 3. A storm of 401s.
@@ -330,20 +346,24 @@ fn situations() -> Vec<Situation> {
     situations
 }
 
-/// Lets the token (2 s) reach its renewal window, and has its background renewal rejected: the
-/// next login fails fast.
+/// Lets the token (2 s) reach its renewal window on the paused clock, and has its background
+/// renewal rejected: the next login fails fast. Waits for the rejection through `watch`.
 async fn reject_the_renewal(
     fake: &FakePatchworks,
+    watch: &mut tokio::sync::watch::Receiver<patchworks_auth::TokenState>,
     send_get: impl std::future::Future<Output = StatusCode>,
 ) {
+    // Due for renewal after half of its 2 s: the time this is about.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     fake.set_login_answer(LoginAnswer::Status(StatusCode::UNAUTHORIZED));
     assert_eq!(
-        send_get.await,
+        hold_clock(send_get).await,
         StatusCode::OK,
         "sent with the token while it renews"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    hold_clock(watch.wait_for(|state| state.last_error.is_some()))
+        .await
+        .unwrap();
 }
 
 fn outcome_of(error: &(dyn std::error::Error + 'static)) -> Outcome {
@@ -354,6 +374,7 @@ fn outcome_of(error: &(dyn std::error::Error + 'static)) -> Outcome {
 }
 
 async fn through_tower(fake: &FakePatchworks, s: &Situation, layer: AuthLayer) -> Outcome {
+    let mut watch = layer.watch();
     let client = layer.layer(Client::builder(TokioExecutor::new()).build_http::<Body>());
     let send = |request: Request<Body>| client.clone().oneshot(request);
     let request = |method: Method, path, payload| {
@@ -375,19 +396,20 @@ async fn through_tower(fake: &FakePatchworks, s: &Situation, layer: AuthLayer) -
     };
     let get = || async { send(request(Method::GET, "/api/v1/flows", Payload::Nothing)).await };
     if !s.cold {
-        assert_eq!(get().await.unwrap().status(), StatusCode::OK);
+        assert_eq!(hold_clock(get()).await.unwrap().status(), StatusCode::OK);
     }
     if s.renewal_rejected {
-        reject_the_renewal(fake, async { get().await.unwrap().status() }).await;
+        reject_the_renewal(fake, &mut watch, async { get().await.unwrap().status() }).await;
     }
     (s.setup)(fake);
-    match send(request(s.method.clone(), s.path, s.payload)).await {
+    match hold_clock(send(request(s.method.clone(), s.path, s.payload))).await {
         Ok(response) => Outcome::Status(response.status()),
         Err(error) => outcome_of(&*error),
     }
 }
 
 async fn through_reqwest(fake: &FakePatchworks, s: &Situation, layer: AuthLayer) -> Outcome {
+    let mut watch = layer.watch();
     let reqwest = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -411,20 +433,21 @@ async fn through_reqwest(fake: &FakePatchworks, s: &Situation, layer: AuthLayer)
         response.await.unwrap().status()
     };
     if !s.cold {
-        assert_eq!(get().await, StatusCode::OK);
+        assert_eq!(hold_clock(get()).await, StatusCode::OK);
     }
     if s.renewal_rejected {
-        reject_the_renewal(fake, get()).await;
+        reject_the_renewal(fake, &mut watch, get()).await;
     }
     (s.setup)(fake);
-    match request(s.method.clone(), s.path, s.payload).send().await {
+    match hold_clock(request(s.method.clone(), s.path, s.payload).send()).await {
         Ok(response) => Outcome::Status(response.status()),
         Err(reqwest_middleware::Error::Middleware(error)) => outcome_of(error.as_ref()),
         Err(error) => Outcome::Other(error.to_string()),
     }
 }
 
-#[tokio::test]
+/// On a paused clock: requests run in `hold_clock`, time moves only by the renewal's sleep.
+#[tokio::test(start_paused = true)]
 async fn the_same_situation_gets_the_same_answer_through_tower_and_reqwest() {
     for situation in situations() {
         for via in ["tower", "reqwest"] {

@@ -4,7 +4,7 @@
 mod support;
 
 use http::{Request, Response, StatusCode};
-use patchworks_auth::test_util::{hold_clock, FakePatchworks};
+use patchworks_auth::test_util::{hold_clock, FakePatchworks, LOGIN_PATH};
 use std::{
     future::Future,
     pin::Pin,
@@ -49,21 +49,50 @@ async fn a_request_in_flight_while_its_token_expires_completes_and_the_next_logs
     assert_eq!(fake.expired_tokens_seen(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// On a paused clock, so that loopback's time in flight (long on a busy machine) ages no token:
+/// the fake holds the renewal (an event, not a timer) while 1,000 requests go out, then lets it
+/// answer; past the old token's expiry, 1,000 more requests all carry the new one.
+#[tokio::test(start_paused = true)]
 async fn a_renewal_while_a_thousand_requests_are_in_flight_sends_no_expired_token() {
     let fake = FakePatchworks::start().await.unwrap();
     fake.set_token_lifetime(Duration::from_secs(2));
-    fake.set_login_delay(Duration::from_millis(100));
     let client = layer(&fake)
         .refresh_before(Duration::from_secs(10))
         .layer(fake.client());
-    assert_eq!(status(&client, &fake, "/warm").await, StatusCode::OK);
+    assert_eq!(
+        hold_clock(status(&client, &fake, "/warm")).await,
+        StatusCode::OK
+    );
+    let first = last_api_authorization(&fake).unwrap();
+    let mut changes = client.watch();
+    changes.borrow_and_update();
 
-    // A 2 s token is due for renewal after 1 s (the window is at most half its life).
+    // A 2 s token is due for renewal after 1 s (the window is at most half its life) and sent
+    // until 1.8 s: the time this test is about.
     tokio::time::sleep(Duration::from_millis(1050)).await;
-    let statuses = concurrent_gets(&client, &fake, 1000).await;
+    fake.hold_logins();
+    let statuses = hold_clock(concurrent_gets(&client, &fake, 1000)).await;
+    assert!(statuses.iter().all(|status| *status == StatusCode::OK));
+    hold_clock(until("the renewal reaches the fake", || fake.logins() == 2)).await;
+    assert!(
+        fake.seen()
+            .iter()
+            .skip(1)
+            .all(|seen| seen.path == LOGIN_PATH || seen.authorization.as_ref() == Some(&first)),
+        "sent with the old token while the renewal is held"
+    );
+    // The renewed token lives long: no second renewal below.
+    fake.set_token_lifetime(Duration::from_secs(600));
+    fake.release_logins();
+    hold_clock(changes.changed()).await.unwrap();
+    assert!(changes.borrow().usable, "renewed: {:?}", *changes.borrow());
+
+    // Past the first token's expiry (2 s).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let statuses = hold_clock(concurrent_gets(&client, &fake, 1000)).await;
     assert!(statuses.iter().all(|status| *status == StatusCode::OK));
     assert_eq!(fake.logins(), 2, "one renewal");
+    assert_ne!(last_api_authorization(&fake).unwrap(), first);
     assert_eq!(fake.expired_tokens_seen(), 0);
     assert_eq!(fake.unauthorized(), 0);
 }

@@ -149,9 +149,9 @@ async fn rejected_credentials_fail_fast_with_a_growing_backoff() {
     assert_eq!(fake.api_calls(), 0);
 }
 
-/// In real time (a login's retries sleep, which a held paused clock would never let end), with
-/// a login timeout of 1 s standing for the default 30 s.
-#[tokio::test]
+/// On a paused clock left to run (the login's back-off sleeps, which a held clock would never
+/// let end), with a login timeout of 1 s standing for the default 30 s.
+#[tokio::test(start_paused = true)]
 async fn a_login_endpoint_that_was_down_recovers_within_three_seconds() {
     let fake = FakePatchworks::start().await.unwrap();
     fake.set_login_answer(LoginAnswer::Status(StatusCode::SERVICE_UNAVAILABLE));
@@ -162,9 +162,10 @@ async fn a_login_endpoint_that_was_down_recovers_within_three_seconds() {
 
     // Down for 4 s: callers fail with the login's error once no attempt fits in their login's
     // time; attempts back off 250 ms, 500 ms, 1 s, then every 2 to 3 s.
-    let down = std::time::Instant::now();
-    // Each caller sees the login's own failure: the 503, or, on a machine so loaded that one
-    // attempt outlived its third of the login timeout, that timeout.
+    let down = tokio::time::Instant::now();
+    // Each caller sees the login's own failure: the 503, or, if the clock ran on while an
+    // attempt was in flight (the paused clock jumps to the next timer when nothing is ready to
+    // run), that attempt's third of the login timeout.
     let (mut failures, mut unavailable) = (0, 0);
     while down.elapsed() < Duration::from_secs(4) {
         let error = attempt().await.unwrap_err();
@@ -181,8 +182,12 @@ async fn a_login_endpoint_that_was_down_recovers_within_three_seconds() {
     assert!(fake.logins() <= 7, "{} logins in 4 s", fake.logins());
 
     fake.set_login_answer(LoginAnswer::Token);
+    // Recovered within 3 s: the promise is about this time.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(attempt().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        hold_clock(attempt()).await.unwrap().status(),
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]

@@ -88,8 +88,16 @@ fn logs_tell_what_happened_and_never_a_secret() {
     // One line per login outcome and per discarded token: two logins and a revocation, one
     // rejected login, then three logins and two revocations beside the store.
     let lines = |text: &str| logs.lines().filter(|line| line.contains(text)).count();
-    assert_eq!(lines("logged in to Patchworks"), 5, "one line a login in\n{logs}");
-    assert_eq!(lines("Patchworks login failed"), 1, "one line a failure in\n{logs}");
+    assert_eq!(
+        lines("logged in to Patchworks"),
+        5,
+        "one line a login in\n{logs}"
+    );
+    assert_eq!(
+        lines("Patchworks login failed"),
+        1,
+        "one line a failure in\n{logs}"
+    );
     assert_eq!(
         lines("API answered 401: token discarded"),
         3,

@@ -6,7 +6,11 @@ mod support;
 
 use http::StatusCode;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use patchworks_auth::{store::FileStore, test_util::FakePatchworks, AuthLayer, Credentials};
+use patchworks_auth::{
+    store::FileStore,
+    test_util::{hold_clock, FakePatchworks},
+    AuthLayer, Credentials,
+};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use support::*;
 use tower::Layer;
@@ -50,7 +54,8 @@ impl Recorded {
     }
 }
 
-#[tokio::test(flavor = "current_thread")]
+/// On a paused clock, moved past the renewal's start by a sleep: I/O runs in `hold_clock`.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn logins_401s_replays_the_expiry_and_the_store_are_recorded() {
     let recorder = DebuggingRecorder::new();
     let metrics = recorder.snapshotter();
@@ -66,7 +71,13 @@ async fn logins_401s_replays_the_expiry_and_the_store_are_recorded() {
         .store(FileStore::new(dir.join("token")))
         .layer(fake.client());
     let mut watch = client.watch();
-    expect_status(&client, &fake, "/api/v1/flows", StatusCode::OK).await;
+    hold_clock(expect_status(
+        &client,
+        &fake,
+        "/api/v1/flows",
+        StatusCode::OK,
+    ))
+    .await;
     let logins = "patchworks_auth_logins_total";
     assert_eq!(
         count(logins, &[("reason", "first_use"), ("outcome", "ok")]),
@@ -99,17 +110,22 @@ async fn logins_401s_replays_the_expiry_and_the_store_are_recorded() {
         assert_eq!(count(store, &labels), Some(times), "{op}");
     }
     assert!(watch.has_changed().unwrap(), "the login changed the watch");
-    assert!(watch.borrow_and_update().usable);
+    let first = watch.borrow_and_update().obtained_at;
+    assert!(first.is_some());
 
-    // A renewal (due after half of 2 s), in the background; the watch says when it is done.
+    // A renewal (due after half of 2 s: the time this is about), in the background; the watch
+    // says when it is done.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    expect_status(&client, &fake, "/api/v1/flows", StatusCode::OK).await;
-    let first = watch.borrow().obtained_at;
-    tokio::time::timeout(Duration::from_secs(5), watch.changed())
+    hold_clock(expect_status(
+        &client,
+        &fake,
+        "/api/v1/flows",
+        StatusCode::OK,
+    ))
+    .await;
+    hold_clock(watch.wait_for(|state| state.obtained_at > first))
         .await
-        .unwrap()
         .unwrap();
-    assert!(watch.borrow_and_update().obtained_at > first, "renewed");
     assert_eq!(
         count(logins, &[("reason", "renewal"), ("outcome", "ok")]),
         Some(1.0)
@@ -117,7 +133,13 @@ async fn logins_401s_replays_the_expiry_and_the_store_are_recorded() {
 
     // A stale 401 and its replay.
     fake.revoke_tokens();
-    expect_status(&client, &fake, "/api/v1/flows", StatusCode::OK).await;
+    hold_clock(expect_status(
+        &client,
+        &fake,
+        "/api/v1/flows",
+        StatusCode::OK,
+    ))
+    .await;
     let unauthorized = "patchworks_auth_unauthorized_total";
     assert_eq!(count(unauthorized, &[("verdict", "stale")]), Some(1.0));
     assert_eq!(
@@ -134,14 +156,20 @@ async fn logins_401s_replays_the_expiry_and_the_store_are_recorded() {
         "/api/v1/admin",
         Some(r#"Bearer error="insufficient_scope""#),
     );
-    expect_status(&client, &fake, "/api/v1/admin", StatusCode::UNAUTHORIZED).await;
+    hold_clock(expect_status(
+        &client,
+        &fake,
+        "/api/v1/admin",
+        StatusCode::UNAUTHORIZED,
+    ))
+    .await;
     assert_eq!(count(unauthorized, &[("verdict", "refused")]), Some(1.0));
 
     // A rejected login.
     let wrong = AuthLayer::new(Credentials::new("ops@example.com", "wrong"))
         .login_url(fake.login_url())
         .layer(fake.client());
-    assert!(layer_error(&wrong, &fake, "/api/v1/flows")
+    assert!(hold_clock(layer_error(&wrong, &fake, "/api/v1/flows"))
         .await
         .is_rejected());
     assert_eq!(
@@ -183,23 +211,34 @@ async fn a_request_with_a_fresh_token_records_nothing() {
     assert!(recorded.0.values().all(|v| *v == 0.0), "{:?}", recorded.0);
 }
 
-#[tokio::test(flavor = "current_thread")]
+/// On a paused clock, moved past the renewal's start by a sleep: I/O runs in `hold_clock`.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn watch_wakes_on_a_failed_renewal_with_its_error() {
     let fake = FakePatchworks::start().await.unwrap();
     fake.set_token_lifetime(Duration::from_secs(2));
     let client = client(&fake);
     let mut watch = client.watch();
-    expect_status(&client, &fake, "/api/v1/flows", StatusCode::OK).await;
+    hold_clock(expect_status(
+        &client,
+        &fake,
+        "/api/v1/flows",
+        StatusCode::OK,
+    ))
+    .await;
     watch.borrow_and_update();
+    // Due for renewal after half of its 2 s: the time this is about.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     fake.set_login_answer(patchworks_auth::test_util::LoginAnswer::Status(
         StatusCode::UNAUTHORIZED,
     ));
-    expect_status(&client, &fake, "/api/v1/flows", StatusCode::OK).await;
-    tokio::time::timeout(Duration::from_secs(5), watch.changed())
-        .await
-        .unwrap()
-        .unwrap();
+    hold_clock(expect_status(
+        &client,
+        &fake,
+        "/api/v1/flows",
+        StatusCode::OK,
+    ))
+    .await;
+    hold_clock(watch.changed()).await.unwrap();
     let state = watch.borrow().clone();
     assert!(state.usable, "the token stays in use: {state:?}");
     assert!(

@@ -333,7 +333,9 @@ fn a_waiter_whose_login_died_with_its_runtime_logs_in_itself() {
         let request = get(fake.uri("/api/v1/flows"));
         async move { client.oneshot(request).await }
     });
-    std::thread::sleep(Duration::from_millis(200));
+    b.block_on(support::until_real("B waits on A's login", || {
+        layer.state().waiting == 1
+    }));
     assert_eq!(layer.state().most_waiting, 0, "the login has not answered");
 
     drop(first);

@@ -64,10 +64,13 @@ async fn two_accounts_on_one_path_log_in_once_each_and_never_wait_on_each_other(
     a.hold_logins();
     let (client_a, fake_a) = (stored(&a, &path), a.clone());
     let waiting_a = tokio::spawn(async move { status(&client_a, &fake_a, "/api/v1/flows").await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A takes its account's lock before it logs in.
+    until_real("A's login reaches its fake", || a.logins() == 1).await;
     let client_b = stored(&b, &path);
+    // Had B waited on A's lock, it would have waited out the lock's lifetime (the login
+    // timeout, 30 s): 10 s is far from it, and far from B's own time on a busy machine.
     let answered = tokio::time::timeout(
-        Duration::from_secs(1),
+        Duration::from_secs(10),
         status(&client_b, &b, "/api/v1/flows"),
     )
     .await;

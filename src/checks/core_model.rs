@@ -583,7 +583,9 @@ proptest! {
         failures.sort();
         let mut failures = failures.into_iter().peekable();
         let (mut now, mut flying) = (start, Vec::new());
-        loop {
+        // Bounded: a step that neither starts, fails nor moves time would loop for ever.
+        for step in 0.. {
+            prop_assert!(step < 1_000, "no progress after 1,000 steps, at {:?}", now - start);
             match attempts.step(now) {
                 Step::Start(id) => {
                     flying.push(id);
@@ -593,6 +595,7 @@ proptest! {
                     prop_assert!(false, "gave up at {:?}: {}", now - start, failure.error)
                 }
                 Step::Wait(until) => {
+                    prop_assert!(until > now, "Wait({:?}) does not move time", until - start);
                     // The first attempt answers at `answer_at`; a hedge may fail before.
                     while failures.peek().is_some_and(|at| *at < now) {
                         failures.next();

@@ -64,6 +64,11 @@ fn runner(
         let n = started.fetch_add(1, Ordering::SeqCst);
         let in_flight = in_flight.clone();
         thread::spawn(move || {
+            // The login's I/O: other threads run meanwhile, and none may start a login.
+            thread::yield_now();
+            // The login counts as in flight until it ends. The count goes down just before the
+            // claim is given up, not after: the core may start the next login the moment it
+            // is, and that one is no overlap. Between the two there is only the core's lock.
             in_flight.fetch_sub(1, Ordering::SeqCst);
             if n == 0 && abandon_first {
                 drop(claim); // abandoned: the next request starts another

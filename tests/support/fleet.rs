@@ -430,3 +430,13 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
             .windows(needle.len())
             .any(|window| window == needle)
 }
+
+/// Sleeps in real time until `condition` holds, looking every 10 ms; fails the test after
+/// `within`: a deadline on an event, for what happens in other processes.
+pub async fn until_within(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !condition() {
+        assert!(Instant::now() < deadline, "not {what} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
