@@ -59,13 +59,13 @@ use std::{
     collections::VecDeque,
     fmt,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     time::{Duration, SystemTime},
 };
 use tokio::{
-    sync::Semaphore,
+    sync::{Notify, Semaphore},
     time::{sleep_until, timeout, Instant},
 };
 
@@ -222,6 +222,10 @@ pub(crate) struct Gate {
     /// Each unit taken from the store is named, so that two processes' units never merge.
     names: AtomicU64,
     owner: String,
+    /// Logins waiting for a unit: they go first, and requests wait for them.
+    logins_waiting: AtomicUsize,
+    /// Woken when a login has its unit (or gave up waiting for one).
+    login_served: Notify,
     /// Whether the last store operation failed (for one warning per outage).
     down: AtomicBool,
     waited: AtomicU64,
@@ -241,6 +245,8 @@ impl Gate {
             shared,
             names: AtomicU64::new(0),
             owner: crate::store::Owner::new().into_string(),
+            logins_waiting: AtomicUsize::new(0),
+            login_served: Notify::new(),
             down: AtomicBool::new(false),
             waited: AtomicU64::new(0),
             longest_wait_us: AtomicU64::new(0),
@@ -263,6 +269,14 @@ impl Gate {
             // The semaphore is never closed.
             let _turn = self.turnstile.acquire().await;
             loop {
+                // A login waiting for a unit goes first: the requests behind it need its token.
+                let served = self.login_served.notified();
+                let mut served = std::pin::pin!(served);
+                served.as_mut().enable();
+                if self.logins_waiting.load(Ordering::SeqCst) > 0 {
+                    served.await;
+                    continue;
+                }
                 match self.try_take(Instant::now()).await {
                     Ok(()) => return,
                     Err(until) => sleep_until(until).await,
@@ -270,7 +284,16 @@ impl Gate {
             }
         };
         match purpose {
-            Purpose::Login => wait.await,
+            Purpose::Login => {
+                // Ahead of the turnstile's queue; the requests in it wait until it is served.
+                let _first = LoginFirst::new(self);
+                loop {
+                    match self.try_take(Instant::now()).await {
+                        Ok(()) => break,
+                        Err(until) => sleep_until(until).await,
+                    }
+                }
+            }
             Purpose::Request => {
                 if timeout(self.budget.max_wait, wait).await.is_err() {
                     self.refused.fetch_add(1, Ordering::Relaxed);
@@ -292,7 +315,7 @@ impl Gate {
     /// A unit now, without waiting: only a budget kept in the process, with no request queued
     /// and a unit free. What lets a request under an in-process budget take the warm path.
     pub(crate) fn take_now(&self) -> bool {
-        if self.shared.is_some() {
+        if self.shared.is_some() || self.logins_waiting.load(Ordering::Relaxed) > 0 {
             return false;
         }
         let Ok(_turn) = self.turnstile.try_acquire() else {
@@ -404,6 +427,24 @@ impl Gate {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Log> {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A login waiting for its unit, counted while it waits (served, or dropped as its login
+/// ends): the requests queued for the budget let it go first.
+struct LoginFirst<'a>(&'a Gate);
+
+impl<'a> LoginFirst<'a> {
+    fn new(gate: &'a Gate) -> Self {
+        gate.logins_waiting.fetch_add(1, Ordering::SeqCst);
+        LoginFirst(gate)
+    }
+}
+
+impl Drop for LoginFirst<'_> {
+    fn drop(&mut self) {
+        self.0.logins_waiting.fetch_sub(1, Ordering::SeqCst);
+        self.0.login_served.notify_waiters();
     }
 }
 

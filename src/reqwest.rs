@@ -113,9 +113,10 @@ impl AuthMiddleware {
             // The caller's own credentials, or not a Patchworks origin: not ours to touch.
             return next.run(request, extensions).await;
         }
-        // The budget's turn first: the token is taken once the request may go.
-        self.cache.spend().await.map_err(middleware_error)?;
+        // The token first (a login if one is needed), then the budget's unit, at the moment of
+        // sending: a request waiting for a login holds no unit.
         let (token, renewal) = self.token().await.map_err(middleware_error)?;
+        self.cache.spend().await.map_err(middleware_error)?;
         request
             .headers_mut()
             .insert(AUTHORIZATION, token.header.clone());

@@ -276,17 +276,24 @@ where
             // The caller's own credentials, or not a Patchworks origin: not ours to touch.
             return ResponseFuture::passthrough(self.inner.call(request));
         }
-        if self.budgeted && !self.shared.cache.take_now() {
-            return self.budgeted(request);
-        }
+        // Under an API budget the token comes first, then the unit, at the moment of sending:
+        // a request waiting for a login holds no unit (the login's own is never behind it),
+        // and what is counted is what is sent.
         let Some(token) = self.token.load() else {
-            return self.cold(request);
+            return self.cold_or_budgeted(request);
         };
         let (cache, inner) = (&self.shared.cache, &self.inner);
         match cache.check(token, || login::login_fn(&cache.config, inner)) {
             Check::Send => {}
-            Check::Wait => return self.cold(request),
+            Check::Wait => return self.cold_or_budgeted(request),
+            Check::Join(renewal) if self.budgeted && !self.shared.cache.take_now() => {
+                let budgeted = self.budgeted(request);
+                return ResponseFuture::joined(budgeted, renewal);
+            }
             Check::Join(renewal) => return self.joined(request, renewal),
+        }
+        if self.budgeted && !self.shared.cache.take_now() {
+            return self.budgeted(request);
         }
         let generation = token.generation;
         let own = match &mut self.own {
@@ -330,9 +337,33 @@ impl<S: Clone> Auth<S> {
         self.unreserve();
         let mut auth = self.clone();
         auth.budgeted = false; // its request has its unit
+        let login = login::login_fn(&auth.shared.cache.config, &auth.inner);
         ResponseFuture::slow(Box::pin(async move {
+            // The token first (a login if one is needed), then the unit.
+            let (_, after) = auth.shared.cache.token(login).await?;
             auth.shared.cache.spend().await?;
-            tower::ServiceExt::oneshot(auth, request).await
+            let response = tower::ServiceExt::oneshot(auth, request).await;
+            if let Some(after) = after {
+                after.await;
+            }
+            response
         }))
+    }
+
+    /// A request with no token to send: it waits for a login, then (under a budget) its unit.
+    fn cold_or_budgeted<ReqBody, ResBody>(
+        &mut self,
+        request: Request<ReqBody>,
+    ) -> ResponseFuture<S, ReqBody>
+    where
+        S: HttpService<ReqBody, ResBody = ResBody>,
+        ReqBody: RequestBody,
+        ResBody: ResponseBody,
+    {
+        if self.budgeted {
+            self.budgeted(request)
+        } else {
+            self.cold(request)
+        }
     }
 }

@@ -95,6 +95,71 @@ async fn a_thousand_concurrent_requests_keep_within_the_budget() {
     );
 }
 
+/// A cold burst: the requests wait for the login without holding a unit, so the login is sent
+/// first, at once, and the requests take their units as they are sent (issue 26: the login used
+/// to wait a whole window behind units the requests took before it, and they failed with a
+/// login timeout).
+#[tokio::test]
+async fn a_cold_burst_over_the_budget_sends_the_login_first_and_answers_every_request() {
+    let _one = one_at_a_time().await;
+    let fake = FakePatchworks::start().await.unwrap();
+    let (limit, per) = (10, Duration::from_secs(2));
+    fake.limit_rate(limit, per);
+    let budget = Budget::new(limit as u32, per).max_wait(Duration::from_secs(60));
+    let client = client(&fake, budget);
+    let started = Instant::now();
+    // All 15 are called before the login's task can run (one thread): every request is there
+    // before the login asks for its unit.
+    let requests = (0..15).map(|i| {
+        client
+            .clone()
+            .oneshot(get(&fake, &format!("/api/v1/flows/{i}")))
+    });
+    let responses = futures_util::future::join_all(requests).await;
+    for response in responses {
+        assert_eq!(response.unwrap().status(), StatusCode::OK);
+    }
+    let seen = fake.seen();
+    assert_eq!(
+        seen[0].path,
+        patchworks_auth::test_util::LOGIN_PATH,
+        "the login first"
+    );
+    // The promise is about time: the login goes at once, not a window (2 s) later.
+    let login_after = seen[0].received_at - started;
+    assert!(login_after < per, "the login waited {login_after:?}");
+    assert_eq!((fake.logins(), fake.api_calls()), (1, 15));
+    assert_eq!(fake.too_many(), 0, "no 429");
+}
+
+/// A budget of one unit a window: the login takes the first, each request one after it.
+#[tokio::test]
+async fn a_budget_of_one_sends_the_login_at_once_then_one_request_a_window() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let budget = Budget::new(1, Duration::from_millis(500)).max_wait(Duration::from_secs(30));
+    let client = client(&fake, budget);
+    let requests = (0..2).map(|i| {
+        let request = get(&fake, &format!("/api/v1/flows/{i}"));
+        tokio::spawn(client.clone().oneshot(request))
+    });
+    let responses = futures_util::future::join_all(requests.collect::<Vec<_>>()).await;
+    for response in responses {
+        assert_eq!(response.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(
+        seen[0].path,
+        patchworks_auth::test_util::LOGIN_PATH,
+        "the login first"
+    );
+    // The promise is about time: one unit a window (500 ms, and its 250 ms margin).
+    for pair in seen.windows(2) {
+        let gap = pair[1].received_at - pair[0].received_at;
+        assert!(gap >= Duration::from_millis(500), "{gap:?} between sends");
+    }
+}
+
 #[tokio::test]
 async fn waiters_go_in_arrival_order_and_one_that_gives_up_gives_its_turn_back() {
     let fake = FakePatchworks::start().await.unwrap();
