@@ -303,12 +303,13 @@ impl Cache {
                 account,
                 password,
                 form,
+                scope,
                 ..
             } => (
                 None,
                 config.store.as_ref().map(|store| {
-                    let url = &config.login_url;
-                    Shared::new(store, url, *form, account, password, config.store_key)
+                    let login = (*form, account.as_str(), password.as_str(), scope.as_deref());
+                    Shared::new(store, &config.login_url, login, config.store_key)
                 }),
             ),
             // An API key is the token: in place from the start, never aged, never renewed, and
@@ -697,6 +698,7 @@ impl Cache {
             target: "patchworks_auth",
             "patchworks_login",
             reason = reason.as_str(),
+            form = self.config.credentials.form_name(),
             login_host = self.config.login_url.host().unwrap_or_default(),
         );
         let (settled, saved) = tokio::sync::oneshot::channel::<()>();
@@ -822,7 +824,8 @@ impl Cache {
             Err(_) => "error",
         };
         // The outcome is logged once, by `Claim::finish`, with the generation the core gives it.
-        crate::metrics::login(start.reason, label, took);
+        let form = self.config.credentials.form_name();
+        crate::metrics::login(form, start.reason, label, took);
         outcome
     }
 
@@ -1015,7 +1018,6 @@ impl Claim {
             (Some((token, false)), _) => {
                 tracing::info!(
                     target: "patchworks_auth",
-                    reason = reason.as_str(),
                     generation = token.generation,
                     lifetime = ?token.lifetime(),
                     took = ?self.began.elapsed(),

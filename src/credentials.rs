@@ -3,7 +3,8 @@
 use crate::error::Error;
 use std::fmt;
 
-/// What the layer authenticates with: an account's email and password, or an API key.
+/// What the layer authenticates with: an account's email (or username) and password, an OAuth 2
+/// client's id and secret, or an API key.
 ///
 /// `Debug` shows the email and hides the password and the API key:
 ///
@@ -32,6 +33,8 @@ pub(crate) enum Secret {
         password: String,
         form: Form,
         from_env: bool,
+        /// The OAuth 2 `scope` asked for ([`Form::Client`] only).
+        scope: Option<String>,
     },
     /// Sent as it is in `Authorization`: no login, no expiry.
     ApiKey(String),
@@ -44,6 +47,9 @@ pub(crate) enum Form {
     Email,
     /// `{"username", "password"}` to the Fabric login.
     Username,
+    /// OAuth 2 client credentials (RFC 6749 §4.4): the client id and secret in HTTP Basic, or
+    /// in the form's body when `basic` is `false`.
+    Client { basic: bool },
 }
 
 impl Form {
@@ -52,6 +58,16 @@ impl Form {
         match self {
             Form::Email => "email",
             Form::Username => "username",
+            Form::Client { .. } => "client_id",
+        }
+    }
+
+    /// The form's name in logs and metrics.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Form::Email => "email",
+            Form::Username => "username",
+            Form::Client { .. } => "client_credentials",
         }
     }
 }
@@ -87,12 +103,78 @@ impl Credentials {
         Credentials::login(username.into(), password.into(), Form::Username, false)
     }
 
+    /// OAuth 2 client credentials (RFC 6749 §4.4): the layer asks the token endpoint given to
+    /// [`AuthLayer::login_url`](crate::AuthLayer::login_url) for an access token, as the
+    /// Patchworks Inbound API and any RFC 6749 server issue them, and sends it as a bearer token
+    /// to that endpoint's origin. Everything else (single flight, renewal before expiry, a 401
+    /// settled and replayed, stores, the API budget) is as for a login.
+    ///
+    /// The request is `POST` with `Content-Type: application/x-www-form-urlencoded`, the body
+    /// `grant_type=client_credentials` (and `scope`, if [set](Self::scope)), and the client
+    /// authenticated with HTTP Basic, id and secret each form-encoded first (§2.3.1); for a
+    /// server that wants them in the body, see
+    /// [`client_secret_in_body`](Self::client_secret_in_body). The answer is §5.1's
+    /// `{"access_token", "token_type": "Bearer", "expires_in"}`; an error answer (§5.2) with
+    /// `invalid_client` or `unauthorized_client` is a rejected login
+    /// ([`Error::is_rejected`]). Without a `login_url`, every request fails with a
+    /// configuration error: there is no default token endpoint.
+    ///
+    /// The secret is redacted wherever a password is:
+    ///
+    /// ```
+    /// use patchworks_auth::Credentials;
+    ///
+    /// let creds = Credentials::client_credentials("inbound-client", "s3cret").scope("flows:run");
+    /// assert_eq!(
+    ///     format!("{creds:?}"),
+    ///     r#"Credentials { client_id: "inbound-client", client_secret: "<redacted>", scope: "flows:run" }"#
+    /// );
+    /// ```
+    pub fn client_credentials(
+        client_id: impl Into<String>,
+        client_secret: impl Into<String>,
+    ) -> Self {
+        let form = Form::Client { basic: true };
+        Credentials::login(client_id.into(), client_secret.into(), form, false)
+    }
+
+    /// The OAuth 2 `scope` to ask for, for [client credentials](Self::client_credentials)
+    /// (space-separated, as RFC 6749 §3.3 has it). Ignored for the other forms. Tokens for
+    /// different scopes are stored apart.
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        if let Secret::Login {
+            form: Form::Client { .. },
+            scope: slot,
+            ..
+        } = &mut self.secret
+        {
+            *slot = Some(scope.into());
+        }
+        self
+    }
+
+    /// Sends the [client credentials](Self::client_credentials) in the request body
+    /// (`client_id`, `client_secret`) instead of HTTP Basic, for a token endpoint that wants
+    /// them there (RFC 6749 §2.3.1 allows it; Basic is the default). Ignored for the other
+    /// forms.
+    pub fn client_secret_in_body(mut self) -> Self {
+        if let Secret::Login {
+            form: Form::Client { basic },
+            ..
+        } = &mut self.secret
+        {
+            *basic = false;
+        }
+        self
+    }
+
     fn login(account: String, password: String, form: Form, from_env: bool) -> Self {
         let secret = Secret::Login {
             account,
             password,
             form,
             from_env,
+            scope: None,
         };
         Credentials { secret }
     }
@@ -129,6 +211,14 @@ impl Credentials {
         Ok(Credentials::login(email, password, Form::Email, true))
     }
 
+    /// The login form's name, for logs and metrics (`api_key` for a key).
+    pub(crate) fn form_name(&self) -> &'static str {
+        match &self.secret {
+            Secret::Login { form, .. } => form.name(),
+            Secret::ApiKey(_) => "api_key",
+        }
+    }
+
     /// The account's email; `None` for a username or an API key.
     pub fn email(&self) -> Option<&str> {
         match &self.secret {
@@ -161,6 +251,19 @@ impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Credentials");
         match &self.secret {
+            Secret::Login {
+                account,
+                form: Form::Client { .. },
+                scope,
+                ..
+            } => {
+                d.field("client_id", account)
+                    .field("client_secret", &"<redacted>");
+                if let Some(scope) = scope {
+                    d.field("scope", scope);
+                }
+                &mut d
+            }
             Secret::Login { account, form, .. } => d
                 .field(form.field(), account)
                 .field("password", &"<redacted>"),

@@ -65,6 +65,15 @@ pub(crate) enum Kind {
     RequestBody,
     /// The request waited `max_wait` for the API budget and was not sent.
     BudgetExhausted(Duration),
+    /// An OAuth 2 token endpoint answered an RFC 6749 §5.2 error: `code` (such as
+    /// `invalid_client`), its description if any (the secret redacted); `rejected` for
+    /// `invalid_client` and `unauthorized_client`.
+    OAuth {
+        status: StatusCode,
+        rejected: bool,
+        code: String,
+        description: Option<String>,
+    },
 }
 
 impl Error {
@@ -96,7 +105,10 @@ impl Error {
     /// Retrying will not help until the credentials are fixed; the layer backs off (growing
     /// from 5 seconds to 5 minutes) before it tries them again.
     pub fn is_rejected(&self) -> bool {
-        matches!(self.kind, Kind::Rejected(..))
+        matches!(
+            self.kind,
+            Kind::Rejected(..) | Kind::OAuth { rejected: true, .. }
+        )
     }
 
     /// Returns `true` if the login did not complete within the
@@ -146,6 +158,7 @@ impl Error {
         match self.kind {
             Kind::Rejected(status, _)
             | Kind::Status(status, _)
+            | Kind::OAuth { status, .. }
             | Kind::Redirected(Some(status)) => Some(status),
             _ => None,
         }
@@ -247,6 +260,28 @@ impl fmt::Display for Error {
             Kind::RequestBody => f.write_str(
                 "the request body is longer than its size hint said; the request was not sent",
             ),
+            Kind::OAuth {
+                status,
+                rejected,
+                code,
+                description,
+            } => {
+                write!(
+                    f,
+                    "the OAuth 2 token endpoint refused the request (HTTP {}, error \"{code}\"",
+                    status.as_u16()
+                )?;
+                if let Some(description) = description {
+                    write!(f, ": {description}")?;
+                }
+                f.write_str(if *rejected {
+                    "): check the client id and secret given to Credentials::client_credentials; \
+                     the login is retried after a back-off"
+                } else {
+                    "): check the token URL, the scope and the client's grants; the login is \
+                     retried after a back-off"
+                })
+            }
             Kind::BudgetExhausted(waited) => write!(
                 f,
                 "the Patchworks API budget had no turn for this request within {waited:?} \

@@ -74,7 +74,10 @@ impl AuthLayer {
     pub const DEFAULT_REPLAY_BODY_LIMIT: usize = 64 * 1024;
 
     /// A layer that logs in with `credentials` at the production login endpoint
-    /// (`https://svc-fabric.pwks.co/api/v1/login`).
+    /// (`https://svc-fabric.pwks.co/api/v1/login`; the Fabric login for
+    /// [`Credentials::username`]). [OAuth 2 client
+    /// credentials](Credentials::client_credentials) have no default: give their token
+    /// endpoint to [`login_url`](Self::login_url).
     pub fn new(credentials: Credentials) -> Self {
         let username = matches!(
             credentials.secret,
@@ -88,9 +91,25 @@ impl AuthLayer {
         } else {
             DEFAULT_LOGIN_URL
         });
+        let client = matches!(
+            credentials.secret,
+            Secret::Login {
+                form: Form::Client { .. },
+                ..
+            }
+        );
+        // OAuth 2 client credentials have no default token endpoint.
+        let scope = if client {
+            Err(crate::Error::config(
+                "OAuth 2 client credentials need their token endpoint: set AuthLayer::login_url \
+                 to it",
+            ))
+        } else {
+            Scope::new(&login_url)
+        };
         AuthLayer::from_config(Config {
             credentials,
-            scope: Scope::new(&login_url),
+            scope,
             login_url,
             refresh_before: Self::DEFAULT_REFRESH_BEFORE,
             login_timeout: Self::DEFAULT_LOGIN_TIMEOUT,

@@ -86,6 +86,7 @@ where
                 password,
                 form,
                 from_env,
+                scope,
             } = &credentials.secret
             else {
                 return Err(Error::config("an API key needs no login"));
@@ -96,11 +97,12 @@ where
                 let _ = gate.take(crate::budget::Purpose::Login).await;
             }
             let sent_at = Instant::now();
-            let response = send(request(login_url, *form, account, password)).await?;
+            let login = request(login_url, *form, account, password, scope.as_deref());
+            let response = send(login).await?;
             if let (Some(gate), true) = (gate, crate::budget::is_too_many(response.status())) {
                 gate.too_many(response.headers());
             }
-            let answer = read_answer(login_url, response).await;
+            let answer = read_answer(login_url, *form, password, response).await;
             let issued = answer.map_err(|error| error.with_env_hint(*from_env))?;
             Ok(Obtained {
                 header: issued.header,
@@ -113,26 +115,57 @@ where
 }
 
 /// The login request: `POST <url>` with `{"email", "password"}`, or `{"username", "password"}`
-/// for that form.
+/// for that form; for OAuth 2 client credentials, RFC 6749 §4.4's form, the client in HTTP
+/// Basic (or in the body) and `scope` if there is one.
 pub(crate) fn request<B: From<Bytes>>(
     url: &Uri,
     form: Form,
     account: &str,
     password: &str,
+    scope: Option<&str>,
 ) -> Request<B> {
-    let body = serde_json::json!({ form.field(): account, "password": password });
-    // Serializing two strings into a Vec cannot fail.
-    let json = serde_json::to_vec(&body).unwrap_or_default();
-    let mut request = Request::new(B::from(Bytes::from(json)));
+    let (body, content_type, basic) = match form {
+        Form::Email | Form::Username => {
+            let body = serde_json::json!({ form.field(): account, "password": password });
+            // Serializing two strings into a Vec cannot fail.
+            let json = serde_json::to_vec(&body).unwrap_or_default();
+            (json, "application/json", None)
+        }
+        Form::Client { basic } => {
+            let mut body = form_urlencoded::Serializer::new(String::new());
+            body.append_pair("grant_type", "client_credentials");
+            if let Some(scope) = scope {
+                body.append_pair("scope", scope);
+            }
+            if !basic {
+                body.append_pair("client_id", account);
+                body.append_pair("client_secret", password);
+            }
+            let basic = basic.then(|| basic_auth(account, password));
+            let body = body.finish().into_bytes();
+            (body, "application/x-www-form-urlencoded", basic)
+        }
+    };
+    let mut request = Request::new(B::from(Bytes::from(body)));
     *request.method_mut() = Method::POST;
     *request.uri_mut() = url.clone();
     let headers = request.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+    if let Some(basic) = basic.flatten() {
+        headers.insert(header::AUTHORIZATION, basic);
+    }
     request
+}
+
+/// `Basic <base64(id:secret)>`, each form-encoded first (RFC 6749 §2.3.1), marked sensitive.
+fn basic_auth(client_id: &str, client_secret: &str) -> Option<HeaderValue> {
+    let encode = |text: &str| form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>();
+    let pair = format!("{}:{}", encode(client_id), encode(client_secret));
+    let engine = base64::engine::general_purpose::STANDARD;
+    let mut value = HeaderValue::try_from(format!("Basic {}", engine.encode(pair))).ok()?;
+    value.set_sensitive(true);
+    Some(value)
 }
 
 /// Reads a login answer sent to `login_url`: its status, then at most [`MAX_ANSWER_BYTES`] of
@@ -142,7 +175,15 @@ pub(crate) fn request<B: From<Bytes>>(
 /// fetched from another URI (tower-http's `FollowRedirect` says which in
 /// [`RequestUri`](tower_http::follow_redirect::RequestUri)): the token must come from the login
 /// URL, and the password must not follow a redirect.
-pub(crate) async fn read_answer<B>(login_url: &Uri, response: Response<B>) -> Result<Issued, Error>
+///
+/// For OAuth 2 client credentials (`form`), a `400` or `401` is read for RFC 6749 §5.2's error,
+/// whose description is told without `secret` in it.
+pub(crate) async fn read_answer<B>(
+    login_url: &Uri,
+    form: Form,
+    secret: &str,
+    response: Response<B>,
+) -> Result<Issued, Error>
 where
     B: Body,
     B::Error: Into<tower::BoxError>,
@@ -150,6 +191,11 @@ where
     let status = response.status();
     if status.is_redirection() {
         return Err(Error::new(Kind::Redirected(Some(status))));
+    }
+    let oauth = matches!(form, Form::Client { .. });
+    if oauth && matches!(status, StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED) {
+        let body = read_body(response.into_body()).await?;
+        return Err(oauth_error(status, &body, secret));
     }
     if status != StatusCode::OK {
         // The body of a failed login is not read: nothing in it is needed, and a hostile
@@ -169,16 +215,53 @@ where
             return Err(Error::new(Kind::Redirected(None)));
         }
     }
-    let body = response.into_body();
+    let bytes = read_body(response.into_body()).await?;
+    parse_answer_as(&bytes, SystemTime::now(), oauth)
+}
+
+/// At most [`MAX_ANSWER_BYTES`] of a login answer's body.
+async fn read_body<B>(body: B) -> Result<Bytes, Error>
+where
+    B: Body,
+    B::Error: Into<tower::BoxError>,
+{
     if body.size_hint().lower() > MAX_ANSWER_BYTES as u64 {
         return Err(too_large());
     }
-    let bytes = match Limited::new(body, MAX_ANSWER_BYTES).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(err) if err.is::<LengthLimitError>() => return Err(too_large()),
-        Err(err) => return Err(Error::with_source(Kind::Transport, err)),
+    match Limited::new(body, MAX_ANSWER_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<LengthLimitError>() => Err(too_large()),
+        Err(err) => Err(Error::with_source(Kind::Transport, err)),
+    }
+}
+
+/// An RFC 6749 §5.2 error answer (`status` 400 or 401): a rejected login for `invalid_client`
+/// and `unauthorized_client`, else a refusal that needs a fix. Its `error_description` is kept
+/// (printable, at most 200 characters, `secret` redacted).
+fn oauth_error(status: StatusCode, body: &[u8], secret: &str) -> Error {
+    #[derive(Deserialize)]
+    struct OAuthError {
+        error: Option<String>,
+        error_description: Option<String>,
+    }
+    let answer = serde_json::from_slice::<OAuthError>(body).ok();
+    let (code, description) = answer.map_or((None, None), |a| (a.error, a.error_description));
+    let clean = |text: String| -> String {
+        let text = if secret.is_empty() {
+            text
+        } else {
+            text.replace(secret, "<redacted>")
+        };
+        text.chars().filter(|c| !c.is_control()).take(200).collect()
     };
-    parse_answer(&bytes, SystemTime::now())
+    let code = code.map(clean).unwrap_or_default();
+    let rejected = matches!(code.as_str(), "invalid_client" | "unauthorized_client");
+    Error::new(Kind::OAuth {
+        status,
+        rejected,
+        code,
+        description: description.map(clean),
+    })
 }
 
 /// The wait a `Retry-After` asks for: delay-seconds or an HTTP date (`now` is the wall clock).
@@ -206,11 +289,22 @@ struct Answer<'a> {
     #[serde(borrow, default)]
     token: Option<&'a RawValue>,
     #[serde(borrow, default)]
+    access_token: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    token_type: Option<&'a RawValue>,
+    #[serde(borrow, default)]
     expires_in: Option<&'a RawValue>,
 }
 
 /// Parses the body of a `200` login answer. `now` is the wall clock, for a JWT's `exp`.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn parse_answer(body: &[u8], now: SystemTime) -> Result<Issued, Error> {
+    parse_answer_as(body, now, false)
+}
+
+/// [`parse_answer`], or with `oauth` an RFC 6749 §5.1 answer: `access_token`, and a
+/// `token_type` of `Bearer` in any case.
+pub(crate) fn parse_answer_as(body: &[u8], now: SystemTime, oauth: bool) -> Result<Issued, Error> {
     // serde would read a struct from an array too: an answer is an object or nothing.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         let json = serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
@@ -229,10 +323,21 @@ pub(crate) fn parse_answer(body: &[u8], now: SystemTime) -> Result<Issued, Error
             Category::Syntax | Category::Eof | Category::Io => "it is not valid JSON",
         }))
     })?;
-    let token = answer
-        .token
-        .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
-        .ok_or(Error::new(Kind::Malformed("it has no \"token\" string")))?;
+    let string =
+        |raw: Option<&RawValue>| raw.and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
+    let token = if oauth {
+        let token_type = string(answer.token_type);
+        if !token_type.is_some_and(|t| t.eq_ignore_ascii_case("bearer")) {
+            return Err(Error::new(Kind::Malformed(
+                "its \"token_type\" is not \"Bearer\"",
+            )));
+        }
+        string(answer.access_token).ok_or(Error::new(Kind::Malformed(
+            "it has no \"access_token\" string",
+        )))?
+    } else {
+        string(answer.token).ok_or(Error::new(Kind::Malformed("it has no \"token\" string")))?
+    };
     let header = bearer(&token)?;
     let lifetime = match answer.expires_in.map(RawValue::get) {
         None | Some("null") => match jwt_exp(&token) {

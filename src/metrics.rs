@@ -7,8 +7,9 @@
 use crate::token::Reason;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// A login ended after `took` (its attempts; store time excluded): `ok`, `rejected` or `error`.
-pub(crate) fn login(reason: Reason, outcome: &'static str, took: Duration) {
+/// A login in `form` (`email`, `username`, `client_credentials`) ended after `took` (its
+/// attempts; store time excluded): `ok`, `rejected` or `error`.
+pub(crate) fn login(form: &'static str, reason: Reason, outcome: &'static str, took: Duration) {
     #[cfg(feature = "metrics")]
     {
         let reason = match reason {
@@ -17,14 +18,14 @@ pub(crate) fn login(reason: Reason, outcome: &'static str, took: Duration) {
             Reason::Renewal => "renewal",
             Reason::Unauthorized => "unauthorized",
         };
-        let labels = [("reason", reason), ("outcome", outcome)];
+        let labels = [("form", form), ("reason", reason), ("outcome", outcome)];
         ::metrics::counter!("patchworks_auth_logins_total", &labels).increment(1);
         let outcome = [("outcome", outcome)];
         ::metrics::histogram!("patchworks_auth_login_duration_seconds", &outcome)
             .record(took.as_secs_f64());
     }
     #[cfg(not(feature = "metrics"))]
-    let _ = (reason, outcome, took);
+    let _ = (form, reason, outcome, took);
 }
 
 /// The API answered 401 to a request that carried the token: `stale`, `refused` or `kept`.

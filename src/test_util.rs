@@ -67,6 +67,17 @@ pub const LOGIN_PATH: &str = "/api/v1/login";
 /// `{"username", "password"}` with [`EMAIL`] as the username.
 pub const USERNAME_LOGIN_PATH: &str = "/fabric/api/login";
 
+/// The path of the fake's OAuth 2 token endpoint ([`Credentials::client_credentials`]), which
+/// takes RFC 6749 §4.4's form with [`CLIENT_ID`] and [`CLIENT_SECRET`], in HTTP Basic or in the
+/// body, and answers §5.1's `{"access_token", "token_type", "expires_in"}`.
+pub const TOKEN_PATH: &str = "/oauth/token";
+
+/// The OAuth 2 client id the fake's token endpoint accepts.
+pub const CLIENT_ID: &str = "inbound-client";
+
+/// The OAuth 2 client secret the fake's token endpoint accepts.
+pub const CLIENT_SECRET: &str = "client secret/with:odd&chars=";
+
 /// The email the fake Patchworks accepts.
 pub const EMAIL: &str = "ops@example.com";
 
@@ -112,6 +123,8 @@ pub struct Seen {
     pub path: String,
     /// The `Authorization` header, if any.
     pub authorization: Option<String>,
+    /// The `Content-Type` header, if any.
+    pub content_type: Option<String>,
     /// The request body.
     pub body: Bytes,
     /// When it arrived, on Tokio's clock (paused in tests that pause it).
@@ -242,6 +255,18 @@ impl FakePatchworks {
         format!("http://{}{}", self.addr, path)
             .parse()
             .expect("FakePatchworks::uri takes a path such as /api/v1/flows")
+    }
+
+    /// `http://127.0.0.1:<port>/oauth/token`: its OAuth 2 token endpoint, for
+    /// [`AuthLayer::login_url`](crate::AuthLayer::login_url) with
+    /// [`client_credentials`](Self::client_credentials).
+    pub fn token_url(&self) -> Uri {
+        self.uri(TOKEN_PATH)
+    }
+
+    /// The OAuth 2 client credentials its token endpoint accepts.
+    pub fn client_credentials(&self) -> Credentials {
+        Credentials::client_credentials(CLIENT_ID, CLIENT_SECRET)
     }
 
     /// The credentials it accepts.
@@ -513,11 +538,14 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Option<Response<
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let authorization = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let text = |name| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (authorization, content_type) = (text(header::AUTHORIZATION), text(header::CONTENT_TYPE));
     let path = parts.uri.path().to_owned();
     {
         let mut state = shared.state();
@@ -526,14 +554,20 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Option<Response<
                 method: parts.method.clone(),
                 path: path.clone(),
                 authorization: authorization.clone(),
+                content_type,
                 body: body.clone(),
                 received_at: Instant::now(),
             });
         }
     }
-    let username = path == USERNAME_LOGIN_PATH;
-    if (path == LOGIN_PATH || username) && parts.method == Method::POST {
-        return login(shared, &body, username).await;
+    let form = match path.as_str() {
+        LOGIN_PATH => Some(Form::Email),
+        USERNAME_LOGIN_PATH => Some(Form::Username),
+        TOKEN_PATH => Some(Form::Client(authorization.clone())),
+        _ => None,
+    };
+    if let (Some(form), &Method::POST) = (form, &parts.method) {
+        return login(shared, &body, form).await;
     }
     {
         let mut state = shared.state();
@@ -590,8 +624,57 @@ struct LoginBody {
     password: String,
 }
 
+/// Which login a request is: by its path, and for the token endpoint its `Authorization`.
+enum Form {
+    Email,
+    Username,
+    Client(Option<String>),
+}
+
+/// The client of an RFC 6749 §4.4 token request (from HTTP Basic, each part form-decoded, or
+/// from the body), or the §5.2 error to answer.
+fn oauth_client(
+    authorization: Option<&str>,
+    body: &[u8],
+) -> Result<(String, String), Box<Response<Full<Bytes>>>> {
+    let error = |status, code: &str| {
+        Box::new(json(
+            status,
+            serde_json::json!({"error": code, "error_description": "The client could not be authenticated."}),
+        ))
+    };
+    let fields: HashMap<String, String> = form_urlencoded::parse(body).into_owned().collect();
+    if fields.get("grant_type").map(String::as_str) != Some("client_credentials") {
+        return Err(error(StatusCode::BAD_REQUEST, "unsupported_grant_type"));
+    }
+    let decode = |text: &str| -> String {
+        form_urlencoded::parse(format!("x={text}").as_bytes())
+            .next()
+            .map(|(_, value)| value.into_owned())
+            .unwrap_or_default()
+    };
+    let basic = authorization
+        .and_then(|value| value.strip_prefix("Basic "))
+        .and_then(|encoded| {
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .ok()
+        })
+        .and_then(|pair| String::from_utf8(pair).ok())
+        .and_then(|pair| {
+            let (id, secret) = pair.split_once(':')?;
+            Some((decode(id), decode(secret)))
+        });
+    let in_body = fields.get("client_id").zip(fields.get("client_secret"));
+    match (basic, in_body) {
+        (Some(client), None) => Ok(client),
+        (None, Some((id, secret))) => Ok((id.clone(), secret.clone())),
+        _ => Err(error(StatusCode::UNAUTHORIZED, "invalid_client")),
+    }
+}
+
 /// The answer to a login, or `None` to drop the connection.
-async fn login(shared: &Shared, body: &[u8], username: bool) -> Option<Response<Full<Bytes>>> {
+async fn login(shared: &Shared, body: &[u8], form: Form) -> Option<Response<Full<Bytes>>> {
     let (delay, queued, answer) = {
         let mut state = shared.state();
         state.logins += 1;
@@ -632,73 +715,97 @@ async fn login(shared: &Shared, body: &[u8], username: bool) -> Option<Response<
         }
         _ => {}
     }
-    let login = serde_json::from_slice::<LoginBody>(body).ok();
-    let Some((account, login)) = login.and_then(|login| {
-        let account = if username {
-            login.username.clone()
-        } else {
-            login.email.clone()
-        };
-        account.map(|account| (account, login))
-    }) else {
-        return Some(json(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            serde_json::json!({"message": "The given data was invalid.", "errors": {}}),
-        ));
+    let (account, password, oauth) = match form {
+        Form::Client(authorization) => match oauth_client(authorization.as_deref(), body) {
+            Ok((id, secret)) => (id, secret, true),
+            Err(refused) => return Some(*refused),
+        },
+        Form::Email | Form::Username => {
+            let login = serde_json::from_slice::<LoginBody>(body).ok();
+            let Some((account, login)) = login.and_then(|login| {
+                let account = match form {
+                    Form::Username => login.username.clone(),
+                    _ => login.email.clone(),
+                };
+                account.map(|account| (account, login))
+            }) else {
+                return Some(json(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    serde_json::json!({"message": "The given data was invalid.", "errors": {}}),
+                ));
+            };
+            (account, login.password, false)
+        }
     };
-    let answered = answer_login(&mut shared.state(), &account, &login.password, answer);
+    let answered = answer_login(&mut shared.state(), &account, &password, answer, oauth);
     match answered {
         Some(response) => Some(response),
         None => std::future::pending().await,
     }
 }
 
-/// The answer to a login, or `None` to hang.
+/// The answer to a login (`oauth`: at the token endpoint, with its field names), or `None` to
+/// hang.
 fn answer_login(
     state: &mut FakeState,
     account: &str,
     password: &str,
     answer: LoginAnswer,
+    oauth: bool,
 ) -> Option<Response<Full<Bytes>>> {
     if answer == LoginAnswer::Hang {
         return None;
     }
-    if (account, password) != (state.credentials.0.as_str(), state.credentials.1.as_str()) {
-        return Some(json(
-            StatusCode::UNAUTHORIZED,
-            serde_json::json!({"message": "Invalid credentials."}),
-        ));
+    let accepted = if oauth {
+        (CLIENT_ID, CLIENT_SECRET)
+    } else {
+        (state.credentials.0.as_str(), state.credentials.1.as_str())
+    };
+    if (account, password) != accepted {
+        return Some(if oauth {
+            json(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({"error": "invalid_client", "error_description": "Client authentication failed."}),
+            )
+        } else {
+            json(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({"message": "Invalid credentials."}),
+            )
+        });
     }
+    // The token's field: `access_token` at the token endpoint, with its `token_type`.
+    let token_answer = |token: &str, expires_in: Option<u64>| {
+        let mut answer = if oauth {
+            serde_json::json!({"access_token": token, "token_type": "Bearer"})
+        } else {
+            serde_json::json!({"message": "You have successfully logged in.", "token": token})
+        };
+        if let Some(expires_in) = expires_in {
+            answer["expires_in"] = expires_in.into();
+        }
+        json(StatusCode::OK, answer)
+    };
     let lifetime = state.lifetime;
     let expires_in = lifetime.as_secs() + u64::from(lifetime.subsec_nanos() > 0);
     state.issued += 1;
     let token = jwt(account, expires_in, state.issued);
-    let message = "You have successfully logged in.";
     Some(match answer {
         LoginAnswer::Token => {
             state
                 .tokens
                 .insert(token.clone(), Instant::now() + lifetime);
-            json(
-                StatusCode::OK,
-                serde_json::json!({"message": message, "token": token, "expires_in": expires_in}),
-            )
+            token_answer(&token, Some(expires_in))
         }
         LoginAnswer::TokenWithoutExpiresIn => {
             state
                 .tokens
                 .insert(token.clone(), Instant::now() + lifetime);
-            json(
-                StatusCode::OK,
-                serde_json::json!({"message": message, "token": token}),
-            )
+            token_answer(&token, None)
         }
         LoginAnswer::RawToken(raw) => {
             state.tokens.insert(raw.clone(), Instant::now() + lifetime);
-            json(
-                StatusCode::OK,
-                serde_json::json!({"message": message, "token": raw, "expires_in": expires_in}),
-            )
+            token_answer(&raw, Some(expires_in))
         }
         LoginAnswer::Status(status) => {
             json(status, serde_json::json!({"message": "Login failed."}))

@@ -6,7 +6,11 @@
 mod support;
 
 use http::StatusCode;
-use patchworks_auth::{store::RedisStore, test_util::FakePatchworks, AuthLayer, Credentials};
+use patchworks_auth::{
+    store::RedisStore,
+    test_util::{FakePatchworks, CLIENT_ID, CLIENT_SECRET},
+    AuthLayer, Credentials,
+};
 use std::sync::{Arc, Mutex};
 use support::*;
 use tower::Layer;
@@ -76,6 +80,17 @@ fn logs_tell_what_happened_and_never_a_secret() {
             }
             let state = stored.state();
             assert_eq!((state.logins, state.store_outages), (3, 1));
+
+            // OAuth 2 client credentials: one token request, then a client refused.
+            let oauth = AuthLayer::new(fake.client_credentials())
+                .login_url(fake.token_url())
+                .layer(fake.client());
+            oauth.login().await.unwrap();
+            let refused = Credentials::client_credentials(CLIENT_ID, "wrong-client-secret-7");
+            let refused = AuthLayer::new(refused)
+                .login_url(fake.token_url())
+                .layer(fake.client());
+            assert!(refused.login().await.unwrap_err().is_rejected());
             token
         })
     });
@@ -86,18 +101,25 @@ fn logs_tell_what_happened_and_never_a_secret() {
         "one warning per outage in\n{logs}"
     );
     // One line per login outcome and per discarded token: two logins and a revocation, one
-    // rejected login, then three logins and two revocations beside the store.
+    // rejected login, three logins and two revocations beside the store, then a token request
+    // and a refused client.
     let lines = |text: &str| logs.lines().filter(|line| line.contains(text)).count();
     assert_eq!(
         lines("logged in to Patchworks"),
-        5,
+        6,
         "one line a login in\n{logs}"
     );
     assert_eq!(
         lines("Patchworks login failed"),
-        1,
+        2,
         "one line a failure in\n{logs}"
     );
+    let named = logs
+        .lines()
+        .filter(|line| line.contains("form=\"client_credentials\""))
+        .filter(|line| line.contains("logged in to") || line.contains("login failed"))
+        .count();
+    assert_eq!(named, 2, "the form named in\n{logs}");
     assert_eq!(
         lines("API answered 401: token discarded"),
         3,
@@ -119,6 +141,9 @@ fn logs_tell_what_happened_and_never_a_secret() {
         patchworks_auth::test_util::PASSWORD,
         "wrong-password-42",
         "redis-secret-9",
+        CLIENT_SECRET,
+        "client+secret",
+        "wrong-client-secret-7",
         token,
     ] {
         assert!(!logs.contains(secret), "{secret:?} leaked into\n{logs}");

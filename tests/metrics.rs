@@ -80,7 +80,14 @@ async fn logins_401s_replays_the_expiry_and_the_store_are_recorded() {
     .await;
     let logins = "patchworks_auth_logins_total";
     assert_eq!(
-        count(logins, &[("reason", "first_use"), ("outcome", "ok")]),
+        count(
+            logins,
+            &[
+                ("form", "email"),
+                ("reason", "first_use"),
+                ("outcome", "ok")
+            ]
+        ),
         Some(1.0)
     );
     let duration = "patchworks_auth_login_duration_seconds";
@@ -127,7 +134,10 @@ async fn logins_401s_replays_the_expiry_and_the_store_are_recorded() {
         .await
         .unwrap();
     assert_eq!(
-        count(logins, &[("reason", "renewal"), ("outcome", "ok")]),
+        count(
+            logins,
+            &[("form", "email"), ("reason", "renewal"), ("outcome", "ok")]
+        ),
         Some(1.0)
     );
 
@@ -147,7 +157,14 @@ async fn logins_401s_replays_the_expiry_and_the_store_are_recorded() {
         Some(1.0)
     );
     assert_eq!(
-        count(logins, &[("reason", "unauthorized"), ("outcome", "ok")]),
+        count(
+            logins,
+            &[
+                ("form", "email"),
+                ("reason", "unauthorized"),
+                ("outcome", "ok")
+            ]
+        ),
         Some(1.0)
     );
 
@@ -173,7 +190,14 @@ async fn logins_401s_replays_the_expiry_and_the_store_are_recorded() {
         .await
         .is_rejected());
     assert_eq!(
-        count(logins, &[("reason", "first_use"), ("outcome", "rejected")]),
+        count(
+            logins,
+            &[
+                ("form", "email"),
+                ("reason", "first_use"),
+                ("outcome", "rejected")
+            ]
+        ),
         Some(1.0)
     );
     assert_eq!(count(duration, &[("outcome", "rejected")]), Some(1.0));

@@ -1,7 +1,7 @@
 //! The main job: a hyper-util client that logs in to Patchworks by itself.
 //!
 //! ```text
-//! cargo run --example quickstart
+//! cargo run -p patchworks-auth-quickstart
 //! ```
 //!
 //! Runs against a fake Patchworks on loopback and shows the lazy login, the token's reuse, a

@@ -206,9 +206,7 @@ impl Shared {
     pub(crate) fn new(
         store: &Arc<dyn TokenStore>,
         login_url: &Uri,
-        form: Form,
-        account: &str,
-        password: &str,
+        (form, account, password, scope): (Form, &str, &str, Option<&str>),
         key: Option<[u8; 32]>,
     ) -> Shared {
         let origin = format!(
@@ -221,7 +219,7 @@ impl Shared {
         );
         Shared {
             store: store.clone(),
-            key: seal::entry_key(&origin, form, account),
+            key: seal::entry_key(&origin, form, account, scope),
             sealer: Arc::new(Sealer::new(account, password, key)),
             down: AtomicBool::new(false),
             outages: AtomicU64::new(0),

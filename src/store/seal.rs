@@ -52,14 +52,21 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 
 /// The store key of an account's entry: versioned, and hashed so that it shows neither the
 /// email nor the login origin.
-pub(crate) fn entry_key(origin: &str, form: Form, account: &str) -> String {
+pub(crate) fn entry_key(origin: &str, form: Form, account: &str, scope: Option<&str>) -> String {
     let mut hash = Sha256::new();
     hash.update(b"patchworks-auth/v1\0");
     hash.update(origin.to_ascii_lowercase().as_bytes());
     hash.update(b"\0");
-    // A username is kept apart from an email spelled the same; an email's key is as before.
-    if form == Form::Username {
-        hash.update(b"username\0");
+    // A username is kept apart from an email spelled the same, and an OAuth client (with its
+    // scope) from both; an email's key is as before.
+    match form {
+        Form::Email => {}
+        Form::Username => hash.update(b"username\0"),
+        Form::Client { .. } => {
+            hash.update(b"client_credentials\0");
+            hash.update(scope.unwrap_or_default().as_bytes());
+            hash.update(b"\0");
+        }
     }
     hash.update(account.trim().to_lowercase().as_bytes());
     format!("patchworks-auth:v1:{}", hex(&hash.finalize()))
@@ -220,7 +227,12 @@ mod tests {
 
     #[tokio::test]
     async fn an_entry_opens_with_the_same_credentials_only() {
-        let key = entry_key("https://svc-fabric.pwks.co", Form::Email, "ops@example.com");
+        let key = entry_key(
+            "https://svc-fabric.pwks.co",
+            Form::Email,
+            "ops@example.com",
+            None,
+        );
         let sealed = Sealer::new("ops@example.com", "hunter2", None)
             .seal(&key, &entry())
             .await
@@ -254,6 +266,7 @@ mod tests {
             "https://svc-fabric.pwks.co",
             Form::Email,
             "billing@example.com",
+            None,
         );
         let sealer = Sealer::new("ops@example.com", "hunter2", None);
         assert!(sealer.open(&other_key, &sealed).await.is_none());
@@ -268,7 +281,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_given_key_seals_without_the_credentials() {
-        let key = entry_key("https://svc-fabric.pwks.co", Form::Email, "ops@example.com");
+        let key = entry_key(
+            "https://svc-fabric.pwks.co",
+            Form::Email,
+            "ops@example.com",
+            None,
+        );
         let sealed = Sealer::new("ops@example.com", "hunter2", Some([7; 32]))
             .seal(&key, &entry())
             .await
@@ -281,7 +299,12 @@ mod tests {
 
     #[test]
     fn entry_keys_are_versioned_hashes_of_origin_and_email() {
-        let key = entry_key("https://svc-fabric.pwks.co", Form::Email, "ops@example.com");
+        let key = entry_key(
+            "https://svc-fabric.pwks.co",
+            Form::Email,
+            "ops@example.com",
+            None,
+        );
         assert!(key.starts_with("patchworks-auth:v1:"));
         assert_eq!(key.len(), "patchworks-auth:v1:".len() + 64);
         assert!(!key.contains("example"));
@@ -290,25 +313,44 @@ mod tests {
             entry_key(
                 "HTTPS://svc-fabric.pwks.co",
                 Form::Email,
-                " Ops@Example.com"
+                " Ops@Example.com",
+                None
             )
         );
         assert_ne!(
             key,
-            entry_key("https://staging.pwks.co", Form::Email, "ops@example.com")
+            entry_key(
+                "https://staging.pwks.co",
+                Form::Email,
+                "ops@example.com",
+                None
+            )
         );
         assert_ne!(
             key,
-            entry_key("https://svc-fabric.pwks.co", Form::Email, "dev@example.com")
+            entry_key(
+                "https://svc-fabric.pwks.co",
+                Form::Email,
+                "dev@example.com",
+                None
+            )
         );
         let username = entry_key(
             "https://svc-fabric.pwks.co",
             Form::Username,
             "ops@example.com",
+            None,
         );
         assert_ne!(
             key, username,
             "a username spelled as an email has an entry of its own"
         );
+        let client = |scope| {
+            let form = Form::Client { basic: true };
+            entry_key("https://svc-fabric.pwks.co", form, "ops@example.com", scope)
+        };
+        assert_ne!(client(None), key, "an OAuth client apart from an email");
+        assert_ne!(client(None), username, "and from a username");
+        assert_ne!(client(None), client(Some("flows")), "each scope apart");
     }
 }
