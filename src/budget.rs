@@ -90,12 +90,12 @@ impl Budget {
 
     /// At most `limit` requests in any window of `per`.
     ///
-    /// # Panics
-    ///
-    /// If `limit` or `per` is zero.
+    /// A zero `limit` or `per` is kept, as the crate's [configuration rule](crate#configuration-errors)
+    /// says: [`AuthLayer::budget`](crate::AuthLayer::budget) logs it as an error, and
+    /// [`Auth::login`](crate::Auth::login) and every request then fail with an [`Error`] for
+    /// which [`is_config`](Error::is_config) is `true`, unsent. [`try_new`](Self::try_new)
+    /// refuses it at once.
     pub fn new(limit: u32, per: Duration) -> Self {
-        assert!(limit > 0, "Budget::new takes a limit above zero");
-        assert!(!per.is_zero(), "Budget::new takes a window above zero");
         Budget {
             limit,
             per,
@@ -104,13 +104,41 @@ impl Budget {
         }
     }
 
+    /// [`new`](Self::new), refusing a budget that could never send a request.
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] for which [`is_config`](Error::is_config) is `true` when `limit` or `per`
+    /// is zero.
+    ///
+    /// ```
+    /// use patchworks_auth::budget::Budget;
+    /// use std::time::Duration;
+    ///
+    /// assert!(Budget::try_new(240, Duration::from_secs(60)).is_ok());
+    /// assert!(Budget::try_new(0, Duration::from_secs(60)).unwrap_err().is_config());
+    /// ```
+    pub fn try_new(limit: u32, per: Duration) -> Result<Self, Error> {
+        let budget = Budget::new(limit, per);
+        budget.check()?;
+        Ok(budget)
+    }
+
+    /// The configuration error of a budget that could never send a request, if it is one.
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        if self.limit == 0 || self.per.is_zero() {
+            return Err(Error::config(format!(
+                "an API budget of {} requests per {:?} could never send one: give Budget::new a \
+                 limit and a window above zero (Budget::per_minute(240) is Patchworks' own)",
+                self.limit, self.per
+            )));
+        }
+        Ok(())
+    }
+
     /// At most `n` requests in any minute: `Budget::new(n, 60 s)`. Patchworks allows 240 on
     /// its Growth and Professional plans; an Enterprise account may allow more (ask Patchworks,
-    /// then give your figure here).
-    ///
-    /// # Panics
-    ///
-    /// If `n` is zero.
+    /// then give your figure here). A zero `n` is kept as [`new`](Self::new) keeps it.
     pub fn per_minute(n: u32) -> Self {
         Budget::new(n, Duration::from_secs(60))
     }

@@ -125,22 +125,50 @@ impl PatchworksClient {
     pub const TIMEOUT: Duration = Duration::from_secs(30);
 
     /// Sends path-only requests to `base` (for instance a staging API) instead of
-    /// [`DEFAULT_BASE_URL`]. Its origin must be one the layer trusts with the token (a
+    /// [`DEFAULT_BASE_URL`].
+    ///
+    /// A request's path is appended to the base's path, not resolved against it as a URL
+    /// reference would be: with the default base, `/flows?page=2` goes to
+    /// `https://svc-fabric.pwks.co/api/v1/flows?page=2` (a reference would give `/flows`). So a
+    /// path never leaves the base, and one that would (a `..` segment, which a server
+    /// normalizes away) is refused unsent with an [`Error`] for which
+    /// [`is_config`](Error::is_config) is `true`. An absolute URI is sent as it is.
+    ///
+    /// Its origin must be one the layer trusts with the token (a
     /// Patchworks host over `https`, or the login URL's): any other would get requests without
     /// the token, and their 401s. Such a base makes every call and [`login`](Self::login) fail
     /// with an [`Error`] for which [`is_config`](Error::is_config) is `true`, saying to set
     /// [`AuthLayer::login_url`] to that origin.
     pub fn base_url(mut self, base: Uri) -> Self {
-        self.refused = (!self.auth.trusts(&base)).then(|| {
-            Error::config(format!(
-                "the base URL's origin ({}://{}) does not get the token; log in at that \
-                 origin (AuthLayer::login_url) or use a Patchworks host over https",
-                base.scheme_str().unwrap_or("?"),
-                base.authority().map_or("?", |authority| authority.host()),
-            ))
-        });
+        self.refused = self.check_base(&base).err();
+        if let Some(error) = &self.refused {
+            tracing::error!(target: "patchworks_auth", %error, "invalid base URL");
+        }
         self.base = base;
         self
+    }
+
+    /// [`base_url`](Self::base_url), refusing a base whose origin would not get the token.
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] for which [`is_config`](Error::is_config) is `true`, saying which origin to
+    /// log in at.
+    pub fn try_base_url(self, base: Uri) -> Result<Self, Error> {
+        self.check_base(&base)?;
+        Ok(self.base_url(base))
+    }
+
+    fn check_base(&self, base: &Uri) -> Result<(), Error> {
+        if self.auth.trusts(base) {
+            return Ok(());
+        }
+        Err(Error::config(format!(
+            "the base URL's origin ({}://{}) does not get the token; log in at that origin \
+             (AuthLayer::login_url) or use a Patchworks host over https",
+            base.scheme_str().unwrap_or("?"),
+            base.authority().map_or("?", |authority| authority.host()),
+        )))
     }
 
     /// Logs in now unless a usable token is cached, and waits for it: call it at start-up to
@@ -169,16 +197,25 @@ impl PatchworksClient {
         self.auth.watch()
     }
 
-    /// `uri` made absolute against the base URL, if it is a path.
-    fn resolve(&self, uri: &Uri) -> Option<Uri> {
+    /// `uri` made absolute against the base URL (its path appended to the base's), if it is a
+    /// path: `Ok(None)` for an absolute URI, an error for a path that would leave the base.
+    fn resolve(&self, uri: &Uri) -> Result<Option<Uri>, Error> {
         if uri.authority().is_some() {
-            return None;
+            return Ok(None);
+        }
+        if uri.path().split('/').any(|segment| segment == "..") {
+            return Err(Error::config(format!(
+                "the path {} has a `..` segment, which would leave the base URL {}; send an \
+                 absolute URI to go elsewhere",
+                uri.path(),
+                self.base
+            )));
         }
         let base = self.base.path().trim_end_matches('/');
         let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
         let mut parts = self.base.clone().into_parts();
         parts.path_and_query = format!("{base}{path}").parse().ok();
-        Uri::from_parts(parts).ok()
+        Ok(Uri::from_parts(parts).ok())
     }
 }
 
@@ -196,8 +233,10 @@ impl<B: AnyBody> Service<Request<B>> for PatchworksClient {
             return Box::pin(std::future::ready(Err(error.into())));
         }
         let mut request = request.map(Body::new);
-        if let Some(uri) = self.resolve(request.uri()) {
-            *request.uri_mut() = uri;
+        match self.resolve(request.uri()) {
+            Ok(Some(uri)) => *request.uri_mut() = uri,
+            Ok(None) => {}
+            Err(error) => return Box::pin(std::future::ready(Err(error.into()))),
         }
         self.stack.call(request)
     }

@@ -191,6 +191,29 @@ impl Credentials {
         }
     }
 
+    /// [`api_key`](Self::api_key), refusing a key that cannot be sent.
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] for which [`is_config`](Error::is_config) is `true` when the key is empty or
+    /// not a valid header value. The key is never part of it.
+    ///
+    /// ```
+    /// use patchworks_auth::Credentials;
+    ///
+    /// assert!(Credentials::try_api_key("pk_live_4f9a").is_ok());
+    /// assert!(Credentials::try_api_key("pk\r\nX-Evil: 1").unwrap_err().is_config());
+    /// ```
+    pub fn try_api_key(key: impl Into<String>) -> Result<Self, Error> {
+        let key = key.into();
+        if api_key_header(&key).is_none() {
+            return Err(Error::config(
+                "the API key is empty or not a valid header value (control characters, CR/LF)",
+            ));
+        }
+        Ok(Credentials::api_key(key))
+    }
+
     /// Reads the credentials from `PATCHWORKS_EMAIL` and `PATCHWORKS_PASSWORD`.
     ///
     /// # Errors

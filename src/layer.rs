@@ -122,7 +122,13 @@ impl AuthLayer {
         })
     }
 
-    fn from_config(config: Config) -> Self {
+    fn from_config(mut config: Config) -> Self {
+        // A bad budget, whenever it was given: kept as the layer's configuration error.
+        if let (Ok(_), Some(Some(budget))) = (&config.scope, &config.budget) {
+            if let Err(error) = budget.check() {
+                config.scope = Err(error);
+            }
+        }
         AuthLayer {
             cache: Cache::new(config),
         }
@@ -224,10 +230,16 @@ impl AuthLayer {
     ///
     /// ```
     /// use patchworks_auth::{store::FileStore, AuthLayer, Credentials};
+    /// use std::path::PathBuf;
     ///
-    /// let dir = std::env::temp_dir().join("patchworks-auth-doc");
+    /// // Your user's cache directory (`$XDG_CACHE_HOME`, else `~/.cache`), never `temp_dir()`,
+    /// // which every user can write to.
+    /// let cache = std::env::var_os("XDG_CACHE_HOME")
+    ///     .map(PathBuf::from)
+    ///     .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+    ///     .expect("a home directory");
     /// let layer = AuthLayer::new(Credentials::new("ops@example.com", "hunter2"))
-    ///     .store(FileStore::new(dir.join("token")));
+    ///     .store(FileStore::new(cache.join("my-app").join("patchworks-token")));
     /// ```
     pub fn store(self, store: impl TokenStore) -> Self {
         let store: Arc<dyn TokenStore> = Arc::new(store);
@@ -258,6 +270,9 @@ impl AuthLayer {
     /// [`budget`](crate::budget). Default: none, except in
     /// `https_client()` (feature `rustls`), which applies `Budget::per_minute(240)`.
     pub fn budget(self, budget: Budget) -> Self {
+        if let Err(error) = budget.check() {
+            tracing::error!(target: "patchworks_auth", %error, "invalid API budget");
+        }
         self.map_config(|config| config.budget = Some(Some(budget)))
     }
 

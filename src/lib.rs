@@ -111,6 +111,19 @@
 //!    [`body::Body`] of bytes ([`retry::RetryBody`]).
 //! 4. This layer right above the client, which it logs in through.
 //!
+//! # Configuration errors
+//!
+//! One rule for a value that can be wrong. A builder method that takes one
+//! ([`AuthLayer::login_url`], [`PatchworksClient::base_url`](crate::PatchworksClient),
+//! [`Credentials::api_key`], [`Budget::new`](crate::budget::Budget::new)) keeps it, logs what is
+//! wrong at ERROR where the layer is built, and then makes `login()` and every request fail with
+//! an [`Error`] for which [`is_config`](Error::is_config) is `true`, without a byte sent: nothing
+//! panics, and nothing fails later in another way. Each has a `try_` form that returns that error
+//! at once instead ([`AuthLayer::try_login_url`], `PatchworksClient::try_base_url`,
+//! [`Credentials::try_api_key`], [`Budget::try_new`](crate::budget::Budget::try_new)), for a
+//! program that would rather not start. A constructor that parses ([`Credentials::from_env`],
+//! `RedisStore::new`) returns its error as std's parsers do.
+//!
 //! # Secrets
 //!
 //! `Debug` of [`Credentials`], the layer, the service and every error shows neither the password

@@ -35,6 +35,29 @@ async fn paths_go_to_the_base_url_with_the_token() {
     assert_eq!(seen.path, "/api/v1/flows");
     assert!(seen.authorization.is_some());
     assert_eq!(fake.logins(), 1);
+
+    // Appended to the base's path, never resolved out of it: a base without its trailing
+    // slash is the same base, and a `..` segment is refused unsent.
+    let no_slash = AuthLayer::new(fake.credentials())
+        .login_url(fake.login_url())
+        .https_client()
+        .base_url(fake.uri("/api/v1"));
+    let response = no_slash.oneshot(get_path("/flows")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        fake.seen().into_iter().last().unwrap().path,
+        "/api/v1/flows"
+    );
+    let calls = fake.api_calls();
+    let error = client
+        .clone()
+        .oneshot(get_path("/../admin/users"))
+        .await
+        .unwrap_err();
+    let error = error.downcast_ref::<patchworks_auth::Error>().unwrap();
+    assert!(error.is_config(), "{error}");
+    assert!(error.to_string().contains("leave the base URL"), "{error}");
+    assert_eq!(fake.api_calls(), calls, "not sent");
 }
 
 #[tokio::test]
