@@ -252,6 +252,8 @@ pub(crate) struct Gate {
     owner: String,
     /// Logins waiting for a unit: they go first, and requests wait for them.
     logins_waiting: AtomicUsize,
+    /// Requests waiting for their turn now.
+    queued: AtomicUsize,
     /// Woken when a login has its unit (or gave up waiting for one).
     login_served: Notify,
     /// Whether the last store operation failed (for one warning per outage).
@@ -274,6 +276,7 @@ impl Gate {
             names: AtomicU64::new(0),
             owner: crate::store::Owner::new().into_string(),
             logins_waiting: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
             login_served: Notify::new(),
             down: AtomicBool::new(false),
             waited: AtomicU64::new(0),
@@ -294,6 +297,7 @@ impl Gate {
         }
         let started = Instant::now();
         let wait = async {
+            let _queued = Counted::new(&self.queued);
             // The semaphore is never closed.
             let _turn = self.turnstile.acquire().await;
             loop {
@@ -438,13 +442,15 @@ impl Gate {
         }
     }
 
-    /// What the budget counted: requests that waited, the longest wait, pauses, refusals.
-    pub(crate) fn counts(&self) -> (u64, Duration, u64, u64) {
+    /// What the budget counted: requests that waited, the longest wait, pauses, refusals, and
+    /// the requests waiting now.
+    pub(crate) fn counts(&self) -> (u64, Duration, u64, u64, usize) {
         (
             self.waited.load(Ordering::Relaxed),
             Duration::from_micros(self.longest_wait_us.load(Ordering::Relaxed)),
             self.pauses.load(Ordering::Relaxed),
             self.refused.load(Ordering::Relaxed),
+            self.queued.load(Ordering::Relaxed),
         )
     }
 
@@ -455,6 +461,22 @@ impl Gate {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Log> {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Counts a waiter for as long as it waits (served, refused or dropped).
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Counted(count)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -859,6 +859,8 @@ pub struct TokenState {
     pub budget_pauses: u64,
     /// Requests that waited the budget's `max_wait` and were not sent.
     pub budget_refused: u64,
+    /// Requests waiting for their turn in the API budget right now.
+    pub budget_queued: usize,
 }
 
 impl TokenState {
@@ -869,6 +871,7 @@ impl TokenState {
                 self.budget_longest_wait,
                 self.budget_pauses,
                 self.budget_refused,
+                self.budget_queued,
             ) = gate.counts();
         }
         self
@@ -901,6 +904,7 @@ impl fmt::Debug for TokenState {
             .field("budget_longest_wait", &self.budget_longest_wait)
             .field("budget_pauses", &self.budget_pauses)
             .field("budget_refused", &self.budget_refused)
+            .field("budget_queued", &self.budget_queued)
             .finish()
     }
 }

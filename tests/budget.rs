@@ -176,7 +176,13 @@ async fn waiters_go_in_arrival_order_and_one_that_gives_up_gives_its_turn_back()
         waiting.push(tokio::spawn(
             client.clone().oneshot(get(&fake, &format!("/api/v1/{i}"))),
         ));
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        // In line (or already served) before the next arrives.
+        let arrived = || client.state().budget_queued + fake.api_calls() - 1;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while arrived() < i {
+            assert!(Instant::now() < deadline, "request {i} never queued");
+            tokio::task::yield_now().await;
+        }
     }
     waiting.remove(1).abort(); // the second in line gives up
     for request in waiting {
