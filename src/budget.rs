@@ -22,6 +22,9 @@
 //!   requests' transit times, so a long run goes at about 95% of `limit / per`. Up to `limit`
 //!   requests go at once; a request over the budget waits for the oldest of the window to age
 //!   out.
+//! - **When.** A request takes its unit when it is sent, after any wait for its token: a
+//!   request waiting for a login holds no unit, and a login waiting for a unit goes ahead of
+//!   the requests queued for the budget (they need its token).
 //! - **Waiting.** In arrival order, for at most [`max_wait`](Budget::max_wait) (30 s by
 //!   default; a wait for a login is not counted). Past it the request fails, unsent, with an
 //!   [`Error`] for which [`is_budget_exhausted`](Error::is_budget_exhausted) is `true`, which
@@ -464,11 +467,12 @@ impl Gate {
     }
 }
 
-/// Counts a waiter for as long as it waits (served, refused or dropped).
-struct Counted<'a>(&'a AtomicUsize);
+/// Counts a waiter for as long as it waits (served, refused or dropped): the budget's queue,
+/// and the requests waiting on a login (the driver's).
+pub(crate) struct Counted<'a>(&'a AtomicUsize);
 
 impl<'a> Counted<'a> {
-    fn new(count: &'a AtomicUsize) -> Self {
+    pub(crate) fn new(count: &'a AtomicUsize) -> Self {
         count.fetch_add(1, Ordering::Relaxed);
         Counted(count)
     }

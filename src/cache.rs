@@ -233,22 +233,6 @@ impl fmt::Debug for Token {
     }
 }
 
-/// Counts a request as waiting for as long as it waits (dropped or not).
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn new(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Waiting(count)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// A switch point for the model check: the `watch` channel is not shuttle's, so each use of it
 /// is made one by hand, as a thread may be preempted there.
 #[inline]
@@ -490,7 +474,7 @@ impl Cache {
                     }
                 }
                 // The sender lives as long as `cache`: this only ends on a change.
-                let _waiting = Waiting::new(&cache.waiting);
+                let _waiting = crate::budget::Counted::new(&cache.waiting);
                 let _ = changes.changed().await;
             }
         }

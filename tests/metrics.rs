@@ -196,7 +196,30 @@ async fn logins_401s_replays_the_expiry_and_the_store_are_recorded() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// On a paused clock, moved into the renewal window by a sleep: I/O runs in `hold_clock`.
+/// A client whose 2 s token has just come into its renewal window (after half its life: the
+/// time these tests are about), on a paused clock with I/O in `hold_clock`; its watch marked
+/// seen after the login.
+async fn due_for_renewal(
+    fake: &FakePatchworks,
+) -> (
+    Client,
+    tokio::sync::watch::Receiver<patchworks_auth::TokenState>,
+) {
+    fake.set_token_lifetime(Duration::from_secs(2));
+    let client = client(fake);
+    let mut watch = client.watch();
+    hold_clock(expect_status(
+        &client,
+        fake,
+        "/api/v1/flows",
+        StatusCode::OK,
+    ))
+    .await;
+    watch.borrow_and_update();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    (client, watch)
+}
+
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_renewal_is_recorded() {
     let recorder = DebuggingRecorder::new();
@@ -204,22 +227,10 @@ async fn a_renewal_is_recorded() {
     let _local = metrics::set_default_local_recorder(&recorder);
     let mut recorded = Recorded::default();
     let fake = FakePatchworks::start().await.unwrap();
-    fake.set_token_lifetime(Duration::from_secs(2));
-    let client = client(&fake);
-    let mut watch = client.watch();
-    hold_clock(expect_status(
-        &client,
-        &fake,
-        "/api/v1/flows",
-        StatusCode::OK,
-    ))
-    .await;
-    let first = watch.borrow_and_update().obtained_at;
+    let (client, mut watch) = due_for_renewal(&fake).await;
+    let first = watch.borrow().obtained_at;
     assert!(first.is_some());
-
-    // Due for renewal after half of its 2 s: the time this is about. The renewal runs in the
-    // background; the watch says when it is done.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The renewal runs in the background; the watch says when it is done.
     hold_clock(expect_status(
         &client,
         &fake,
@@ -254,23 +265,10 @@ async fn a_request_with_a_fresh_token_records_nothing() {
     assert!(recorded.0.values().all(|v| *v == 0.0), "{:?}", recorded.0);
 }
 
-/// On a paused clock, moved past the renewal's start by a sleep: I/O runs in `hold_clock`.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn watch_wakes_on_a_failed_renewal_with_its_error() {
     let fake = FakePatchworks::start().await.unwrap();
-    fake.set_token_lifetime(Duration::from_secs(2));
-    let client = client(&fake);
-    let mut watch = client.watch();
-    hold_clock(expect_status(
-        &client,
-        &fake,
-        "/api/v1/flows",
-        StatusCode::OK,
-    ))
-    .await;
-    watch.borrow_and_update();
-    // Due for renewal after half of its 2 s: the time this is about.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (client, mut watch) = due_for_renewal(&fake).await;
     fake.set_login_answer(patchworks_auth::test_util::LoginAnswer::Status(
         StatusCode::UNAUTHORIZED,
     ));
