@@ -114,7 +114,7 @@
 //! # Configuration errors
 //!
 //! One rule for a value that can be wrong. A builder method that takes one
-//! ([`AuthLayer::login_url`], [`PatchworksClient::base_url`](crate::PatchworksClient),
+//! ([`AuthLayer::login_url`], `PatchworksClient::base_url` (feature `rustls`),
 //! [`Credentials::api_key`], [`Budget::new`](crate::budget::Budget::new)) keeps it, logs what is
 //! wrong at ERROR where the layer is built, and then makes `login()` and every request fail with
 //! an [`Error`] for which [`is_config`](Error::is_config) is `true`, without a byte sent: nothing
