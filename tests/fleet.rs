@@ -361,12 +361,11 @@ async fn redis_stopped_mid_run_fails_no_request_and_the_fleet_converges_when_it_
 
     // Down, and the token revoked meanwhile: each process logs in by itself, once.
     redis.stop();
-    let refused_before = fake.unauthorized();
     fake.revoke_tokens();
-    until_within("every member saw the revocation", WITHIN, || {
-        fake.unauthorized() - refused_before >= FLEET
-    })
-    .await;
+    // The fleet runs on through the outage (its members send every 50 ms), each seeing the
+    // revocation and logging in by itself: the time this test is about. (Counting 401s is no
+    // event for it: a member's 401 comes before its login.)
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let logins_while_down = fake.logins() - 1;
     assert!(
         (1..=FLEET).contains(&logins_while_down),
