@@ -20,7 +20,8 @@ use tower::{
 /// [`Policy`] for [`tower::retry::Retry`] that retries what is safe to retry against Patchworks.
 ///
 /// - Only idempotent requests: `GET`, `HEAD`, `PUT`, `DELETE`, `OPTIONS`. A `POST` or `PATCH`
-///   is never retried: the first attempt may have been applied.
+///   is retried only when it was never sent (refused by the API [budget](crate::budget)): any
+///   other attempt may have been applied.
 /// - Only transient failures: a connection that could not be made or broke before the answer
 ///   (refused, reset, aborted, closed), a request the API [budget](crate::budget) did not send
 ///   within its `max_wait`, and the answers `429`, `502`, `503` and `504`.
@@ -118,8 +119,12 @@ impl RetryPolicy {
         self
     }
 
-    /// The delay before retrying after `result`, if it is worth retrying at all.
-    fn delay<ResBody>(&mut self, result: &Result<Response<ResBody>, BoxError>) -> Option<Delay> {
+    /// The delay before retrying after `result`, if it is worth retrying at all, and whether
+    /// the request was never sent (so that any method may be retried).
+    fn delay<ResBody>(
+        &mut self,
+        result: &Result<Response<ResBody>, BoxError>,
+    ) -> Option<(Delay, Sent)> {
         match result {
             Ok(response) => match response.status() {
                 StatusCode::TOO_MANY_REQUESTS
@@ -127,19 +132,21 @@ impl RetryPolicy {
                 | StatusCode::SERVICE_UNAVAILABLE
                 | StatusCode::GATEWAY_TIMEOUT => match retry_after(response) {
                     Some(wait) if wait > self.max_retry_after => None,
-                    Some(wait) => Some(Delay::Exactly(wait)),
-                    None => Some(Delay::Backoff),
+                    Some(wait) => Some((Delay::Exactly(wait), Sent::Maybe)),
+                    None => Some((Delay::Backoff, Sent::Maybe)),
                 },
                 _ => None,
             },
-            Err(error) if is_connection_error(error.as_ref()) => Some(Delay::Backoff),
+            Err(error) if is_connection_error(error.as_ref()) => {
+                Some((Delay::Backoff, Sent::Maybe))
+            }
             // Never sent: the budget had no turn for it within its `max_wait`.
             Err(error)
                 if error
                     .downcast_ref::<crate::Error>()
                     .is_some_and(crate::Error::is_budget_exhausted) =>
             {
-                Some(Delay::Backoff)
+                Some((Delay::Backoff, Sent::Never))
             }
             Err(_) => None,
         }
@@ -149,6 +156,14 @@ impl RetryPolicy {
 enum Delay {
     Backoff,
     Exactly(Duration),
+}
+
+/// Whether a failed attempt may have reached Patchworks: one that never did is safe to retry
+/// whatever its method.
+#[derive(PartialEq)]
+enum Sent {
+    Maybe,
+    Never,
 }
 
 fn backoff(min: Duration, max: Duration) -> ExponentialBackoff {
@@ -189,7 +204,7 @@ where
         request: &mut Request<B>,
         result: &mut Result<Response<ResBody>, BoxError>,
     ) -> Option<Self::Future> {
-        let Some(delay) = self.delay(result) else {
+        let Some((delay, sent)) = self.delay(result) else {
             if let (Some(budget), Ok(response)) = (&self.budget, &*result) {
                 if !response.status().is_server_error() {
                     budget.deposit();
@@ -197,7 +212,7 @@ where
             }
             return None;
         };
-        if !is_idempotent(request.method()) || self.retries_left == 0 {
+        if (sent == Sent::Maybe && !is_idempotent(request.method())) || self.retries_left == 0 {
             return None;
         }
         if let Some(budget) = &self.budget {
@@ -219,9 +234,10 @@ where
     }
 
     fn clone_request(&mut self, request: &Request<B>) -> Option<Request<B>> {
-        if !is_idempotent(request.method()) || self.retries_left == 0 {
+        if self.retries_left == 0 {
             return None; // never retried: no need for a copy
         }
+        // A `POST` is copied too: it is retried if the budget refuses it, unsent.
         let mut clone = Request::new(request.body().try_clone()?);
         *clone.method_mut() = request.method().clone();
         *clone.uri_mut() = request.uri().clone();
@@ -309,22 +325,47 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn retries_a_budget_refusal_whatever_the_method_it_was_never_sent() {
+        for method in [Method::GET, Method::POST, Method::PATCH] {
+            let mut request = Request::builder().method(method.clone()).body(()).unwrap();
+            let mut policy = RetryPolicy::new();
+            assert!(
+                Policy::<_, Response<()>, BoxError>::clone_request(&mut policy, &request).is_some(),
+                "{method}"
+            );
+            let refused = crate::Error::budget_exhausted(Duration::from_secs(30));
+            let mut result: Result<Response<()>, BoxError> = Err(refused.into());
+            let retry = Policy::retry(&mut policy, &mut request, &mut result);
+            assert!(retry.is_some(), "{method}");
+        }
+        // A POST whose connection broke may have been applied: not retried.
+        let mut request = Request::post("/").body(()).unwrap();
+        let broken: BoxError = Box::new(io::Error::from(io::ErrorKind::ConnectionReset));
+        let retry = Policy::retry(
+            &mut RetryPolicy::new(),
+            &mut request,
+            &mut Err::<Response<()>, _>(broken),
+        );
+        assert!(retry.is_none());
+    }
+
     #[test]
     fn reads_retry_after_and_refuses_long_waits() {
         let mut policy = RetryPolicy::new().max_retry_after(Duration::from_secs(5));
         assert!(matches!(
             policy.delay(&answer(503, Some("2"))),
-            Some(Delay::Exactly(d)) if d == Duration::from_secs(2)
+            Some((Delay::Exactly(d), Sent::Maybe)) if d == Duration::from_secs(2)
         ));
         assert!(policy.delay(&answer(503, Some("3600"))).is_none());
         let soon = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3));
         assert!(matches!(
             policy.delay(&answer(429, Some(&soon))),
-            Some(Delay::Exactly(d)) if d <= Duration::from_secs(3)
+            Some((Delay::Exactly(d), Sent::Maybe)) if d <= Duration::from_secs(3)
         ));
         assert!(matches!(
             policy.delay(&answer(503, Some("soon"))),
-            Some(Delay::Backoff)
+            Some((Delay::Backoff, Sent::Maybe))
         ));
     }
 
