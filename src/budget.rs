@@ -36,8 +36,11 @@
 //!   agree; in a [`FileStore`](crate::store::FileStore), a file beside the token's under an OS
 //!   lock. With an [API key](crate::Credentials::api_key), which is never stored, the budget
 //!   is shared under the key's hash. A unit is taken before its request is sent, so a process
-//!   that crashes mid-request has spent it. If the store is down or slow, each process keeps
-//!   its own budget meanwhile and warns once: no request fails for it.
+//!   that crashes mid-request has spent it. If the store fails or takes more than 250 ms to
+//!   answer, the process keeps its own budget (the units it took from the store included) and
+//!   warns once; one request a second then asks the store again, and the first answer shares
+//!   the budget again. No request fails for it, and a frozen store costs one request 250 ms a
+//!   second.
 //! - **A 429 pauses the account.** Its `Retry-After` (1 s without one, at most 5 minutes)
 //!   pauses the budget of every process sharing it; the 429 itself is returned as it is, for
 //!   `RetryPolicy` above the layer to retry after the pause.
@@ -76,6 +79,10 @@ use tokio::{
 const PAUSE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(300));
 /// The longest one budget operation on the store may take before the process goes on alone.
 const STORE_DEADLINE: Duration = Duration::from_millis(250);
+/// After a store operation failed, how long the process keeps its own budget before one
+/// request asks the store again (a probe): a frozen store costs one request
+/// [`STORE_DEADLINE`] a second, not every request in a queue.
+const STORE_PROBE: Duration = Duration::from_secs(1);
 
 /// An API budget: at most `limit` requests in any window of `per` (see the
 /// [module documentation](self)).
@@ -187,6 +194,7 @@ impl Log {
     /// Takes one unit at `now`, or says when one may be had: when the pause ends, or when the
     /// window's oldest unit ages out.
     pub(crate) fn take(&mut self, now: u64, limit: u32, window: u64) -> Result<(), u64> {
+        self.bound(now, window);
         if let Some(until) = self.paused_until {
             if now < until {
                 return Err(until);
@@ -205,6 +213,27 @@ impl Log {
             _ => {
                 self.sent.push_back(now);
                 Ok(())
+            }
+        }
+    }
+
+    /// Keeps what a log read from a file can hold to what this clock could have written: a
+    /// pause ending more than 5 minutes from now (the longest a 429 pauses) is dropped, and so
+    /// is a unit dated more than one window ahead; a unit dated ahead by less is dated now. Such
+    /// dates come from a wall clock stepped back (or a damaged file): obeyed, a clock 10 minutes
+    /// back would block the account for 10 minutes. Dating the near ones now keeps them counted
+    /// (they were sent in the last window, as the host's time went) for at most one window.
+    fn bound(&mut self, now: u64, window: u64) {
+        if self
+            .paused_until
+            .is_some_and(|until| until > now.saturating_add(micros(PAUSE.1)))
+        {
+            self.paused_until = None;
+        }
+        if self.sent.back().is_some_and(|last| *last > now) {
+            self.sent.retain(|at| *at <= now.saturating_add(window));
+            for at in &mut self.sent {
+                *at = (*at).min(now);
             }
         }
     }
@@ -261,6 +290,12 @@ pub(crate) struct Gate {
     login_served: Notify,
     /// Whether the last store operation failed (for one warning per outage).
     down: AtomicBool,
+    /// While the store is down, when (on the log's clock) a request may ask it again: until
+    /// then the process keeps its own budget without asking.
+    probe_at: AtomicU64,
+    /// How many times a unit was not to be had (the window full, or a pause): a request during
+    /// which this moved waited for its turn, not only for a store's round trip.
+    full: AtomicU64,
     waited: AtomicU64,
     longest_wait_us: AtomicU64,
     pauses: AtomicU64,
@@ -282,6 +317,8 @@ impl Gate {
             queued: AtomicUsize::new(0),
             login_served: Notify::new(),
             down: AtomicBool::new(false),
+            probe_at: AtomicU64::new(0),
+            full: AtomicU64::new(0),
             waited: AtomicU64::new(0),
             longest_wait_us: AtomicU64::new(0),
             pauses: AtomicU64::new(0),
@@ -298,7 +335,7 @@ impl Gate {
         if self.take_now() {
             return Ok(());
         }
-        let started = Instant::now();
+        let (started, full) = (Instant::now(), self.full.load(Ordering::Relaxed));
         let wait = async {
             let _queued = Counted::new(&self.queued);
             // The semaphore is never closed.
@@ -337,8 +374,10 @@ impl Gate {
                 }
             }
         }
+        // Counted only if the window was full or paused meanwhile: a store's round trip, or the
+        // queue's while others ask the store, is not a wait for a turn.
         let waited = started.elapsed();
-        if waited >= Duration::from_millis(1) {
+        if self.full.load(Ordering::Relaxed) != full {
             self.waited.fetch_add(1, Ordering::Relaxed);
             let micros = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
             self.longest_wait_us.fetch_max(micros, Ordering::Relaxed);
@@ -367,8 +406,9 @@ impl Gate {
 
     /// One try: from the store if it answers (the process's log records the unit too, for
     /// an outage to come), else from the process's own log.
-    async fn try_take(&self, now: Instant) -> Result<(), Instant> {
-        if let Some((store, key)) = &self.shared {
+    async fn try_take_once(&self, now: Instant) -> Result<(), Instant> {
+        let asks = self.at(now) >= self.probe_at.load(Ordering::Relaxed);
+        if let (Some((store, key)), true) = (&self.shared, asks) {
             let name = format!(
                 "{}-{}",
                 self.owner,
@@ -390,6 +430,16 @@ impl Gate {
         taken.map_err(|at| self.epoch + Duration::from_micros(at))
     }
 
+    /// [`try_take_once`](Self::try_take_once), noting a unit not to be had (for the wait's
+    /// count).
+    async fn try_take(&self, now: Instant) -> Result<(), Instant> {
+        let taken = self.try_take_once(now).await;
+        if taken.is_err() {
+            self.full.fetch_add(1, Ordering::Relaxed);
+        }
+        taken
+    }
+
     /// A store operation's outcome, or `None` (after one warning per outage) to go on alone.
     fn run<T>(
         &self,
@@ -398,6 +448,7 @@ impl Gate {
     ) -> Option<T> {
         let error = match outcome {
             Ok(Ok(value)) => {
+                self.probe_at.store(0, Ordering::Relaxed);
                 if self.down.swap(false, Ordering::Relaxed) {
                     tracing::info!(target: "patchworks_auth", "the budget is shared again");
                 }
@@ -407,6 +458,8 @@ impl Gate {
             Ok(Err(error)) => error.to_string(),
             Err(_) => format!("no answer within {STORE_DEADLINE:?}"),
         };
+        let probe_at = self.at(Instant::now() + STORE_PROBE);
+        self.probe_at.store(probe_at, Ordering::Relaxed);
         if !self.down.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 target: "patchworks_auth",
@@ -596,5 +649,42 @@ mod tests {
         log.pause(at(5000));
         assert_eq!(log.take(at(4000), limit, window), Err(at(5000)), "paused");
         assert_eq!(log.take(at(5000), limit, window), Ok(()));
+    }
+
+    /// A log read from a file after the wall clock stepped back, or damaged: what this clock
+    /// could not have written does not block the account.
+    #[test]
+    fn a_log_from_a_clock_stepped_back_blocks_at_most_one_window() {
+        let (limit, window) = (3, micros(Duration::from_secs(2)));
+        let (minute, now) = (
+            micros(Duration::from_secs(60)),
+            micros(Duration::from_secs(7200)),
+        );
+        // A pause far ahead (an hour, or the end of time): dropped; 5 minutes ahead: kept.
+        for until in [now + 60 * minute, u64::MAX] {
+            let mut log = Log {
+                paused_until: Some(until),
+                ..Log::default()
+            };
+            assert_eq!(log.take(now, limit, window), Ok(()), "{until}");
+        }
+        let mut log = Log {
+            paused_until: Some(now + 5 * minute),
+            ..Log::default()
+        };
+        assert_eq!(log.take(now, limit, window), Err(now + 5 * minute));
+        // A full window dated 10 minutes ahead: dropped.
+        let mut log = Log {
+            sent: [now + 10 * minute; 3].into(),
+            ..Log::default()
+        };
+        assert_eq!(log.take(now, limit, window), Ok(()));
+        // Dated ahead by less than a window: kept, dated now, aged out a window from now.
+        let mut log = Log {
+            sent: [now, now + 1000, now + 2000].into(),
+            ..Log::default()
+        };
+        assert_eq!(log.take(now, limit, window), Err(now + window));
+        assert_eq!(log.take(now + window, limit, window), Ok(()));
     }
 }

@@ -440,3 +440,112 @@ async fn layers_sharing_a_store_share_the_budget_for_logins_and_api_keys() {
     }
     assert_eq!(fake.logins(), 1, "the second layer took the stored token");
 }
+
+/// The wait counts (`budget_waited`, the wait histogram) count requests that waited for their
+/// turn, not the store's round trips: 40 concurrent requests through a shared budget that is
+/// never full each ask the store (one at a time), and none waited for its turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_round_trips_are_not_counted_as_waits() {
+    use patchworks_auth::store::FileStore;
+
+    let fake = FakePatchworks::start().await.unwrap();
+    let dir = TempDir::new("round-trips");
+    let client = AuthLayer::new(fake.credentials())
+        .login_url(fake.login_url())
+        .store(FileStore::new(dir.0.join("token")))
+        .budget(Budget::new(1000, Duration::from_secs(60)))
+        .layer(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+    let requests =
+        (0..40).map(|_| tokio::spawn(client.clone().oneshot(get(&fake, "/api/v1/flows"))));
+    for response in futures_util::future::join_all(requests.collect::<Vec<_>>()).await {
+        assert_eq!(response.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    let state = client.state();
+    assert_eq!(
+        (state.budget_waited, state.budget_refused),
+        (0, 0),
+        "{state:?}"
+    );
+
+    // A full window is a wait, and counted.
+    let client = AuthLayer::new(fake.credentials())
+        .login_url(fake.login_url())
+        .budget(Budget::new(2, Duration::from_millis(500)))
+        .layer(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+    for _ in 0..3 {
+        let response = client.clone().oneshot(get(&fake, "/api/v1/flows")).await;
+        assert_eq!(response.unwrap().status(), StatusCode::OK);
+    }
+    assert!(client.state().budget_waited >= 1, "{:?}", client.state());
+}
+
+/// A `FileStore`'s budget file after the wall clock stepped back 10 minutes (a full window of
+/// units dated ahead), or with a pause recorded an hour ahead: the next request is served at
+/// once, not when the host's clock catches up.
+#[tokio::test]
+async fn a_budget_file_from_a_clock_stepped_back_does_not_block_the_account() {
+    use patchworks_auth::store::FileStore;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    let fake = FakePatchworks::start().await.unwrap();
+    let dir = TempDir::new("clock-back");
+    let budget = Budget::new(3, Duration::from_secs(2)).max_wait(Duration::from_millis(200));
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let micros = |at: Duration| (at.as_micros() as u64).to_be_bytes();
+    let ahead = |minutes: u64| now + Duration::from_secs(60 * minutes);
+    let (ten_minutes, an_hour) = (micros(ahead(10)), micros(ahead(60)));
+    let files = [
+        [&[0; 8][..], &ten_minutes, &ten_minutes, &ten_minutes].concat(),
+        [&an_hour[..]].concat(),
+    ];
+    for (i, contents) in files.into_iter().enumerate() {
+        let client = AuthLayer::new(fake.credentials())
+            .login_url(fake.login_url())
+            .store(FileStore::new(dir.0.join(i.to_string()).join("token")))
+            .budget(budget)
+            .layer(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+        client.login().await.unwrap(); // makes the budget's file
+        let file = std::fs::read_dir(dir.0.join(i.to_string()))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .find(|path| path.extension().is_some_and(|e| e == "budget"))
+            .expect("the budget's file");
+        std::fs::write(&file, [&b"pwb1"[..], &contents].concat()).unwrap();
+        let response = client.clone().oneshot(get(&fake, "/api/v1/flows")).await;
+        assert_eq!(response.unwrap().status(), StatusCode::OK, "file {i}");
+    }
+}
+
+/// A frozen store (`redis-server` stopped with SIGSTOP: connections open, no answers) with the
+/// budget shared through it: 40 concurrent requests, then more while it stays frozen for 5 s,
+/// none refused or failed: after one timeout the process keeps its own budget, and one request
+/// a second asks the store again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_store_refuses_and_fails_no_request() {
+    use patchworks_auth::store::RedisStore;
+
+    let _one = one_at_a_time().await;
+    let Some(redis) = Redis::start() else { return };
+    let fake = FakePatchworks::start().await.unwrap();
+    let client = AuthLayer::new(fake.credentials())
+        .login_url(fake.login_url())
+        .store(RedisStore::new(&redis.url()).unwrap())
+        .budget(Budget::new(1000, Duration::from_secs(2)).max_wait(Duration::from_secs(2)))
+        .layer(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+    client.login().await.unwrap();
+    redis.freeze();
+    let frozen = Instant::now();
+    let mut rounds = 0;
+    while frozen.elapsed() < Duration::from_secs(5) {
+        let requests =
+            (0..40).map(|_| tokio::spawn(client.clone().oneshot(get(&fake, "/api/v1/flows"))));
+        for response in futures_util::future::join_all(requests.collect::<Vec<_>>()).await {
+            assert_eq!(response.unwrap().unwrap().status(), StatusCode::OK);
+        }
+        rounds += 1;
+    }
+    redis.thaw();
+    let state = client.state();
+    assert_eq!(state.budget_refused, 0, "{state:?}");
+    assert!(rounds >= 2, "{rounds} rounds of 40 in 5 s");
+}
