@@ -23,14 +23,26 @@ use tower_http::follow_redirect::FollowRedirectLayer;
 /// Where relative request paths go by default: the Patchworks Core API.
 pub const DEFAULT_BASE_URL: &str = "https://svc-fabric.pwks.co/api/v1/";
 
-type Bare = Client<HttpsConnector<HttpConnector>, Body>;
+/// The client the layer sends through: hyper-util, each send timed out.
+type Bare = tower::timeout::Timeout<Client<HttpsConnector<HttpConnector>, Body>>;
 
 /// A Patchworks API client, ready to use: hyper-util over rustls (ring, the webpki roots,
-/// HTTP/1.1, and HTTP/2 with the cargo feature `http2`), with the crate's one layer order on top:
+/// HTTP/1.1, and HTTP/2 with the cargo feature `http2`), with the crate's layer order on top,
+/// the timeout below the layer:
 ///
 /// ```text
-/// timeout (30 s) → redirects (each hop re-checked) → RetryPolicy → AuthLayer → hyper-util
+/// redirects (each hop re-checked) → RetryPolicy → AuthLayer → timeout (30 s a send) → hyper-util
 /// ```
+///
+/// The timeout bounds each send (a request, a replay, a login attempt), not the whole call: a
+/// call may also wait for a login (bounded by [`AuthLayer::login_timeout`]) and for its turn in
+/// the API [budget](crate::budget) (bounded by its `max_wait`). Past `max_wait` a request fails,
+/// unsent, with an [`Error`] for which [`is_budget_exhausted`](Error::is_budget_exhausted) is
+/// `true`, and the retry policy retries it (any method: it was never sent). Were the timeout
+/// around the whole call, as in the crate's general layer order, a request over the budget
+/// would fail as tower's "request timed out" when its `max_wait` and the timeout are alike
+/// (both 30 s by default), and never be retried. Bound a whole call with
+/// `tokio::time::timeout` around it.
 ///
 /// Made by [`AuthLayer::https_client`] (cargo feature `rustls`). It is `Clone + Send + Sync +
 /// 'static`, a `Service<Request<B>>` for any request body `B` ([`AnyBody`]: `Full<Bytes>`,
@@ -83,9 +95,9 @@ pub struct PatchworksClient {
 impl AuthLayer {
     /// A ready HTTPS client with this layer: see [`PatchworksClient`].
     ///
-    /// Its requests time out after 30 s, follow up to 20 redirects (each hop passes the origin
-    /// check again: the token goes only where it belongs), and are retried by a default
-    /// [`RetryPolicy`] (idempotent methods, at most 3 times).
+    /// Each send times out after 30 s; requests follow up to 20 redirects (each hop passes the
+    /// origin check again: the token goes only where it belongs), and are retried by a default
+    /// [`RetryPolicy`] (idempotent methods and budget refusals, at most 3 times).
     ///
     /// It keeps an API [budget](crate::budget) of 240 requests a minute
     /// ([`Budget::per_minute(240)`](crate::budget::Budget::per_minute)), what Patchworks allows
@@ -104,10 +116,10 @@ impl AuthLayer {
         #[cfg(feature = "http2")]
         let https = https.enable_http2();
         let https = https.build();
-        let bare: Bare = Client::builder(TokioExecutor::new()).build(https);
+        let client = Client::builder(TokioExecutor::new()).build(https);
+        let bare: Bare = tower::timeout::Timeout::new(client, PatchworksClient::TIMEOUT);
         let auth = tower_layer::Layer::layer(&layer, bare);
         let stack = ServiceBuilder::new()
-            .timeout(PatchworksClient::TIMEOUT)
             .layer(FollowRedirectLayer::new())
             .retry(RetryPolicy::new())
             .service(auth.clone());
@@ -121,7 +133,8 @@ impl AuthLayer {
 }
 
 impl PatchworksClient {
-    /// The timeout of one call, redirects, retries and a login wait included.
+    /// The timeout of one send: a request, a replay after a 401, a login attempt (see
+    /// [`PatchworksClient`] for why not the whole call).
     pub const TIMEOUT: Duration = Duration::from_secs(30);
 
     /// Sends path-only requests to `base` (for instance a staging API) instead of

@@ -102,7 +102,11 @@
 //!    type (see [`body`]).
 //! 1. `ServiceBuilder::timeout` (tower's `TimeoutLayer`, not tower-http's server-side one)
 //!    outermost bounds what the caller waits, every hop, retry and login wait included; it
-//!    does not abort a login other requests share.
+//!    does not abort a login other requests share. Under an API [budget](budget) it counts a
+//!    request's wait for its turn too: keep it longer than the budget's `max_wait` times the
+//!    attempts, or a request over the budget fails as "request timed out" instead of
+//!    [`is_budget_exhausted`](Error::is_budget_exhausted), which the retry policy retries. The
+//!    ready client (feature `rustls`) times each send below this layer instead.
 //! 2. Redirects outside this layer: a redirect is a new request that passes the origin check
 //!    again, so the token never follows one to another origin, and the login `POST` is never
 //!    redirected.
@@ -138,7 +142,7 @@
 //! - `redis`: `store::RedisStore`, a token store on a Redis server, for a fleet on several
 //!   hosts. ([`store::FileStore`] needs no feature.)
 //! - `rustls`: `AuthLayer::https_client()`, a ready `PatchworksClient` (hyper-util over rustls,
-//!   timeout, redirects, retries, the layer), over HTTP/1.1.
+//!   redirects, retries, the layer, a timeout on each send), over HTTP/1.1.
 //! - `http2`: HTTP/2 (negotiated by ALPN) for that client too. Off by default: 240 requests a
 //!   minute fit one kept-alive HTTP/1.1 connection, and h2 is a tenth of a first build.
 //! - `reqwest`: `reqwest::AuthMiddleware`, the layer as a `reqwest_middleware::Middleware`.

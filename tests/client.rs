@@ -252,3 +252,67 @@ async fn keeps_a_budget_of_240_a_minute_unless_told_otherwise() {
         assert_eq!(client.state().budget_pauses, pauses);
     }
 }
+
+/// The ready client under a budget it goes over: a refused request fails with
+/// `is_budget_exhausted()` (never a timeout, which the budget's wait used to reach first), after
+/// the retry policy retried it, a `POST` included (never sent, so safe to retry).
+#[tokio::test]
+async fn a_request_over_the_budget_is_refused_as_such_and_retried_whatever_its_method() {
+    use patchworks_auth::budget::Budget;
+    use std::time::Duration;
+
+    let fake = FakePatchworks::start().await.unwrap();
+    let budget = Budget::new(4, Duration::from_secs(60)).max_wait(Duration::from_millis(100));
+    let client = AuthLayer::new(fake.credentials())
+        .login_url(fake.login_url())
+        .budget(budget)
+        .https_client()
+        .base_url(fake.uri("/api/v1/"));
+    // The login and 3 GETs are the window's 4 units.
+    for _ in 0..3 {
+        let response = client.clone().oneshot(get_path("/flows")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let post = Request::post("/flows").body(Full::from("{}")).unwrap();
+    for request in [get_path("/flows"), post] {
+        let method = request.method().clone();
+        let refused = client.state().budget_refused;
+        let error = client.clone().oneshot(request).await.unwrap_err();
+        let error = error.downcast_ref::<patchworks_auth::Error>();
+        assert!(
+            error.is_some_and(|e| e.is_budget_exhausted()),
+            "{method}: {error:?}"
+        );
+        let tries = client.state().budget_refused - refused;
+        assert_eq!(
+            tries, 4,
+            "{method}: the first try and the policy's 3 retries"
+        );
+    }
+    assert_eq!(fake.api_calls(), 3, "none of them sent");
+}
+
+/// The same with the budget's default `max_wait` (30 s), as long as the client's timeout: the
+/// refusal still comes as `is_budget_exhausted()`, after the retries, on a paused clock.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_at_the_default_max_wait_is_not_a_timeout() {
+    use patchworks_auth::budget::Budget;
+    use std::time::Duration;
+
+    let fake = FakePatchworks::start().await.unwrap();
+    let client = AuthLayer::new(fake.credentials())
+        .login_url(fake.login_url())
+        .budget(Budget::new(2, Duration::from_secs(3600)))
+        .https_client()
+        .base_url(fake.uri("/api/v1/"));
+    let response = client.clone().oneshot(get_path("/flows")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let error = client
+        .clone()
+        .oneshot(get_path("/flows"))
+        .await
+        .unwrap_err();
+    let error = error.downcast_ref::<patchworks_auth::Error>();
+    assert!(error.is_some_and(|e| e.is_budget_exhausted()), "{error:?}");
+    assert_eq!(client.state().budget_refused, 4);
+}
