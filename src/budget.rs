@@ -17,9 +17,11 @@
 //! - **What counts.** Every request the layer sends to Patchworks takes one unit: API calls,
 //!   logins and replays after a 401. A request to another origin takes none.
 //! - **The promise.** Never more than `limit` requests in any window of `per`, a sliding one,
-//!   so that neither a sliding nor a fixed count on the server's side sees more. The window is
-//!   kept [`margin`](Budget::margin) longer (a twentieth of `per`, at least 250 ms) for the
-//!   requests' transit times, so a long run goes at about 95% of `limit / per`. Up to `limit`
+//!   so that neither a sliding nor a fixed count on the server's side sees more. A unit is
+//!   kept a [`margin`](Budget::margin) longer than `per` for its request's transit: the time
+//!   its answer took, once it has one; a twentieth of `per` (at least 250 ms) before that, and
+//!   for a budget shared through a store. So a long run goes at nearly `limit / per` in one
+//!   process, and at about 95% of it across a fleet. Up to `limit`
 //!   requests go at once; a request over the budget waits for the oldest of the window to age
 //!   out.
 //! - **When.** A request takes its unit when it is sent, after any wait for its token: a
@@ -68,6 +70,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex,
     },
+    task::Poll,
     time::{Duration, SystemTime},
 };
 use tokio::{
@@ -164,14 +167,23 @@ impl Budget {
     /// How much longer than `per` the window is kept, for the requests' transit times: a
     /// request counted at one moment reaches Patchworks a little later, and two requests'
     /// delays differ: a process's first request also opens its connection (TCP, TLS), and
-    /// arrives that much later than the ones after it. Default: a twentieth of `per`, at least
-    /// 250 ms (3 s for a minute).
+    /// arrives that much later than the ones after it.
+    ///
+    /// Default: measured, per unit, for a budget kept in the process. A unit is kept a
+    /// twentieth of `per` (at least 250 ms) longer than `per` until its request is answered,
+    /// then only as long as the answer took (from the unit's take), plus a tenth and 1 ms. The
+    /// answer comes after the request reached Patchworks, so that bounds its transit, on a busy
+    /// machine as on a quiet one: a unit whose request was answered in 5 ms ages out about 6 ms
+    /// after `per`. Not measured (the twentieth kept): a budget shared through a store (its
+    /// units are the store's), and a request sent at once without waiting (a clock reading on
+    /// every warm request would cost more than it wins; a full window waits on the others). A
+    /// margin given here is kept for every unit.
     pub fn margin(mut self, margin: Duration) -> Self {
         self.margin = Some(margin);
         self
     }
 
-    /// The window as the layer keeps it: `per` and the margin.
+    /// The window before any answer was timed: `per` and the given or default margin.
     fn window(&self) -> Duration {
         let margin = self
             .margin
@@ -248,6 +260,20 @@ impl Log {
         self.sent.push_back(now);
     }
 
+    /// Dates a unit dated `dated` at `redated` instead, earlier: it ages out sooner. The log
+    /// stays in order of dates.
+    /// Whether it was in the log (not aged out already).
+    fn redate(&mut self, dated: u64, redated: u64) -> bool {
+        let at = self.sent.partition_point(|unit| *unit < dated);
+        if redated >= dated || self.sent.get(at) != Some(&dated) {
+            return false;
+        }
+        self.sent.remove(at);
+        let to = self.sent.partition_point(|unit| *unit <= redated);
+        self.sent.insert(to, redated);
+        true
+    }
+
     /// Pauses the log until `until`, unless a longer pause is set.
     pub(crate) fn pause(&mut self, until: u64) {
         self.paused_until = Some(self.paused_until.map_or(until, |paused| paused.max(until)));
@@ -270,6 +296,7 @@ pub(crate) enum Purpose {
 /// arrival order, the store it is shared through, and what it counted.
 pub(crate) struct Gate {
     budget: Budget,
+    /// `per` and the margin.
     window: Duration,
     log: Mutex<Log>,
     /// Where the process's log counts its microseconds from.
@@ -288,6 +315,8 @@ pub(crate) struct Gate {
     queued: AtomicUsize,
     /// Woken when a login has its unit (or gave up waiting for one).
     login_served: Notify,
+    /// Woken when a unit was dated earlier (its request was answered): one may be free sooner.
+    redated: Notify,
     /// Whether the last store operation failed (for one warning per outage).
     down: AtomicBool,
     /// While the store is down, when (on the log's clock) a request may ask it again: until
@@ -316,6 +345,7 @@ impl Gate {
             logins_waiting: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
             login_served: Notify::new(),
+            redated: Notify::new(),
             down: AtomicBool::new(false),
             probe_at: AtomicU64::new(0),
             full: AtomicU64::new(0),
@@ -331,9 +361,17 @@ impl Gate {
     /// # Errors
     ///
     /// [`Error::is_budget_exhausted`] after `max_wait` (never for a login).
-    pub(crate) async fn take(&self, purpose: Purpose) -> Result<(), Error> {
-        if self.take_now() {
-            return Ok(());
+    pub(crate) async fn take(self: &Arc<Self>, purpose: Purpose) -> Result<Spent, Error> {
+        let taken = self.take_unit(purpose).await?;
+        Ok(Spent(Some((self.clone(), taken))))
+    }
+
+    /// [`take`](Self::take): when the unit was dated, at the latest (the start of the try that
+    /// had it).
+    async fn take_unit(self: &Arc<Self>, purpose: Purpose) -> Result<Instant, Error> {
+        let now = Instant::now();
+        if self.take_at(now) {
+            return Ok(now);
         }
         let (started, full) = (Instant::now(), self.full.load(Ordering::Relaxed));
         let wait = async {
@@ -349,31 +387,30 @@ impl Gate {
                     served.await;
                     continue;
                 }
-                match self.try_take(Instant::now()).await {
-                    Ok(()) => return,
-                    Err(until) => sleep_until(until).await,
+                if let Some(taken) = self.try_or_wait().await {
+                    return taken;
                 }
             }
         };
-        match purpose {
+        let taken = match purpose {
             Purpose::Login => {
                 // Ahead of the turnstile's queue; the requests in it wait until it is served.
                 let _first = LoginFirst::new(self);
                 loop {
-                    match self.try_take(Instant::now()).await {
-                        Ok(()) => break,
-                        Err(until) => sleep_until(until).await,
+                    if let Some(taken) = self.try_or_wait().await {
+                        break taken;
                     }
                 }
             }
-            Purpose::Request => {
-                if timeout(self.budget.max_wait, wait).await.is_err() {
+            Purpose::Request => match timeout(self.budget.max_wait, wait).await {
+                Ok(taken) => taken,
+                Err(_) => {
                     self.refused.fetch_add(1, Ordering::Relaxed);
                     crate::metrics::budget_refused();
                     return Err(Error::budget_exhausted(self.budget.max_wait));
                 }
-            }
-        }
+            },
+        };
         // Counted only if the window was full or paused meanwhile: a store's round trip, or the
         // queue's while others ask the store, is not a wait for a turn.
         let waited = started.elapsed();
@@ -383,12 +420,17 @@ impl Gate {
             self.longest_wait_us.fetch_max(micros, Ordering::Relaxed);
             crate::metrics::budget_wait(waited);
         }
-        Ok(())
+        Ok(taken)
     }
 
     /// A unit now, without waiting: only a budget kept in the process, with no request queued
     /// and a unit free. What lets a request under an in-process budget take the warm path.
     pub(crate) fn take_now(&self) -> bool {
+        self.take_at(Instant::now())
+    }
+
+    /// [`take_now`](Self::take_now), the unit dated `now`.
+    fn take_at(&self, now: Instant) -> bool {
         if self.shared.is_some() || self.logins_waiting.load(Ordering::Relaxed) > 0 {
             return false;
         }
@@ -396,12 +438,31 @@ impl Gate {
             return false;
         };
         self.lock()
-            .take(
-                self.at(Instant::now()),
-                self.budget.limit,
-                micros(self.window),
-            )
+            .take(self.at(now), self.budget.limit, micros(self.window))
             .is_ok()
+    }
+
+    /// One try, dated now: the unit's date, or `None` after waiting until one may be had (or
+    /// until a unit is dated earlier, which may have freed one).
+    async fn try_or_wait(&self) -> Option<Instant> {
+        let redated = self.redated.notified();
+        let mut redated = std::pin::pin!(redated);
+        redated.as_mut().enable();
+        let now = Instant::now();
+        let Err(until) = self.try_take(now).await else {
+            return Some(now);
+        };
+        let mut sleep = std::pin::pin!(sleep_until(until));
+        std::future::poll_fn(|cx| {
+            use std::future::Future;
+            if sleep.as_mut().poll(cx).is_ready() || redated.as_mut().poll(cx).is_ready() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        None
     }
 
     /// One try: from the store if it answers (the process's log records the unit too, for
@@ -417,8 +478,14 @@ impl Gate {
             let taken = store.take_budget(key, self.budget.limit, self.window, &name);
             match self.run("take", timeout(STORE_DEADLINE, taken).await) {
                 Some(None) => {
-                    let (now, window) = (self.at(now), micros(self.window));
-                    self.lock().record(now, self.budget.limit, window);
+                    let (at, window) = (self.at(Instant::now()), micros(self.window));
+                    let mut log = self.lock();
+                    log.record(self.at(now), self.budget.limit, window);
+                    // A 429 seen while the store was asked: the unit is spent, but not used
+                    // before the pause ends (the pause may not have reached the store yet).
+                    if let Some(until) = log.paused_until.filter(|until| *until > at) {
+                        return Err(self.epoch + Duration::from_micros(until));
+                    }
                     return Ok(());
                 }
                 Some(Some(wait)) => return Err(now + wait),
@@ -510,6 +577,28 @@ impl Gate {
         )
     }
 
+    /// A request (or login) whose unit was dated `taken` has its answer: unless the margin was
+    /// given, or the unit came from a store, its unit ages out that much sooner, a margin of the
+    /// time it took to be answered (plus a tenth and 1 ms) instead of the default one. A unit
+    /// never answered keeps the default margin.
+    pub(crate) fn answered_after(&self, taken: Instant) {
+        if self.budget.margin.is_some() || self.shared.is_some() {
+            return;
+        }
+        let took = Instant::now().saturating_duration_since(taken);
+        let measured = took + took / 10 + Duration::from_millis(1);
+        let Some(sooner) = (self.window - self.budget.per).checked_sub(measured) else {
+            return;
+        };
+        let dated = self.at(taken);
+        if self
+            .lock()
+            .redate(dated, dated.saturating_sub(micros(sooner)))
+        {
+            self.redated.notify_waiters();
+        }
+    }
+
     /// `instant` on the process's log's clock.
     fn at(&self, instant: Instant) -> u64 {
         micros(instant.saturating_duration_since(self.epoch))
@@ -517,6 +606,25 @@ impl Gate {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Log> {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A unit taken for a request about to be sent, and when it was dated (at the latest), so
+/// that its answer times the margin ([`Gate::answered_after`]); none without a budget.
+#[must_use]
+pub(crate) struct Spent(Option<(Arc<Gate>, Instant)>);
+
+impl Spent {
+    /// No unit: there is no budget.
+    pub(crate) fn none() -> Spent {
+        Spent(None)
+    }
+
+    /// The request's answer (any answer, or an error after it was sent) came.
+    pub(crate) fn answered(self) {
+        if let Some((gate, taken)) = self.0 {
+            gate.answered_after(taken);
+        }
     }
 }
 
@@ -649,6 +757,28 @@ mod tests {
         log.pause(at(5000));
         assert_eq!(log.take(at(4000), limit, window), Err(at(5000)), "paused");
         assert_eq!(log.take(at(5000), limit, window), Ok(()));
+    }
+
+    /// A unit whose request was answered is dated earlier, by what the default margin kept
+    /// beyond the time that took: it ages out sooner, and the log stays in order.
+    #[test]
+    fn a_unit_dated_earlier_ages_out_sooner() {
+        let (limit, window) = (3, micros(Duration::from_millis(2250)));
+        let mut log = Log::default();
+        let at = |ms: u64| ms * 1000;
+        for ms in [1000, 1010, 1020] {
+            assert_eq!(log.take(at(ms), limit, window), Ok(()));
+        }
+        assert_eq!(log.take(at(1030), limit, window), Err(at(3250)));
+        assert!(
+            log.redate(at(1010), at(800)),
+            "answered within 50 ms, not 250"
+        );
+        assert_eq!(Vec::from(log.sent.clone()), [at(800), at(1000), at(1020)]);
+        assert!(!log.redate(at(1010), at(700)), "no longer dated so");
+        assert!(!log.redate(at(1000), at(1000)), "never later");
+        assert_eq!(log.take(at(3049), limit, window), Err(at(3050)));
+        assert_eq!(log.take(at(3050), limit, window), Ok(()));
     }
 
     /// A log read from a file after the wall clock stepped back, or damaged: what this clock

@@ -377,10 +377,10 @@ impl Cache {
     /// Patchworks (an API call or a replay; logins take theirs in [`login_through`]).
     ///
     /// [`login_through`]: crate::login::login_through
-    pub(crate) async fn spend(&self) -> Result<(), Error> {
+    pub(crate) async fn spend(&self) -> Result<crate::budget::Spent, Error> {
         match &self.config.gate {
             Some(gate) => gate.take(Purpose::Request).await,
-            None => Ok(()),
+            None => Ok(crate::budget::Spent::none()),
         }
     }
 

@@ -642,9 +642,10 @@ where
     };
     drop(unauthorized);
     for again in [true, false] {
-        cache.spend().await?;
+        let spent = cache.spend().await?;
         token.authorize_replay(request.headers_mut());
         let response = inner.ready().await.map_err(Into::into)?.call(request).await;
+        spent.answered();
         let response = response.map_err(Into::into)?;
         let answer = (response.status(), response.headers());
         if !cache.replayed(token.generation, endpoint.clone(), answer) || !again {

@@ -93,12 +93,17 @@ where
             };
             // A login is a request to Patchworks: it takes a unit of the API budget, and its
             // wait is bounded by the login timeout, not `max_wait`.
-            if let Some(gate) = gate {
-                let _ = gate.take(crate::budget::Purpose::Login).await;
-            }
+            let spent = match gate {
+                Some(gate) => gate.take(crate::budget::Purpose::Login).await,
+                None => Ok(crate::budget::Spent::none()),
+            };
+            // A login's take is never refused (its wait is the login timeout's).
+            let spent = spent.unwrap_or_else(|_| crate::budget::Spent::none());
             let sent_at = Instant::now();
             let login = request(login_url, *form, account, password, scope.as_deref());
-            let response = send(login).await?;
+            let response = send(login).await;
+            spent.answered();
+            let response = response?;
             if let (Some(gate), true) = (gate, crate::budget::is_too_many(response.status())) {
                 gate.too_many(response.headers());
             }

@@ -116,11 +116,11 @@ impl AuthMiddleware {
         // The token first (a login if one is needed), then the budget's unit, at the moment of
         // sending: a request waiting for a login holds no unit.
         let (token, renewal) = self.token().await.map_err(middleware_error)?;
-        self.cache.spend().await.map_err(middleware_error)?;
+        let spent = self.cache.spend().await.map_err(middleware_error)?;
         request
             .headers_mut()
             .insert(AUTHORIZATION, token.header.clone());
-        let response = self.sent(token, request, extensions, next).await;
+        let response = self.sent(token, request, extensions, next, spent).await;
         if let Some(renewal) = renewal {
             renewal.await;
         }
@@ -134,6 +134,7 @@ impl AuthMiddleware {
         request: reqwest::Request,
         extensions: &mut http::Extensions,
         next: Next<'_>,
+        spent: crate::budget::Spent,
     ) -> reqwest_middleware::Result<reqwest::Response> {
         let replay = request.try_clone();
         let endpoint = Endpoint {
@@ -141,7 +142,9 @@ impl AuthMiddleware {
             path: request.url().path().to_owned(),
         };
         let extensions_copy = extensions.clone();
-        let response = next.clone().run(request, extensions).await?;
+        let response = next.clone().run(request, extensions).await;
+        spent.answered();
+        let response = response?;
         if response.status() != StatusCode::UNAUTHORIZED {
             let answer = (response.status(), response.headers());
             self.cache.answered(token.generation, answer, || endpoint);
@@ -162,12 +165,11 @@ impl AuthMiddleware {
         drop(response);
         for again in [true, false] {
             let copy = replay.try_clone();
-            self.cache.spend().await.map_err(middleware_error)?;
+            let spent = self.cache.spend().await.map_err(middleware_error)?;
             token.authorize_replay(replay.headers_mut());
-            let response = next
-                .clone()
-                .run(replay, &mut extensions_copy.clone())
-                .await?;
+            let response = next.clone().run(replay, &mut extensions_copy.clone()).await;
+            spent.answered();
+            let response = response?;
             let answer = (response.status(), response.headers());
             if !self
                 .cache

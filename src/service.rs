@@ -341,8 +341,9 @@ impl<S: Clone> Auth<S> {
         ResponseFuture::slow(Box::pin(async move {
             // The token first (a login if one is needed), then the unit.
             let (_, after) = auth.shared.cache.token(login).await?;
-            auth.shared.cache.spend().await?;
+            let spent = auth.shared.cache.spend().await?;
             let response = tower::ServiceExt::oneshot(auth, request).await;
+            spent.answered();
             if let Some(after) = after {
                 after.await;
             }

@@ -60,19 +60,22 @@ async fn layer_error(client: &Authed, fake: &FakePatchworks) -> patchworks_auth:
     *error.downcast::<patchworks_auth::Error>().unwrap()
 }
 
-/// Requests per second from the first request the fake saw to the last.
-fn throughput(fake: &FakePatchworks) -> f64 {
+/// The share of the budget used: the time `n` requests (logins included: they take units too)
+/// would take at best under `limit` a window of `per` (the first `limit` at once, then `limit`
+/// more each window), over the time from the first the fake saw to the last.
+fn throughput(fake: &FakePatchworks, limit: usize, per: Duration) -> f64 {
     let seen = fake.seen();
     let first = seen.iter().map(|s| s.received_at).min().unwrap();
     let last = seen.iter().map(|s| s.received_at).max().unwrap();
-    seen.len() as f64 / last.duration_since(first).as_secs_f64()
+    let best = per * ((seen.len() - 1) / limit) as u32;
+    best.as_secs_f64() / last.duration_since(first).as_secs_f64()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_requests_keep_within_the_budget() {
     let _one = one_at_a_time().await;
     let fake = FakePatchworks::start().await.unwrap();
-    let (limit, per) = (100, Duration::from_secs(2));
+    let (limit, per) = (200, Duration::from_secs(1));
     fake.limit_rate(limit, per);
     let client = client(&fake, Budget::new(limit as u32, per));
     let requests = (0..1000).map(|i| {
@@ -85,8 +88,10 @@ async fn a_thousand_concurrent_requests_keep_within_the_budget() {
     }
     assert_eq!(fake.too_many(), 0, "no 429");
     assert_eq!(fake.api_calls(), 1000);
-    let rate = throughput(&fake);
-    assert!(rate >= 0.85 * 50.0, "{rate:.1} requests/s against 50");
+    // At least 90% of 200 a second: a unit whose request was answered ages out by the time
+    // that took, not a fixed 250 ms margin (a quarter of this window, which held it to 80%).
+    let share = throughput(&fake, limit, per);
+    assert!(share >= 0.9, "{:.0}% of the budget used", share * 100.0);
     let state = client.state();
     assert!(state.budget_waited >= 700, "{state:?}");
     assert!(
@@ -323,8 +328,8 @@ async fn eight_processes_keep_within_the_budget(store: String, fake: FakePatchwo
     assert_eq!(sum.requests, 400);
     assert_eq!(sum.failures, 0, "{reports:?}");
     assert_eq!(fake.too_many(), 0, "no 429");
-    let rate = throughput(&fake);
-    assert!(rate >= 0.85 * 50.0, "{rate:.1} requests/s against 50");
+    let share = throughput(&fake, 100, Duration::from_secs(2));
+    assert!(share >= 0.85, "{:.0}% of the budget used", share * 100.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -351,7 +356,7 @@ async fn one_429_with_retry_after_pauses_every_process_of_the_fleet() {
     let fake = FakePatchworks::start().await.unwrap();
     let mut spec = spec(&fake, format!("redis:{}", redis.url()), None);
     (spec.budget, spec.interval_ms) = (Some((1000, 2_000)), 50);
-    let mut members = spawn(&spec, 4);
+    let mut members = spawn(&spec, FLEET);
     for member in &mut members {
         tokio::task::block_in_place(|| member.wait_ready(WITHIN));
     }
@@ -369,13 +374,13 @@ async fn one_429_with_retry_after_pauses_every_process_of_the_fleet() {
     let during: Vec<Duration> = seen[before..]
         .iter()
         .map(|s| s.received_at.saturating_duration_since(failed))
-        .filter(|after| *after > Duration::from_millis(300) && *after < Duration::from_millis(1900))
+        .filter(|after| *after > Duration::from_millis(100) && *after < Duration::from_millis(1900))
         .collect();
     assert!(during.is_empty(), "requests during the pause: {during:?}");
     let resumed = seen[before..]
         .iter()
         .filter(|s| s.received_at > failed + Duration::from_secs(2));
-    assert!(resumed.count() >= 4, "every process resumes");
+    assert!(resumed.count() >= FLEET, "every process resumes");
     assert_eq!(
         total(&reports).failures,
         1,
