@@ -65,6 +65,23 @@ pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>
 /// A function that logs in once: one attempt, no retries (the driver retries).
 pub(crate) type LoginFn = Arc<dyn Fn() -> BoxFuture<Result<Obtained, Error>> + Send + Sync>;
 
+/// Sends the check of a token that settles a bare 401 ([`Unauthorized::Check`]): a `GET` to
+/// the endpoint's path, on the refused request's origin, with the token; resolves to whether
+/// it was answered 401 (`None` if it was not answered at all). Made by each adapter, which has
+/// the client to send it with.
+pub(crate) type CheckFn = Box<dyn FnOnce(Endpoint, Arc<Token>) -> BoxFuture<Option<bool>> + Send>;
+
+/// The check of one token in flight, or the last one: at most one a second per token. Its
+/// answer is `None` until it has one: `Some(revoked)`, `Some(None)` if it was not answered.
+struct Checking {
+    generation: u64,
+    started: Instant,
+    answer: watch::Receiver<Option<Option<bool>>>,
+}
+
+/// The shortest time between two checks of one token.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
 /// The timings the core ages tokens by, from what the layer was built with (constant: read
 /// without the core's lock).
 fn timings(config: &Config) -> Timings {
@@ -201,6 +218,16 @@ impl Token {
         headers.insert(http::header::AUTHORIZATION, self.header.clone());
     }
 
+    /// Puts the token on the check that settles a bare 401 ([`Unauthorized::Check`]).
+    pub(crate) fn authorize_check(&self, headers: &mut HeaderMap) {
+        tracing::debug!(
+            target: "patchworks_auth",
+            generation = self.generation,
+            "a bare 401 within the cool-down: checking the token with a GET that answered it"
+        );
+        headers.insert(http::header::AUTHORIZATION, self.header.clone());
+    }
+
     /// A copy of the header whose bytes are its own, for one service's requests: their clones
     /// bump a reference count that no other service's requests touch. Shared once here, so that
     /// its clones allocate nothing.
@@ -277,6 +304,8 @@ pub(crate) struct Cache {
     most_waiting: AtomicUsize,
     waiting: AtomicUsize,
     store: Option<Shared>,
+    /// The last check that settled a bare 401, shared by the 401s waiting for it.
+    check: std::sync::Mutex<Option<Checking>>,
 }
 
 impl Cache {
@@ -343,6 +372,7 @@ impl Cache {
             most_waiting: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             store,
+            check: std::sync::Mutex::new(None),
         })
     }
 
@@ -570,7 +600,7 @@ impl Cache {
         let refused = status == http::StatusCode::UNAUTHORIZED;
         crate::metrics::replay(refused);
         let mut core = self.lock();
-        let again = core.replayed(Instant::now(), generation, endpoint, refused);
+        let again = core.replayed(Instant::now(), generation, endpoint, status);
         self.hint(&core);
         again
     }
@@ -591,8 +621,10 @@ impl Cache {
         if self.config.gate.is_some() && !self.core_wants.load(Ordering::Relaxed) {
             return;
         }
+        let endpoint = endpoint();
+        let checkable = status.is_success() && endpoint.method == http::Method::GET;
         let mut core = self.lock();
-        core.answered(Instant::now(), generation, endpoint());
+        core.answered(Instant::now(), generation, endpoint, checkable);
         self.hint(&core);
     }
 
@@ -611,6 +643,10 @@ impl Cache {
     /// When the token is renewed, a request that can be replayed (`replayable`) waits for the
     /// new token and fails with the login's error if there is none; one that cannot is answered
     /// with its 401 once the login is over, whatever its outcome.
+    ///
+    /// A bare 401 the core wants settled ([`Unauthorized::Check`]) waits for the check `check`
+    /// sends (or one in flight): answered 401, the token was revoked, and the request is renewed
+    /// and replayed as above; answered otherwise (or not at all), the 401 is returned.
     pub(crate) fn unauthorized(
         self: &Arc<Self>,
         generation: u64,
@@ -618,20 +654,94 @@ impl Cache {
         headers: &HeaderMap,
         replayable: bool,
         login: LoginFn,
+        check: CheckFn,
     ) -> impl Future<Output = Result<Option<Arc<Token>>, Error>> + Send + 'static {
         let decision = self.judge(generation, endpoint, challenge::verdict(headers));
-        let renew = matches!(decision, Unauthorized::Renew { .. });
-        let token = renew.then(|| self.token(login));
-        async move {
-            match token {
-                None => Ok(None),
-                Some(token) if replayable => token.await.map(|(token, _)| Some(token)),
-                Some(token) => {
-                    let _ = token.await;
-                    Ok(None)
+        let (cache, checked) = (
+            self.clone(),
+            match &decision {
+                Unauthorized::Check(probe) => {
+                    Some((probe.clone(), self.checking(generation, probe, check)))
                 }
+                _ => None,
+            },
+        );
+        let renew = matches!(decision, Unauthorized::Renew { .. });
+        let mut login = Some(login);
+        let token = renew
+            .then(|| -> BoxFuture<_> { Box::pin(self.token(login.take().expect("one login"))) });
+        async move {
+            let token = match (token, checked, login) {
+                (Some(token), _, _) => token,
+                (None, Some((probe, checked)), Some(login)) => {
+                    let mut checked = checked;
+                    let answer = checked
+                        .wait_for(Option::is_some)
+                        .await
+                        .ok()
+                        .and_then(|a| *a);
+                    if answer.flatten() != Some(true) {
+                        return Ok(None);
+                    }
+                    // Revoked: the check's path answered that token before, so its 401 renews.
+                    let decision = cache.judge(generation, &probe, Verdict::Unknown);
+                    if !matches!(decision, Unauthorized::Renew { .. }) {
+                        return Ok(None);
+                    }
+                    Box::pin(cache.token(login))
+                }
+                _ => return Ok(None),
+            };
+            match token.await {
+                Ok((token, _)) if replayable => Ok(Some(token)),
+                Ok(_) => Ok(None),
+                Err(_) if !replayable => Ok(None),
+                Err(error) => Err(error),
             }
         }
+    }
+
+    /// The check of token `generation` with a `GET` to `probe`: the one in flight, or the last
+    /// one's answer if it started less than a second ago, or a new one. It runs on a task of
+    /// its own, so that the 401s waiting for it may give up.
+    fn checking(
+        &self,
+        generation: u64,
+        probe: &Endpoint,
+        send: CheckFn,
+    ) -> watch::Receiver<Option<Option<bool>>> {
+        let mut slot = self.check.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let last = slot.as_ref().filter(|check| check.generation == generation);
+        let recent = |check: &&Checking| {
+            check.answer.borrow().is_none() || now < check.started + CHECK_EVERY
+        };
+        if let Some(check) = last.filter(recent) {
+            return check.answer.clone();
+        }
+        let started = now;
+        let (answered, answer) = watch::channel(None);
+        // Replaced meanwhile: the token is not current, so its 401 renews.
+        match self
+            .current
+            .load_full()
+            .filter(|t| t.generation == generation)
+        {
+            None => answered.send_replace(Some(Some(true))),
+            Some(token) => {
+                let probe = probe.clone();
+                tokio::spawn(async move {
+                    answered.send_replace(Some(send(probe, token).await));
+                });
+                None
+            }
+        };
+        *slot = Some(Checking {
+            generation,
+            started,
+            answer: answer.clone(),
+        });
+        answer
     }
 
     /// The core's judgement of a 401 to token `generation` (see [`Core::unauthorized`]),
@@ -648,6 +758,7 @@ impl Cache {
             Unauthorized::Renew { .. } => "stale",
             Unauthorized::Refused => "refused",
             Unauthorized::Keep => "kept",
+            Unauthorized::Check(_) => "checked",
         });
         if decision == (Unauthorized::Renew { discard: true }) {
             // The core discards only the token the 401 answered, which is the current one.

@@ -8,7 +8,7 @@
 
 use crate::{
     bounds::{HttpService, RequestBody, ResponseBody},
-    cache::{After, BoxFuture, Cache, Token},
+    cache::{After, BoxFuture, Cache, CheckFn, Token},
     error::{Error, Kind},
     login::login_fn,
     token::Endpoint,
@@ -608,6 +608,28 @@ where
     }
 }
 
+/// The check of a token that settles a bare 401 ([`CheckFn`]): a `GET` to the endpoint's path
+/// on `refused`'s origin, through a clone of the inner service, under the API budget.
+fn check_fn<S, ReqBody>(replayer: Arc<Replayer<S>>, mut inner: S, refused: Option<Uri>) -> CheckFn
+where
+    S: HttpService<ReqBody>,
+    ReqBody: From<Bytes> + Send + 'static,
+{
+    Box::new(move |probe: Endpoint, token: Arc<Token>| {
+        Box::pin(async move {
+            let mut parts = refused?.into_parts();
+            parts.path_and_query = Some(probe.path.parse().ok()?);
+            let uri = Uri::from_parts(parts).ok()?;
+            let mut request = Request::get(uri).body(ReqBody::from(Bytes::new())).ok()?;
+            token.authorize_check(request.headers_mut());
+            let spent = replayer.cache.spend().await.ok()?;
+            let response = inner.ready().await.ok()?.call(request).await;
+            spent.answered();
+            Some(response.ok()?.status() == StatusCode::UNAUTHORIZED)
+        })
+    })
+}
+
 /// A 401 to a request that carried the token: the core decides ([`Cache::unauthorized`]);
 /// the request is replayed once with the new token, or its 401 returned as it is.
 async fn recover<S, ReqBody, ResBody>(
@@ -631,7 +653,15 @@ where
     let endpoint = replay.endpoint();
     let login = login_fn(&cache.config, &inner);
     let headers = unauthorized.headers();
-    let decision = cache.unauthorized(generation, &endpoint, headers, replay.body_kept, login);
+    let check = check_fn(replayer.clone(), inner.clone(), replay.uri.uri());
+    let decision = cache.unauthorized(
+        generation,
+        &endpoint,
+        headers,
+        replay.body_kept,
+        login,
+        check,
+    );
     let Some(mut token) = decision.await? else {
         return Ok(unauthorized);
     };
@@ -653,7 +683,8 @@ where
         }
         // Refused with a token from the store: judged like any refused token.
         let (headers, login) = (response.headers(), login_fn(&cache.config, &inner));
-        let decision = cache.unauthorized(token.generation, &endpoint, headers, true, login);
+        let check = check_fn(replayer.clone(), inner.clone(), replay.uri.uri());
+        let decision = cache.unauthorized(token.generation, &endpoint, headers, true, login, check);
         match (decision.await?, replay.request::<ReqBody>()) {
             (Some(next), Some(next_request)) => (token, request) = (next, next_request),
             _ => return Ok(response),

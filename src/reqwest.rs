@@ -37,7 +37,7 @@
 //! `anyhow::Error` downcasts to [`Error`].
 
 use crate::{
-    cache::{BoxFuture, Cache, Check, LoginFn, Token},
+    cache::{BoxFuture, Cache, Check, CheckFn, LoginFn, Token},
     error::{Error, Kind},
     login,
     token::Endpoint,
@@ -56,6 +56,8 @@ use std::{fmt, future::Future, pin::Pin, sync::Arc};
 pub struct AuthMiddleware {
     cache: Arc<Cache>,
     login: LoginFn,
+    /// The client checks of the token are sent with (see [`Cache::unauthorized`]).
+    client: reqwest::Client,
 }
 
 impl AuthMiddleware {
@@ -64,8 +66,12 @@ impl AuthMiddleware {
     /// It shares its token with `layer` and every service the layer made.
     pub fn new(layer: AuthLayer, client: reqwest::Client) -> Self {
         let cache = layer.cache();
-        let login = login_fn(&cache.config, client);
-        AuthMiddleware { cache, login }
+        let login = login_fn(&cache.config, client.clone());
+        AuthMiddleware {
+            cache,
+            login,
+            client,
+        }
     }
 
     /// What the middleware knows of its token, without the token.
@@ -137,6 +143,7 @@ impl AuthMiddleware {
         spent: crate::budget::Spent,
     ) -> reqwest_middleware::Result<reqwest::Response> {
         let replay = request.try_clone();
+        let url = request.url().clone();
         let endpoint = Endpoint {
             method: request.method().clone(),
             path: request.url().path().to_owned(),
@@ -156,6 +163,7 @@ impl AuthMiddleware {
             response.headers(),
             replay.is_some(),
             self.login.clone(),
+            self.check_fn(&url),
         );
         let (Some(mut token), Some(mut replay)) =
             (decision.await.map_err(middleware_error)?, replay)
@@ -180,9 +188,9 @@ impl AuthMiddleware {
             }
             // Refused with a token from the store: judged like any refused token.
             let (headers, login) = (response.headers(), self.login.clone());
+            let check = self.check_fn(&url);
             let decision =
-                self.cache
-                    .unauthorized(token.generation, &endpoint, headers, true, login);
+                (self.cache).unauthorized(token.generation, &endpoint, headers, true, login, check);
             match (decision.await.map_err(middleware_error)?, copy) {
                 (Some(next_token), Some(next_replay)) => {
                     (token, replay) = (next_token, next_replay)
@@ -191,6 +199,24 @@ impl AuthMiddleware {
             }
         }
         unreachable!("the second replay returns")
+    }
+
+    /// The check of a token that settles a bare 401 ([`CheckFn`]): a `GET` to the endpoint's
+    /// path on `refused`'s origin, with this middleware's client, under the API budget.
+    fn check_fn(&self, refused: &reqwest::Url) -> CheckFn {
+        let (cache, client, mut url) = (self.cache.clone(), self.client.clone(), refused.clone());
+        Box::new(move |probe: Endpoint, token: Arc<Token>| {
+            Box::pin(async move {
+                url.set_path(&probe.path);
+                url.set_query(None);
+                let mut request = reqwest::Request::new(http::Method::GET, url);
+                token.authorize_check(request.headers_mut());
+                let spent = cache.spend().await.ok()?;
+                let response = client.execute(request).await;
+                spent.answered();
+                Some(response.ok()?.status() == StatusCode::UNAUTHORIZED)
+            })
+        })
     }
 }
 

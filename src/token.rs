@@ -24,7 +24,7 @@
 //! - which stored token may replace this process's ([`Core::takes`]).
 
 use crate::{challenge::Verdict, error::Error};
-use http::{HeaderValue, Method};
+use http::{HeaderValue, Method, StatusCode};
 use std::{
     collections::{HashMap, HashSet},
     fmt,
@@ -212,6 +212,11 @@ pub(crate) enum Unauthorized {
     /// The token is discarded (now, or by an earlier 401): wait for the next one (asking
     /// [`Core::need`]) and replay; `discard` says whether the current token goes now.
     Renew { discard: bool },
+    /// Settle it: check the token with a `GET` to this endpoint, which answered it with a 2xx,
+    /// at most once a second per token. A 401 to the check is a revocation
+    /// ([`Core::unauthorized`] for the endpoint then renews); any other answer makes the first
+    /// 401 the API's answer to its request, returned as it is.
+    Check(Endpoint),
 }
 
 /// The end of a login, as the core takes it.
@@ -270,6 +275,8 @@ struct Cooldown {
     /// Paths that answered that token with something other than 401: a 401 from one of these
     /// is a revocation, believed at once.
     answered: HashSet<String>,
+    /// The last `GET` that answered that token with a 2xx: what settles a bare 401.
+    probe: Option<Endpoint>,
 }
 
 /// An endpoint that refused a fresh token: its 401s are returned as they are until `until`.
@@ -464,6 +471,7 @@ impl Core {
                         proven: false,
                         kept_last: false,
                         answered: HashSet::new(),
+                        probe: None,
                     });
                 }
                 Ended::Installed {
@@ -541,8 +549,15 @@ impl Core {
     }
 
     /// A request with token `generation` had an answer other than 401 from `endpoint` at `now`:
-    /// evidence that the token is good and that `endpoint` does not refuse.
-    pub(crate) fn answered(&mut self, now: Instant, generation: u64, endpoint: Endpoint) {
+    /// evidence that the token is good and that `endpoint` does not refuse. `checkable`: it was
+    /// a `GET` answered with a 2xx, which can check the token again.
+    pub(crate) fn answered(
+        &mut self,
+        now: Instant,
+        generation: u64,
+        endpoint: Endpoint,
+        checkable: bool,
+    ) {
         self.streak = 0;
         self.refused.remove(&endpoint);
         self.cooldown = self.cooldown.take().filter(|c| now < c.until);
@@ -556,11 +571,15 @@ impl Core {
             if cooldown.answered.len() < MAX_ENDPOINTS {
                 cooldown.answered.insert(endpoint.path.clone());
             }
+            if checkable {
+                cooldown.probe = Some(endpoint);
+            }
         }
     }
 
     /// The request to `endpoint` replayed with token `generation` after a 401 was answered at
-    /// `now`: refused again (`refused`) or not. Returns whether to replay it once more.
+    /// `now` with `status`: refused again (a 401) or not. Returns whether to replay it once
+    /// more.
     ///
     /// A refusal of a token this process logged in for shows the endpoint refuses fresh tokens.
     /// One of a token taken from the store shows nothing (the store may hold a token revoked
@@ -570,10 +589,11 @@ impl Core {
         now: Instant,
         generation: u64,
         endpoint: Endpoint,
-        refused: bool,
+        status: StatusCode,
     ) -> bool {
-        if !refused {
-            self.answered(now, generation, endpoint);
+        if status != StatusCode::UNAUTHORIZED {
+            let checkable = status.is_success() && endpoint.method == Method::GET;
+            self.answered(now, generation, endpoint, checkable);
             return false;
         }
         let shared = self
@@ -611,9 +631,10 @@ impl Core {
     /// 5. After the second endpoint in a row refused a fresh token (the streak), a token
     ///    obtained less than the streak's grace ago: kept.
     /// 6. Within 10 s of a login a 401 caused, once its token has answered anything but 401: a
-    ///    bare 401 from a path that has not answered that token is kept, unless the answer
-    ///    before it was such a 401 too; a 401 from a path that has answered, or a second in a
-    ///    row, is a revocation.
+    ///    bare 401 from a path that has not answered that token is settled by a check of the
+    ///    token (a `GET` that answered it with a 2xx, at most once a second) when there is one;
+    ///    without one it is kept, unless the answer before it was such a 401 too. A 401 from a
+    ///    path that has answered, or a second in a row, is a revocation.
     /// 7. Otherwise the token is discarded, and requests wait for the next login and replay.
     pub(crate) fn unauthorized(
         &mut self,
@@ -647,6 +668,9 @@ impl Core {
                 && !cooldown.kept_last
                 && !cooldown.answered.contains(&endpoint.path)
             {
+                if let Some(probe) = &cooldown.probe {
+                    return Unauthorized::Check(probe.clone());
+                }
                 cooldown.kept_last = true;
                 return Unauthorized::Keep;
             }

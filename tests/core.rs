@@ -151,8 +151,18 @@ async fn distinct_paths_answering_401_between_200s_cost_one_login_per_ten_second
             }
         })
     };
+    let flows = || {
+        fake.seen()
+            .iter()
+            .filter(|s| s.path == "/api/v1/flows")
+            .count()
+    };
     crawl(0, 2_000).await;
     assert_eq!(fake.logins(), 2, "the first login, and the first 401's");
+    // Within the cool-down the bare 401s are settled by checks of the token (GET /flows, which
+    // answered it): at most one a second, and the clock stood still.
+    let checks = flows() - 2_000;
+    assert!(checks <= 1, "{checks} checks");
     for round in 1..=3 {
         tokio::time::advance(Duration::from_secs(10)).await;
         crawl(round * 2_000, round * 2_000 + 100).await;
@@ -161,6 +171,8 @@ async fn distinct_paths_answering_401_between_200s_cost_one_login_per_ten_second
             "round {round}: {}",
             fake.logins()
         );
+        let checks = flows() - 2_000 - 100 * round;
+        assert!(checks <= 1 + round, "round {round}: {checks} checks");
     }
 
     // A revocation among them is recovered, at the cost of one login.

@@ -320,3 +320,49 @@ async fn a_replay_goes_through_the_inner_service_as_get_mut_left_it() {
     assert_eq!(bodies[40], "after", "sent");
     assert_eq!(bodies[41], "after", "replayed");
 }
+
+/// A second revocation within the cool-down of the first (10 s after a login a 401 caused):
+/// the first bare 401 comes from a path that has not answered the new token, which the
+/// cool-down alone would return as the API's answer. A check of the token (a `GET` that
+/// answered it) settles it: answered 401, the token was revoked; the caller gets its replay's
+/// 200, never the 401.
+#[tokio::test(start_paused = true)]
+async fn a_second_revocation_within_the_cooldown_is_settled_by_a_check_not_returned() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let client = client(&fake);
+    hold_clock(async {
+        expect_status(&client, &fake, "/api/v1/flows", StatusCode::OK).await;
+        fake.revoke_tokens();
+        expect_status(&client, &fake, "/api/v1/flows", StatusCode::OK).await;
+        assert_eq!(fake.logins(), 2);
+    })
+    .await;
+    tokio::time::advance(Duration::from_secs(2)).await;
+    hold_clock(async {
+        fake.revoke_tokens();
+        let calls = fake.api_calls();
+        expect_status(&client, &fake, "/api/v1/projects", StatusCode::OK).await;
+        assert_eq!(fake.logins(), 3, "the revocation recovered");
+        assert_eq!(
+            fake.api_calls(),
+            calls + 3,
+            "the request, the check, the replay"
+        );
+        let seen = fake.seen();
+        let api: Vec<_> = seen.iter().filter(|s| s.path != "/api/v1/login").collect();
+        let last: Vec<_> = api[api.len() - 3..]
+            .iter()
+            .map(|s| (s.method.as_str(), s.path.as_str()))
+            .collect();
+        assert_eq!(
+            last,
+            [
+                ("GET", "/api/v1/projects"),
+                ("GET", "/api/v1/flows"),
+                ("GET", "/api/v1/projects")
+            ],
+            "the request, the check with a GET that answered the token, the replay"
+        );
+    })
+    .await;
+}

@@ -81,7 +81,11 @@ enum Decision {
     Fail,
     Keep,
     Refused,
-    Renew { discard: bool },
+    Renew {
+        discard: bool,
+    },
+    /// Check the token with a GET to this path (index in `PATHS`).
+    Check(usize),
     RenewLater,
     Installed,
     Failed,
@@ -100,6 +104,10 @@ struct ModelFailure {
     retry_at: Duration,
 }
 
+/// (generation, until, proven, kept the last 401, paths that answered, the last path that
+/// answered a GET with a 2xx)
+type ModelCooldown = (u64, Duration, bool, bool, HashSet<usize>, Option<usize>);
+
 #[derive(Clone, Debug, Default)]
 struct Model {
     now: Duration,
@@ -111,8 +119,7 @@ struct Model {
     failure: Option<ModelFailure>,
     streak: u32,
     refused: HashMap<usize, (Duration, u32)>,
-    /// (generation, until, proven, kept the last 401, paths that answered)
-    cooldown: Option<(u64, Duration, bool, bool, HashSet<usize>)>,
+    cooldown: Option<ModelCooldown>,
     decision: Option<Decision>,
 }
 
@@ -185,7 +192,7 @@ impl Model {
                         (self.ever_had, self.discarded, self.failure) = (true, false, None);
                         self.cooldown = (reason == Reason::Unauthorized).then(|| {
                             let until = now + UNAUTHORIZED_COOLDOWN;
-                            (self.generation, until, false, false, HashSet::new())
+                            (self.generation, until, false, false, HashSet::new(), None)
                         });
                         return Decision::Installed;
                     }
@@ -205,7 +212,7 @@ impl Model {
             } => {
                 let generation = self.generation.saturating_sub(u64::from(stale));
                 if answer == Answer::Ok {
-                    self.answered(generation, path);
+                    self.answered(generation, path, true);
                     return Decision::None;
                 }
                 if answer == Answer::InsufficientScope {
@@ -224,7 +231,9 @@ impl Model {
                 if now < token.obtained + grace(self.streak.saturating_sub(1)) {
                     return Decision::Keep;
                 }
-                if let Some((cooled, until, proven, kept_last, answered)) = &mut self.cooldown {
+                if let Some((cooled, until, proven, kept_last, answered, probe)) =
+                    &mut self.cooldown
+                {
                     if *cooled == generation
                         && *proven
                         && answer == Answer::Bare401
@@ -232,6 +241,9 @@ impl Model {
                         && !*kept_last
                         && !answered.contains(&path)
                     {
+                        if let Some(probe) = probe {
+                            return Decision::Check(*probe);
+                        }
                         *kept_last = true;
                         return Decision::Keep;
                     }
@@ -244,7 +256,7 @@ impl Model {
                     return Decision::None;
                 }
                 if !refused {
-                    self.answered(self.generation, path);
+                    self.answered(self.generation, path, true);
                 } else {
                     self.streak = (self.streak + 1).min(16);
                     let (until, times) = self.refused.entry(path).or_default();
@@ -256,14 +268,18 @@ impl Model {
         }
     }
 
-    fn answered(&mut self, generation: u64, path: usize) {
+    /// `checkable`: a GET answered with a 2xx (every `Answer::Ok`; not a replay's answer).
+    fn answered(&mut self, generation: u64, path: usize, checkable: bool) {
         self.streak = 0;
         self.refused.remove(&path);
         self.cooldown = self.cooldown.take().filter(|c| self.now < c.1);
-        if let Some((cooled, _, proven, kept_last, answered)) = &mut self.cooldown {
+        if let Some((cooled, _, proven, kept_last, answered, probe)) = &mut self.cooldown {
             if *cooled == generation {
                 (*proven, *kept_last) = (true, false);
                 answered.insert(path);
+                if checkable {
+                    *probe = Some(path);
+                }
             }
         }
     }
@@ -343,6 +359,15 @@ struct Harness {
     generations: (u64, u64),
     /// When the current token expires.
     expires: Option<Instant>,
+}
+
+/// A replay's answer: 401 if refused, else 200.
+fn status(refused: bool) -> StatusCode {
+    if refused {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::OK
+    }
 }
 
 fn endpoint(path: usize) -> Endpoint {
@@ -447,7 +472,7 @@ impl Harness {
                 };
                 let verdict = match answer {
                     Answer::Ok => {
-                        self.core.answered(now, generation, endpoint(path));
+                        self.core.answered(now, generation, endpoint(path), true);
                         return Decision::None;
                     }
                     Answer::Bare401 => Verdict::Unknown,
@@ -460,6 +485,9 @@ impl Harness {
                 {
                     Unauthorized::Keep => Decision::Keep,
                     Unauthorized::Refused => Decision::Refused,
+                    Unauthorized::Check(probe) => {
+                        Decision::Check(PATHS.iter().position(|p| *p == probe.path).unwrap())
+                    }
                     Unauthorized::Renew { discard } => {
                         if discard {
                             self.expires = None;
@@ -472,7 +500,7 @@ impl Harness {
                 if self.expires.is_some() {
                     let endpoint = endpoint(path);
                     self.core
-                        .replayed(now, self.generations.0, endpoint, refused);
+                        .replayed(now, self.generations.0, endpoint, status(refused));
                 }
                 Decision::None
             }
@@ -552,12 +580,17 @@ proptest! {
         for (i, gap) in gaps.iter().enumerate() {
             now += Duration::from_millis(*gap);
             let private = Endpoint { method: Method::GET, path: format!("/private/{i}") };
-            if let Unauthorized::Renew { .. } = core.unauthorized(now, generation, &private, Verdict::Unknown) {
-                generation = log_in(&mut core, now, &mut logins).unwrap_or(generation);
-                // The replay is refused: this path refuses fresh tokens.
-                core.replayed(now, generation, private, true);
+            match core.unauthorized(now, generation, &private, Verdict::Unknown) {
+                Unauthorized::Renew { .. } => {
+                    generation = log_in(&mut core, now, &mut logins).unwrap_or(generation);
+                    // The replay is refused: this path refuses fresh tokens.
+                    core.replayed(now, generation, private, StatusCode::UNAUTHORIZED);
+                }
+                // The check answers 200: the token is good, the 401 is the path's.
+                Unauthorized::Check(probe) => core.answered(now, generation, probe, true),
+                _ => {}
             }
-            core.answered(now, generation, endpoint(0));
+            core.answered(now, generation, endpoint(0), true);
         }
         let elapsed = (now - start).as_secs();
         prop_assert!(logins <= 2 + elapsed / 10, "{logins} logins in {elapsed} s");
