@@ -65,6 +65,13 @@ pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>
 /// A function that logs in once: one attempt, no retries (the driver retries).
 pub(crate) type LoginFn = Arc<dyn Fn() -> BoxFuture<Result<Obtained, Error>> + Send + Sync>;
 
+/// Why a request is sent again after a 401 ([`Token::authorize_again`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Again {
+    Replay,
+    Check,
+}
+
 /// Sends the check of a token that settles a bare 401 ([`Unauthorized::Check`]): a `GET` to
 /// the endpoint's path, on the refused request's origin, with the token; resolves to whether
 /// it was answered 401 (`None` if it was not answered at all). Made by each adapter, which has
@@ -207,24 +214,14 @@ impl Token {
         self.expires_at.map(|at| at - self.obtained_at)
     }
 
-    /// Puts the token in the headers of a request that got 401 with the token before, to send
-    /// it again.
-    pub(crate) fn authorize_replay(&self, headers: &mut HeaderMap) {
-        tracing::debug!(
-            target: "patchworks_auth",
-            generation = self.generation,
-            "replaying the request that got 401 with the new token"
-        );
-        headers.insert(http::header::AUTHORIZATION, self.header.clone());
-    }
-
-    /// Puts the token on the check that settles a bare 401 ([`Unauthorized::Check`]).
-    pub(crate) fn authorize_check(&self, headers: &mut HeaderMap) {
-        tracing::debug!(
-            target: "patchworks_auth",
-            generation = self.generation,
-            "a bare 401 within the cool-down: checking the token with a GET that answered it"
-        );
+    /// Puts the token in the headers of a request sent again after a 401: a replay, or the
+    /// check that settles a bare 401 ([`Unauthorized::Check`]).
+    pub(crate) fn authorize_again(&self, headers: &mut HeaderMap, again: Again) {
+        let what = match again {
+            Again::Replay => "replaying the request that got 401 with the new token",
+            Again::Check => "a bare 401 within the cool-down: checking the token with a GET",
+        };
+        tracing::debug!(target: "patchworks_auth", generation = self.generation, "{what}");
         headers.insert(http::header::AUTHORIZATION, self.header.clone());
     }
 

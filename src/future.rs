@@ -8,7 +8,7 @@
 
 use crate::{
     bounds::{HttpService, RequestBody, ResponseBody},
-    cache::{After, BoxFuture, Cache, CheckFn, Token},
+    cache::{After, Again, BoxFuture, Cache, CheckFn, Token},
     error::{Error, Kind},
     login::login_fn,
     token::Endpoint,
@@ -621,7 +621,7 @@ where
             parts.path_and_query = Some(probe.path.parse().ok()?);
             let uri = Uri::from_parts(parts).ok()?;
             let mut request = Request::get(uri).body(ReqBody::from(Bytes::new())).ok()?;
-            token.authorize_check(request.headers_mut());
+            token.authorize_again(request.headers_mut(), Again::Check);
             let spent = replayer.cache.spend().await.ok()?;
             let response = inner.ready().await.ok()?.call(request).await;
             spent.answered();
@@ -673,7 +673,7 @@ where
     drop(unauthorized);
     for again in [true, false] {
         let spent = cache.spend().await?;
-        token.authorize_replay(request.headers_mut());
+        token.authorize_again(request.headers_mut(), Again::Replay);
         let response = inner.ready().await.map_err(Into::into)?.call(request).await;
         spent.answered();
         let response = response.map_err(Into::into)?;

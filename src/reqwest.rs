@@ -37,7 +37,7 @@
 //! `anyhow::Error` downcasts to [`Error`].
 
 use crate::{
-    cache::{BoxFuture, Cache, Check, CheckFn, LoginFn, Token},
+    cache::{Again, BoxFuture, Cache, Check, CheckFn, LoginFn, Token},
     error::{Error, Kind},
     login,
     token::Endpoint,
@@ -174,7 +174,7 @@ impl AuthMiddleware {
         for again in [true, false] {
             let copy = replay.try_clone();
             let spent = self.cache.spend().await.map_err(middleware_error)?;
-            token.authorize_replay(replay.headers_mut());
+            token.authorize_again(replay.headers_mut(), Again::Replay);
             let response = next.clone().run(replay, &mut extensions_copy.clone()).await;
             spent.answered();
             let response = response?;
@@ -210,7 +210,7 @@ impl AuthMiddleware {
                 url.set_path(&probe.path);
                 url.set_query(None);
                 let mut request = reqwest::Request::new(http::Method::GET, url);
-                token.authorize_check(request.headers_mut());
+                token.authorize_again(request.headers_mut(), Again::Check);
                 let spent = cache.spend().await.ok()?;
                 let response = client.execute(request).await;
                 spent.answered();
