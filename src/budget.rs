@@ -759,6 +759,32 @@ mod tests {
         assert_eq!(log.take(at(5000), limit, window), Ok(()));
     }
 
+    /// A login that needs a unit goes ahead of the requests queued for the budget (they need
+    /// its token), and a request's unit is dated when it was taken.
+    #[tokio::test(start_paused = true)]
+    async fn a_login_goes_ahead_of_the_requests_queued_for_the_budget() {
+        let budget = Budget::new(1, Duration::from_secs(60)).max_wait(Duration::from_secs(600));
+        let gate = Arc::new(Gate::new(budget, None));
+        let first = gate.take(Purpose::Request).await.unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let take = |purpose, name: &'static str| {
+            let (gate, order) = (gate.clone(), order.clone());
+            tokio::spawn(async move {
+                let _ = gate.take(purpose).await;
+                order.lock().unwrap().push(name);
+            })
+        };
+        let requests: Vec<_> = (0..3).map(|_| take(Purpose::Request, "request")).collect();
+        tokio::task::yield_now().await; // the requests queue, the first at the turnstile
+        let login = take(Purpose::Login, "login");
+        login.await.unwrap();
+        assert_eq!(*order.lock().unwrap(), ["login"], "the login first");
+        drop(first);
+        for request in requests {
+            request.abort();
+        }
+    }
+
     /// A unit whose request was answered is dated earlier, by what the default margin kept
     /// beyond the time that took: it ages out sooner, and the log stays in order.
     #[test]
