@@ -785,6 +785,89 @@ mod tests {
         }
     }
 
+    /// A store that answers its first budget take only when told to.
+    #[derive(Debug, Default)]
+    struct HeldStore {
+        asked: Notify,
+        answer: Notify,
+        takes: AtomicUsize,
+    }
+
+    impl TokenStore for HeldStore {
+        fn load<'a>(&'a self, _: &'a str) -> crate::store::StoreFuture<'a, Option<Vec<u8>>> {
+            Box::pin(async { Ok(None) })
+        }
+        fn save<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a [u8],
+            _: Duration,
+        ) -> crate::store::StoreFuture<'a, ()> {
+            Box::pin(async { Ok(()) })
+        }
+        fn lock<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            _: Duration,
+        ) -> crate::store::StoreFuture<'a, bool> {
+            Box::pin(async { Ok(true) })
+        }
+        fn unlock<'a>(&'a self, _: &'a str, _: &'a str) -> crate::store::StoreFuture<'a, ()> {
+            Box::pin(async { Ok(()) })
+        }
+        fn take_budget<'a>(
+            &'a self,
+            _: &'a str,
+            _: u32,
+            _: Duration,
+            _: &'a str,
+        ) -> crate::store::StoreFuture<'a, Option<Duration>> {
+            Box::pin(async move {
+                if self.takes.fetch_add(1, Ordering::SeqCst) == 0 {
+                    self.asked.notify_one();
+                    self.answer.notified().await;
+                }
+                Ok(None)
+            })
+        }
+        fn pause_budget<'a>(
+            &'a self,
+            _: &'a str,
+            _: Duration,
+        ) -> crate::store::StoreFuture<'a, ()> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    /// A 429 seen while a unit was being taken from the store: the process hands out no unit
+    /// before the pause ends, that one included (the pause may not have reached the store).
+    #[tokio::test(start_paused = true)]
+    async fn a_unit_from_the_store_waits_for_a_pause_set_meanwhile() {
+        let store = Arc::new(HeldStore::default());
+        let shared: Arc<dyn TokenStore> = store.clone();
+        let gate = Arc::new(Gate::new(
+            Budget::per_minute(100),
+            Some((shared, "k".into())),
+        ));
+        let taking = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.take(Purpose::Request).await.map(|_| Instant::now()) }
+        });
+        store.asked.notified().await;
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::RETRY_AFTER, "2".parse().unwrap());
+        let paused = Instant::now();
+        gate.too_many(&headers);
+        store.answer.notify_one();
+        let taken = taking.await.unwrap().unwrap();
+        assert!(
+            taken - paused >= Duration::from_secs(2),
+            "{:?}",
+            taken - paused
+        );
+    }
+
     /// A unit whose request was answered is dated earlier, by what the default margin kept
     /// beyond the time that took: it ages out sooner, and the log stays in order.
     #[test]
