@@ -31,7 +31,9 @@
 //!   default; a wait for a login is not counted). Past it the request fails, unsent, with an
 //!   [`Error`] for which [`is_budget_exhausted`](Error::is_budget_exhausted) is `true`, which
 //!   [`RetryPolicy`](crate::retry::RetryPolicy) retries. A caller that gives up while waiting
-//!   gives its turn back.
+//!   gives its turn back, and a unit whose request is then never sent (the service below
+//!   failed to get ready, or the caller gave up first) goes back to a budget kept in the
+//!   process.
 //! - **Shared.** With a [store](crate::store), the budget is the account's, across every
 //!   process that uses the store: in Redis, one atomic script on a key per account (hashed as
 //!   the token's key), timed by the Redis server's clock so that hosts with skewed clocks
@@ -274,6 +276,16 @@ impl Log {
         true
     }
 
+    /// Takes out a unit dated `dated`, unused: whether it was there.
+    fn give_back(&mut self, dated: u64) -> bool {
+        let at = self.sent.partition_point(|unit| *unit < dated);
+        if self.sent.get(at) != Some(&dated) {
+            return false;
+        }
+        self.sent.remove(at);
+        true
+    }
+
     /// Pauses the log until `until`, unless a longer pause is set.
     pub(crate) fn pause(&mut self, until: u64) {
         self.paused_until = Some(self.paused_until.map_or(until, |paused| paused.max(until)));
@@ -363,7 +375,7 @@ impl Gate {
     /// [`Error::is_budget_exhausted`] after `max_wait` (never for a login).
     pub(crate) async fn take(self: &Arc<Self>, purpose: Purpose) -> Result<Spent, Error> {
         let taken = self.take_unit(purpose).await?;
-        Ok(Spent(Some((self.clone(), taken))))
+        Ok(Spent::new(self.clone(), taken))
     }
 
     /// [`take`](Self::take): when the unit was dated, at the latest (the start of the try that
@@ -599,6 +611,14 @@ impl Gate {
         }
     }
 
+    /// A unit dated `taken` was not used: its request was never sent. It goes back to a budget
+    /// kept in the process (a store's unit stays spent: the store has no way to give it back).
+    fn give_back(&self, taken: Instant) {
+        if self.shared.is_none() && self.lock().give_back(self.at(taken)) {
+            self.redated.notify_waiters();
+        }
+    }
+
     /// `instant` on the process's log's clock.
     fn at(&self, instant: Instant) -> u64 {
         micros(instant.saturating_duration_since(self.epoch))
@@ -611,19 +631,50 @@ impl Gate {
 
 /// A unit taken for a request about to be sent, and when it was dated (at the latest), so
 /// that its answer times the margin ([`Gate::answered_after`]); none without a budget.
+///
+/// Dropped before [`sending`](Self::sending) (the service below was not ready, or the caller
+/// gave up first), the unit goes back: the request was never sent.
 #[must_use]
-pub(crate) struct Spent(Option<(Arc<Gate>, Instant)>);
+pub(crate) struct Spent {
+    unit: Option<(Arc<Gate>, Instant)>,
+    sent: bool,
+}
 
 impl Spent {
+    fn new(gate: Arc<Gate>, taken: Instant) -> Spent {
+        Spent {
+            unit: Some((gate, taken)),
+            sent: false,
+        }
+    }
+
     /// No unit: there is no budget.
     pub(crate) fn none() -> Spent {
-        Spent(None)
+        Spent {
+            unit: None,
+            sent: false,
+        }
+    }
+
+    /// The request is handed to the service below, ready: from now on it may reach
+    /// Patchworks, and its unit is spent.
+    pub(crate) fn sending(&mut self) {
+        self.sent = true;
     }
 
     /// The request's answer (any answer, or an error after it was sent) came.
-    pub(crate) fn answered(self) {
-        if let Some((gate, taken)) = self.0 {
+    pub(crate) fn answered(mut self) {
+        self.sent = true;
+        if let Some((gate, taken)) = self.unit.take() {
             gate.answered_after(taken);
+        }
+    }
+}
+
+impl Drop for Spent {
+    fn drop(&mut self) {
+        if let (false, Some((gate, taken))) = (self.sent, self.unit.take()) {
+            gate.give_back(taken);
         }
     }
 }
@@ -765,12 +816,15 @@ mod tests {
     async fn a_login_goes_ahead_of_the_requests_queued_for_the_budget() {
         let budget = Budget::new(1, Duration::from_secs(60)).max_wait(Duration::from_secs(600));
         let gate = Arc::new(Gate::new(budget, None));
-        let first = gate.take(Purpose::Request).await.unwrap();
+        let mut first = gate.take(Purpose::Request).await.unwrap();
+        first.sending();
         let order = Arc::new(Mutex::new(Vec::new()));
         let take = |purpose, name: &'static str| {
             let (gate, order) = (gate.clone(), order.clone());
             tokio::spawn(async move {
-                let _ = gate.take(purpose).await;
+                if let Ok(mut spent) = gate.take(purpose).await {
+                    spent.sending();
+                }
                 order.lock().unwrap().push(name);
             })
         };
@@ -783,6 +837,21 @@ mod tests {
         for request in requests {
             request.abort();
         }
+    }
+
+    /// A unit whose request was never sent (the service below failed to get ready, or the
+    /// caller gave up first) goes back; one sent stays spent, answered or not.
+    #[tokio::test(start_paused = true)]
+    async fn a_unit_never_sent_goes_back() {
+        let gate = || Arc::new(Gate::new(Budget::new(1, Duration::from_secs(60)), None));
+        let unsent = gate();
+        drop(unsent.take(Purpose::Request).await.unwrap());
+        assert!(unsent.take_now(), "given back");
+        let sent = gate();
+        let mut spent = sent.take(Purpose::Request).await.unwrap();
+        spent.sending();
+        drop(spent);
+        assert!(!sent.take_now(), "sent: spent, though never answered");
     }
 
     /// A store that answers its first budget take only when told to.

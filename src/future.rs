@@ -622,8 +622,10 @@ where
             let uri = Uri::from_parts(parts).ok()?;
             let mut request = Request::get(uri).body(ReqBody::from(Bytes::new())).ok()?;
             token.authorize_again(request.headers_mut(), Again::Check);
-            let spent = replayer.cache.spend().await.ok()?;
-            let response = inner.ready().await.ok()?.call(request).await;
+            let mut spent = replayer.cache.spend().await.ok()?;
+            let ready = inner.ready().await.ok()?;
+            spent.sending();
+            let response = ready.call(request).await;
             spent.answered();
             Some(response.ok()?.status() == StatusCode::UNAUTHORIZED)
         })
@@ -672,9 +674,11 @@ where
     };
     drop(unauthorized);
     for again in [true, false] {
-        let spent = cache.spend().await?;
+        let mut spent = cache.spend().await?;
         token.authorize_again(request.headers_mut(), Again::Replay);
-        let response = inner.ready().await.map_err(Into::into)?.call(request).await;
+        let ready = inner.ready().await.map_err(Into::into)?;
+        spent.sending();
+        let response = ready.call(request).await;
         spent.answered();
         let response = response.map_err(Into::into)?;
         let answer = (response.status(), response.headers());

@@ -98,7 +98,8 @@ where
                 None => Ok(crate::budget::Spent::none()),
             };
             // A login's take is never refused (its wait is the login timeout's).
-            let spent = spent.unwrap_or_else(|_| crate::budget::Spent::none());
+            let mut spent = spent.unwrap_or_else(|_| crate::budget::Spent::none());
+            spent.sending();
             let sent_at = Instant::now();
             let login = request(login_url, *form, account, password, scope.as_deref());
             let response = send(login).await;

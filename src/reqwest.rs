@@ -149,6 +149,8 @@ impl AuthMiddleware {
             path: request.url().path().to_owned(),
         };
         let extensions_copy = extensions.clone();
+        let mut spent = spent;
+        spent.sending();
         let response = next.clone().run(request, extensions).await;
         spent.answered();
         let response = response?;
@@ -173,8 +175,9 @@ impl AuthMiddleware {
         drop(response);
         for again in [true, false] {
             let copy = replay.try_clone();
-            let spent = self.cache.spend().await.map_err(middleware_error)?;
+            let mut spent = self.cache.spend().await.map_err(middleware_error)?;
             token.authorize_again(replay.headers_mut(), Again::Replay);
+            spent.sending();
             let response = next.clone().run(replay, &mut extensions_copy.clone()).await;
             spent.answered();
             let response = response?;
@@ -211,7 +214,8 @@ impl AuthMiddleware {
                 url.set_query(None);
                 let mut request = reqwest::Request::new(http::Method::GET, url);
                 token.authorize_again(request.headers_mut(), Again::Check);
-                let spent = cache.spend().await.ok()?;
+                let mut spent = cache.spend().await.ok()?;
+                spent.sending();
                 let response = client.execute(request).await;
                 spent.answered();
                 Some(response.ok()?.status() == StatusCode::UNAUTHORIZED)

@@ -341,8 +341,11 @@ impl<S: Clone> Auth<S> {
         ResponseFuture::slow(Box::pin(async move {
             // The token first (a login if one is needed), then the unit.
             let (_, after) = auth.shared.cache.token(login).await?;
-            let spent = auth.shared.cache.spend().await?;
-            let response = tower::ServiceExt::oneshot(auth, request).await;
+            let mut spent = auth.shared.cache.spend().await?;
+            // Not ready (or dropped before): never sent, the unit goes back.
+            let ready = tower::ServiceExt::ready(&mut auth).await?;
+            spent.sending();
+            let response = ready.call(request).await;
             spent.answered();
             if let Some(after) = after {
                 after.await;
