@@ -316,3 +316,33 @@ async fn a_refusal_at_the_default_max_wait_is_not_a_timeout() {
     assert!(error.is_some_and(|e| e.is_budget_exhausted()), "{error:?}");
     assert_eq!(client.state().budget_refused, 4);
 }
+
+/// A cold backlog over the ready client's own budget (240 a minute): 300 GETs at once. The
+/// login goes first; every request is answered, or refused with `is_budget_exhausted()` after
+/// the retry policy's attempts; none fails as a timeout or a login failure. On a paused clock.
+#[tokio::test(start_paused = true)]
+async fn a_cold_backlog_over_the_default_budget_is_answered_or_refused_as_such() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let client = client(&fake);
+    let requests: Vec<_> = (0..300)
+        .map(|_| tokio::spawn(client.clone().oneshot(get_path("/flows"))))
+        .collect();
+    let (mut answered, mut refused) = (0, 0);
+    for request in requests {
+        match request.await.unwrap() {
+            Ok(response) => {
+                assert_eq!(response.status(), StatusCode::OK);
+                answered += 1;
+            }
+            Err(error) => {
+                let error = error.downcast_ref::<patchworks_auth::Error>();
+                assert!(error.is_some_and(|e| e.is_budget_exhausted()), "{error:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(answered + refused, 300);
+    assert!(answered >= 239, "{answered} answered, {refused} refused");
+    assert_eq!(fake.logins(), 1);
+    assert_eq!(fake.too_many(), 0);
+}
