@@ -71,13 +71,7 @@ async fn logins_401s_replays_the_expiry_and_the_store_are_recorded() {
         .store(FileStore::new(dir.join("token")))
         .layer(fake.client());
     let mut watch = client.watch();
-    hold_clock(expect_status(
-        &client,
-        &fake,
-        "/api/v1/flows",
-        StatusCode::OK,
-    ))
-    .await;
+    flows_ok(&client, &fake).await;
     let logins = "patchworks_auth_logins_total";
     assert_eq!(
         count(
@@ -121,13 +115,7 @@ async fn logins_401s_replays_the_expiry_and_the_store_are_recorded() {
 
     // A stale 401 and its replay.
     fake.revoke_tokens();
-    hold_clock(expect_status(
-        &client,
-        &fake,
-        "/api/v1/flows",
-        StatusCode::OK,
-    ))
-    .await;
+    flows_ok(&client, &fake).await;
     let unauthorized = "patchworks_auth_unauthorized_total";
     assert_eq!(count(unauthorized, &[("verdict", "stale")]), Some(1.0));
     assert_eq!(
@@ -231,13 +219,7 @@ async fn a_renewal_is_recorded() {
     let first = watch.borrow().obtained_at;
     assert!(first.is_some());
     // The renewal runs in the background; the watch says when it is done.
-    hold_clock(expect_status(
-        &client,
-        &fake,
-        "/api/v1/flows",
-        StatusCode::OK,
-    ))
-    .await;
+    flows_ok(&client, &fake).await;
     hold_clock(watch.wait_for(|state| state.obtained_at > first))
         .await
         .unwrap();
@@ -272,13 +254,7 @@ async fn watch_wakes_on_a_failed_renewal_with_its_error() {
     fake.set_login_answer(patchworks_auth::test_util::LoginAnswer::Status(
         StatusCode::UNAUTHORIZED,
     ));
-    hold_clock(expect_status(
-        &client,
-        &fake,
-        "/api/v1/flows",
-        StatusCode::OK,
-    ))
-    .await;
+    flows_ok(&client, &fake).await;
     hold_clock(watch.changed()).await.unwrap();
     let state = watch.borrow().clone();
     assert!(state.usable, "the token stays in use: {state:?}");

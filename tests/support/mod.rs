@@ -53,6 +53,13 @@ pub async fn expect_status(
     assert_eq!(status(client, fake, path).await, expected, "GET {path}");
 }
 
+/// `GET /api/v1/flows` answers 200, with the paused clock held while it runs (see
+/// `hold_clock`): the warm request most tests make between the steps they are about.
+pub async fn flows_ok(client: &Client, fake: &FakePatchworks) {
+    let ok = expect_status(client, fake, "/api/v1/flows", StatusCode::OK);
+    patchworks_auth::test_util::hold_clock(ok).await;
+}
+
 /// `GET path` on `fake` through `client` fails with the layer's own error: that error.
 pub async fn layer_error(
     client: &Client,
