@@ -654,40 +654,33 @@ impl Cache {
         check: CheckFn,
     ) -> impl Future<Output = Result<Option<Arc<Token>>, Error>> + Send + 'static {
         let decision = self.judge(generation, endpoint, challenge::verdict(headers));
-        let (cache, checked) = (
-            self.clone(),
-            match &decision {
-                Unauthorized::Check(probe) => {
-                    Some((probe.clone(), self.checking(generation, probe, check)))
-                }
-                _ => None,
-            },
-        );
-        let renew = matches!(decision, Unauthorized::Renew { .. });
-        let mut login = Some(login);
-        let token = renew
-            .then(|| -> BoxFuture<_> { Box::pin(self.token(login.take().expect("one login"))) });
+        let checked = match &decision {
+            Unauthorized::Check(probe) => {
+                Some((probe.clone(), self.checking(generation, probe, check)))
+            }
+            _ => None,
+        };
+        // A renewal starts now, before the caller polls.
+        let renewal = matches!(decision, Unauthorized::Renew { .. })
+            .then(|| -> BoxFuture<_> { Box::pin(self.token(login.clone())) });
+        let cache = self.clone();
         async move {
-            let token = match (token, checked, login) {
-                (Some(token), _, _) => token,
-                (None, Some((probe, checked)), Some(login)) => {
-                    let mut checked = checked;
-                    let answer = checked
-                        .wait_for(Option::is_some)
-                        .await
-                        .ok()
-                        .and_then(|a| *a);
-                    if answer.flatten() != Some(true) {
-                        return Ok(None);
-                    }
+            let token = match (renewal, checked) {
+                (Some(renewal), _) => renewal,
+                (None, Some((probe, mut answer))) => {
+                    let answer = answer.wait_for(Option::is_some).await.ok().and_then(|a| *a);
                     // Revoked: the check's path answered that token before, so its 401 renews.
-                    let decision = cache.judge(generation, &probe, Verdict::Unknown);
-                    if !matches!(decision, Unauthorized::Renew { .. }) {
+                    let revoked = answer.flatten() == Some(true)
+                        && matches!(
+                            cache.judge(generation, &probe, Verdict::Unknown),
+                            Unauthorized::Renew { .. }
+                        );
+                    if !revoked {
                         return Ok(None);
                     }
                     Box::pin(cache.token(login))
                 }
-                _ => return Ok(None),
+                (None, None) => return Ok(None),
             };
             match token.await {
                 Ok((token, _)) if replayable => Ok(Some(token)),
