@@ -10,6 +10,10 @@ use http_body::Body;
 use tower::BoxError;
 use tower_service::Service;
 
+/// A boxed future the layer's rarer paths (login waits, replays, checks) run as.
+pub(crate) type BoxFuture<T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
+
 mod sealed {
     pub trait Service<ReqBody> {}
     pub trait Body {}

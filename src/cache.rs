@@ -13,12 +13,14 @@
 //! while a runtime does.
 
 use crate::{
+    bounds::BoxFuture,
     budget::Purpose,
     challenge::{self, Verdict},
     clock::Coarse,
     config::Config,
     credentials::{api_key_header, Secret},
     error::Error,
+    login::LoginFn,
     store::{Owner, Shared, STORE_BUDGET},
     token::{
         Attempts, Core, Ended, Endpoint, Failure, Need, Obtained, Reason, Renew, Start, Step,
@@ -30,7 +32,7 @@ use http::{HeaderMap, HeaderValue};
 use std::{
     fmt,
     future::{poll_fn, Future},
-    pin::{pin, Pin},
+    pin::pin,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering},
         Arc, OnceLock, Weak,
@@ -59,11 +61,6 @@ const STORE_POLL: Duration = Duration::from_millis(100);
 /// or take the fleet's (plus up to half again): every 500 ms at first, doubling to every 30 s
 /// while the store stays down.
 const RESYNC: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
-
-pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
-/// A function that logs in once: one attempt, no retries (the driver retries).
-pub(crate) type LoginFn = Arc<dyn Fn() -> BoxFuture<Result<Obtained, Error>> + Send + Sync>;
 
 /// Why a request is sent again after a 401 ([`Token::authorize_again`]).
 #[derive(Clone, Copy, Debug)]
@@ -445,7 +442,7 @@ impl Cache {
         let current = self.current.load_full();
         // An API key is neither obtained nor expires.
         let login = current.as_ref().filter(|token| token.expires_at.is_some());
-        TokenState {
+        let state = TokenState {
             obtained_at: login.map(|token| token.obtained_at.into_std()),
             expires_at: login
                 .and_then(|token| token.expires_at)
@@ -457,8 +454,11 @@ impl Cache {
             last_error: core.last_error().cloned(),
             store_outages: self.store.as_ref().map_or(0, Shared::outages),
             ..TokenState::default()
+        };
+        match &self.config.gate {
+            Some(gate) => gate.counted(state),
+            None => state,
         }
-        .with_budget(self.config.gate.as_deref())
     }
 
     /// A token that may be sent: the current one, or the outcome of the login in flight, or of

@@ -11,7 +11,11 @@
 //! new challenge (`scheme`, `scheme token68`, `scheme name=value`) or one more parameter of the
 //! current challenge (`name=value`), values being tokens or quoted strings.
 
-use http::{header::WWW_AUTHENTICATE, HeaderMap};
+use http::{
+    header::{RETRY_AFTER, WWW_AUTHENTICATE},
+    HeaderMap,
+};
+use std::time::{Duration, SystemTime};
 
 /// What a 401's challenges say about the token that was sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,6 +152,20 @@ fn trim(s: &[u8]) -> &[u8] {
         .rposition(|&b| b != b' ' && b != b'\t')
         .map_or(0, |i| i + 1);
     &s[..end]
+}
+
+/// The wait a `Retry-After` asks for: delay-seconds or an HTTP date (`now` is the wall clock).
+/// At most a day: a longer wait is taken as a day.
+pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let wait = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let at = httpdate::parse_http_date(value).ok()?;
+            at.duration_since(now).unwrap_or_default()
+        }
+    };
+    Some(wait.min(Duration::from_secs(24 * 60 * 60)))
 }
 
 #[cfg(test)]

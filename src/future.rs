@@ -7,8 +7,9 @@
 //! copy and a pointer: 176 bytes over hyper-util's client.
 
 use crate::{
+    bounds::BoxFuture,
     bounds::{HttpService, RequestBody, ResponseBody},
-    cache::{After, Again, BoxFuture, Cache, CheckFn, Token},
+    cache::{After, Again, Cache, CheckFn, Token},
     error::{Error, Kind},
     login::login_fn,
     token::Endpoint,

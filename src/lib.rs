@@ -102,7 +102,7 @@
 //!    type (see [`body`]).
 //! 1. `ServiceBuilder::timeout` (tower's `TimeoutLayer`, not tower-http's server-side one)
 //!    outermost bounds what the caller waits, every hop, retry and login wait included; it
-//!    does not abort a login other requests share. Under an API [budget](budget) it counts a
+//!    does not abort a login other requests share. Under an API [budget] it counts a
 //!    request's wait for its turn too: keep it longer than the budget's `max_wait` times the
 //!    attempts, or a request over the budget fails as "request timed out" instead of
 //!    [`is_budget_exhausted`](Error::is_budget_exhausted), which the retry policy retries. The

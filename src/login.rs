@@ -5,7 +5,6 @@
 
 use crate::{
     bounds::{HttpService, ResponseBody},
-    cache::LoginFn,
     config::Config,
     credentials::{Form, Secret},
     error::{Error, Kind},
@@ -13,7 +12,7 @@ use crate::{
 };
 use base64::Engine as _;
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Deserialize;
@@ -26,6 +25,10 @@ use std::{
 use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_http::follow_redirect::RequestUri;
+
+/// A function that logs in once: one attempt, no retries (the driver retries).
+pub(crate) type LoginFn =
+    Arc<dyn Fn() -> crate::bounds::BoxFuture<Result<Obtained, Error>> + Send + Sync>;
 
 /// The largest login answer read; a larger one is refused. A real answer is about 1 KiB.
 pub(crate) const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -212,7 +215,7 @@ where
             }
             _ => Error::new(Kind::Status(
                 status,
-                retry_after(response.headers(), SystemTime::now()),
+                crate::challenge::retry_after(response.headers(), SystemTime::now()),
             )),
         });
     }
@@ -268,20 +271,6 @@ fn oauth_error(status: StatusCode, body: &[u8], secret: &str) -> Error {
         code,
         description: description.map(clean),
     })
-}
-
-/// The wait a `Retry-After` asks for: delay-seconds or an HTTP date (`now` is the wall clock).
-/// At most a day: a longer wait is taken as a day.
-pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
-    let wait = match value.parse::<u64>() {
-        Ok(seconds) => Duration::from_secs(seconds),
-        Err(_) => {
-            let at = httpdate::parse_http_date(value).ok()?;
-            at.duration_since(now).unwrap_or_default()
-        }
-    };
-    Some(wait.min(Duration::from_secs(24 * 60 * 60)))
 }
 
 fn too_large() -> Error {

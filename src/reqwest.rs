@@ -37,9 +37,11 @@
 //! `anyhow::Error` downcasts to [`Error`].
 
 use crate::{
-    cache::{Again, BoxFuture, Cache, Check, CheckFn, LoginFn, Token},
+    bounds::BoxFuture,
+    cache::{Again, Cache, Check, CheckFn, Token},
     error::{Error, Kind},
     login,
+    login::LoginFn,
     token::Endpoint,
     AuthLayer,
 };

@@ -257,7 +257,7 @@ fn is_idempotent(method: &Method) -> bool {
 
 /// The wait an answer's `Retry-After` asks for: delay-seconds or an HTTP date.
 fn retry_after<B>(response: &Response<B>) -> Option<Duration> {
-    crate::login::retry_after(response.headers(), SystemTime::now())
+    crate::challenge::retry_after(response.headers(), SystemTime::now())
 }
 
 /// Whether an error (or one of its causes) is a connection that could not be made or broke.

@@ -1,8 +1,9 @@
 //! The service: decides per request whether and with what token it is sent.
 
 use crate::{
+    bounds::BoxFuture,
     bounds::{HttpService, RequestBody, ResponseBody},
-    cache::{BoxFuture, Cache, Check, Current, Token},
+    cache::{Cache, Check, Current, Token},
     future::{Ready, Replayer, ResponseFuture},
     login,
     token::TokenState,

@@ -887,21 +887,6 @@ pub struct TokenState {
     pub budget_queued: usize,
 }
 
-impl TokenState {
-    pub(crate) fn with_budget(mut self, gate: Option<&crate::budget::Gate>) -> Self {
-        if let Some(gate) = gate {
-            (
-                self.budget_waited,
-                self.budget_longest_wait,
-                self.budget_pauses,
-                self.budget_refused,
-                self.budget_queued,
-            ) = gate.counts();
-        }
-        self
-    }
-}
-
 impl fmt::Debug for TokenState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         /// An instant as whole seconds from now.

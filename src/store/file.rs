@@ -1,7 +1,7 @@
 //! A token store in files, one per account, each locked with an OS file lock.
 
 use super::{StoreFuture, TokenStore};
-use crate::budget::Log;
+use crate::budget::log::Log;
 use sha2::{Digest, Sha256};
 use std::{
     collections::HashMap,
@@ -117,7 +117,7 @@ impl TokenStore for FileStore {
     ) -> StoreFuture<'a, Option<Duration>> {
         let path = budget_path(&self.paths(key).0);
         Box::pin(blocking(move || {
-            let window = crate::budget::micros(window);
+            let window = crate::budget::log::micros(window);
             update_budget(&path, |now, log| {
                 log.take(now, limit, window)
                     .err()
@@ -129,7 +129,7 @@ impl TokenStore for FileStore {
     fn pause_budget<'a>(&'a self, key: &'a str, pause: Duration) -> StoreFuture<'a, ()> {
         let path = budget_path(&self.paths(key).0);
         Box::pin(blocking(move || {
-            let pause = crate::budget::micros(pause);
+            let pause = crate::budget::log::micros(pause);
             update_budget(&path, |now, log| log.pause(now.saturating_add(pause)))
         }))
     }
@@ -180,7 +180,7 @@ fn update_budget<T>(path: &Path, f: impl FnOnce(u64, &mut Log) -> T) -> io::Resu
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_err(io::Error::other)?;
-    let outcome = f(crate::budget::micros(now), &mut log);
+    let outcome = f(crate::budget::log::micros(now), &mut log);
     let mut out = Vec::with_capacity(12 + 8 * log.sent.len());
     out.extend_from_slice(BUDGET_MAGIC);
     out.extend_from_slice(&log.paused_until.unwrap_or(0).to_be_bytes());

@@ -63,10 +63,14 @@
 //! burst through, and is the same rule in Redis, in a file and in the process, so a fallback
 //! changes nothing but the sharing.
 
-use crate::{error::Error, store::TokenStore};
+pub(crate) mod log;
+
+use log::PAUSE;
+use log::{micros, Log};
+
+use crate::{error::Error, store::TokenStore, token::TokenState};
 use http::{HeaderMap, StatusCode};
 use std::{
-    collections::VecDeque,
     fmt,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -80,8 +84,6 @@ use tokio::{
     time::{sleep_until, timeout, Instant},
 };
 
-/// How long a 429 pauses the budget when it says nothing, and the longest it may.
-const PAUSE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(300));
 /// The longest one budget operation on the store may take before the process goes on alone.
 const STORE_DEADLINE: Duration = Duration::from_millis(250);
 /// After a store operation failed, how long the process keeps its own budget before one
@@ -192,109 +194,6 @@ impl Budget {
             .unwrap_or_else(|| (self.per / 20).max(Duration::from_millis(250)));
         self.per + margin
     }
-}
-
-/// A sliding log: when the last window's units were taken, and until when a 429 paused it, in
-/// microseconds on one clock: since the [`Gate`]'s creation in a process, since the Unix epoch
-/// in a [`FileStore`](crate::store::FileStore)'s file. One rule for both; Redis's script keeps
-/// the same in Lua.
-#[derive(Debug, Default)]
-pub(crate) struct Log {
-    pub(crate) sent: VecDeque<u64>,
-    pub(crate) paused_until: Option<u64>,
-}
-
-impl Log {
-    /// Takes one unit at `now`, or says when one may be had: when the pause ends, or when the
-    /// window's oldest unit ages out.
-    pub(crate) fn take(&mut self, now: u64, limit: u32, window: u64) -> Result<(), u64> {
-        self.bound(now, window);
-        if let Some(until) = self.paused_until {
-            if now < until {
-                return Err(until);
-            }
-            self.paused_until = None;
-        }
-        while self
-            .sent
-            .front()
-            .is_some_and(|first| first.saturating_add(window) <= now)
-        {
-            self.sent.pop_front();
-        }
-        match self.sent.front() {
-            Some(first) if self.sent.len() >= limit as usize => Err(first.saturating_add(window)),
-            _ => {
-                self.sent.push_back(now);
-                Ok(())
-            }
-        }
-    }
-
-    /// Keeps what a log read from a file can hold to what this clock could have written: a
-    /// pause ending more than 5 minutes from now (the longest a 429 pauses) is dropped, and so
-    /// is a unit dated more than one window ahead; a unit dated ahead by less is dated now. Such
-    /// dates come from a wall clock stepped back (or a damaged file): obeyed, a clock 10 minutes
-    /// back would block the account for 10 minutes. Dating the near ones now keeps them counted
-    /// (they were sent in the last window, as the host's time went) for at most one window.
-    fn bound(&mut self, now: u64, window: u64) {
-        if self
-            .paused_until
-            .is_some_and(|until| until > now.saturating_add(micros(PAUSE.1)))
-        {
-            self.paused_until = None;
-        }
-        if self.sent.back().is_some_and(|last| *last > now) {
-            self.sent.retain(|at| *at <= now.saturating_add(window));
-            for at in &mut self.sent {
-                *at = (*at).min(now);
-            }
-        }
-    }
-
-    /// Records a unit the store gave, keeping only the last window's (for an outage to come).
-    fn record(&mut self, now: u64, limit: u32, window: u64) {
-        while self.sent.front().is_some_and(|first| {
-            first.saturating_add(window) <= now || self.sent.len() >= limit as usize
-        }) {
-            self.sent.pop_front();
-        }
-        self.sent.push_back(now);
-    }
-
-    /// Dates a unit dated `dated` at `redated` instead, earlier: it ages out sooner. The log
-    /// stays in order of dates.
-    /// Whether it was in the log (not aged out already).
-    fn redate(&mut self, dated: u64, redated: u64) -> bool {
-        let at = self.sent.partition_point(|unit| *unit < dated);
-        if redated >= dated || self.sent.get(at) != Some(&dated) {
-            return false;
-        }
-        self.sent.remove(at);
-        let to = self.sent.partition_point(|unit| *unit <= redated);
-        self.sent.insert(to, redated);
-        true
-    }
-
-    /// Takes out a unit dated `dated`, unused: whether it was there.
-    fn give_back(&mut self, dated: u64) -> bool {
-        let at = self.sent.partition_point(|unit| *unit < dated);
-        if self.sent.get(at) != Some(&dated) {
-            return false;
-        }
-        self.sent.remove(at);
-        true
-    }
-
-    /// Pauses the log until `until`, unless a longer pause is set.
-    pub(crate) fn pause(&mut self, until: u64) {
-        self.paused_until = Some(self.paused_until.map_or(until, |paused| paused.max(until)));
-    }
-}
-
-/// A duration in whole microseconds, as a [`Log`] counts.
-pub(crate) fn micros(duration: Duration) -> u64 {
-    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Why a unit is taken: a login's wait is not bounded by `max_wait`.
@@ -555,7 +454,7 @@ impl Gate {
     /// most 5 minutes), in this process and, through the store (on a task of its own), in every
     /// process sharing it.
     pub(crate) fn too_many(self: &Arc<Self>, headers: &HeaderMap) {
-        let pause = crate::login::retry_after(headers, SystemTime::now())
+        let pause = crate::challenge::retry_after(headers, SystemTime::now())
             .unwrap_or(PAUSE.0)
             .min(PAUSE.1);
         self.pauses.fetch_add(1, Ordering::Relaxed);
@@ -577,16 +476,16 @@ impl Gate {
         }
     }
 
-    /// What the budget counted: requests that waited, the longest wait, pauses, refusals, and
-    /// the requests waiting now.
-    pub(crate) fn counts(&self) -> (u64, Duration, u64, u64, usize) {
-        (
-            self.waited.load(Ordering::Relaxed),
-            Duration::from_micros(self.longest_wait_us.load(Ordering::Relaxed)),
-            self.pauses.load(Ordering::Relaxed),
-            self.refused.load(Ordering::Relaxed),
-            self.queued.load(Ordering::Relaxed),
-        )
+    /// `state` with what the budget counted: requests that waited, the longest wait, pauses,
+    /// refusals, and the requests waiting now.
+    pub(crate) fn counted(&self, mut state: TokenState) -> TokenState {
+        state.budget_waited = self.waited.load(Ordering::Relaxed);
+        state.budget_longest_wait =
+            Duration::from_micros(self.longest_wait_us.load(Ordering::Relaxed));
+        state.budget_pauses = self.pauses.load(Ordering::Relaxed);
+        state.budget_refused = self.refused.load(Ordering::Relaxed);
+        state.budget_queued = self.queued.load(Ordering::Relaxed);
+        state
     }
 
     /// A request (or login) whose unit was dated `taken` has its answer: unless the margin was
@@ -790,26 +689,6 @@ mod tests {
         assert_eq!(sent[49], Duration::ZERO);
     }
 
-    #[test]
-    fn the_log_never_lets_more_than_the_limit_into_a_window() {
-        let (limit, window) = (3, micros(Duration::from_secs(2)));
-        let mut log = Log::default();
-        let at = |ms: u64| ms * 1000;
-        for ms in [0, 10, 20] {
-            assert_eq!(log.take(at(ms), limit, window), Ok(()));
-        }
-        assert_eq!(
-            log.take(at(30), limit, window),
-            Err(at(2000)),
-            "the oldest ages out"
-        );
-        assert_eq!(log.take(at(2000), limit, window), Ok(()));
-        assert_eq!(log.take(at(2001), limit, window), Err(at(2010)));
-        log.pause(at(5000));
-        assert_eq!(log.take(at(4000), limit, window), Err(at(5000)), "paused");
-        assert_eq!(log.take(at(5000), limit, window), Ok(()));
-    }
-
     /// A login that needs a unit goes ahead of the requests queued for the budget (they need
     /// its token), and a request's unit is dated when it was taken.
     #[tokio::test(start_paused = true)]
@@ -935,64 +814,5 @@ mod tests {
             "{:?}",
             taken - paused
         );
-    }
-
-    /// A unit whose request was answered is dated earlier, by what the default margin kept
-    /// beyond the time that took: it ages out sooner, and the log stays in order.
-    #[test]
-    fn a_unit_dated_earlier_ages_out_sooner() {
-        let (limit, window) = (3, micros(Duration::from_millis(2250)));
-        let mut log = Log::default();
-        let at = |ms: u64| ms * 1000;
-        for ms in [1000, 1010, 1020] {
-            assert_eq!(log.take(at(ms), limit, window), Ok(()));
-        }
-        assert_eq!(log.take(at(1030), limit, window), Err(at(3250)));
-        assert!(
-            log.redate(at(1010), at(800)),
-            "answered within 50 ms, not 250"
-        );
-        assert_eq!(Vec::from(log.sent.clone()), [at(800), at(1000), at(1020)]);
-        assert!(!log.redate(at(1010), at(700)), "no longer dated so");
-        assert!(!log.redate(at(1000), at(1000)), "never later");
-        assert_eq!(log.take(at(3049), limit, window), Err(at(3050)));
-        assert_eq!(log.take(at(3050), limit, window), Ok(()));
-    }
-
-    /// A log read from a file after the wall clock stepped back, or damaged: what this clock
-    /// could not have written does not block the account.
-    #[test]
-    fn a_log_from_a_clock_stepped_back_blocks_at_most_one_window() {
-        let (limit, window) = (3, micros(Duration::from_secs(2)));
-        let (minute, now) = (
-            micros(Duration::from_secs(60)),
-            micros(Duration::from_secs(7200)),
-        );
-        // A pause far ahead (an hour, or the end of time): dropped; 5 minutes ahead: kept.
-        for until in [now + 60 * minute, u64::MAX] {
-            let mut log = Log {
-                paused_until: Some(until),
-                ..Log::default()
-            };
-            assert_eq!(log.take(now, limit, window), Ok(()), "{until}");
-        }
-        let mut log = Log {
-            paused_until: Some(now + 5 * minute),
-            ..Log::default()
-        };
-        assert_eq!(log.take(now, limit, window), Err(now + 5 * minute));
-        // A full window dated 10 minutes ahead: dropped.
-        let mut log = Log {
-            sent: [now + 10 * minute; 3].into(),
-            ..Log::default()
-        };
-        assert_eq!(log.take(now, limit, window), Ok(()));
-        // Dated ahead by less than a window: kept, dated now, aged out a window from now.
-        let mut log = Log {
-            sent: [now, now + 1000, now + 2000].into(),
-            ..Log::default()
-        };
-        assert_eq!(log.take(now, limit, window), Err(now + window));
-        assert_eq!(log.take(now + window, limit, window), Ok(()));
     }
 }
