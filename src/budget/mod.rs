@@ -48,7 +48,7 @@
 //! - **A 429 pauses the account.** Its `Retry-After` (1 s without one, at most 5 minutes)
 //!   pauses the budget of every process sharing it; the 429 itself is returned as it is, for
 //!   `RetryPolicy` above the layer to retry after the pause.
-//! - **Seen** in [`TokenState`](crate::TokenState) (`budget_waited`, `budget_longest_wait`,
+//! - **Seen** in [`TokenState`] (`budget_waited`, `budget_longest_wait`,
 //!   `budget_pauses`, `budget_refused`) and, with the `metrics` feature, in the metrics.
 //!
 //! `AuthLayer::https_client()` (feature `rustls`) applies `Budget::per_minute(240)` unless
