@@ -1,0 +1,234 @@
+//! The answers requests report to the core, and a 401's judgement carried out: the token
+//! discarded, a renewal, or the check that settles a bare 401.
+
+use super::*;
+
+/// Why a request is sent again after a 401 ([`Token::authorize_again`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Again {
+    Replay,
+    Check,
+}
+
+/// Sends the check of a token that settles a bare 401 ([`Unauthorized::Check`]): a `GET` to
+/// the endpoint's path, on the refused request's origin, with the token; resolves to whether
+/// it was answered 401 (`None` if it was not answered at all). Made by each adapter, which has
+/// the client to send it with.
+pub(crate) type CheckFn = Box<dyn FnOnce(Endpoint, Arc<Token>) -> BoxFuture<Option<bool>> + Send>;
+
+/// The check of one token in flight, or the last one: at most one a second per token. Its
+/// answer is `None` until it has one: `Some(revoked)`, `Some(None)` if it was not answered.
+pub(super) struct Checking {
+    generation: u64,
+    started: Instant,
+    answer: watch::Receiver<Option<Option<bool>>>,
+}
+
+/// The shortest time between two checks of one token.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+impl Cache {
+    /// A request with token `generation` had an answer other than 401, with `status` and
+    /// `headers`, from `endpoint` (made only if the core wants it): a 429 pauses the API budget.
+    #[inline]
+    pub(crate) fn answered(
+        &self,
+        generation: u64,
+        (status, headers): (http::StatusCode, &http::HeaderMap),
+        endpoint: impl FnOnce() -> Endpoint,
+    ) {
+        if self.wants_answers.load(Ordering::Relaxed) {
+            self.report(generation, status, headers, endpoint);
+        }
+    }
+
+    /// A request replayed with token `generation` after a 401 was answered with `status` and
+    /// `headers`: refused again (a 401) or not; a 429 pauses the API budget. Returns whether to
+    /// replay it once more: after a token taken from the store was refused, with the token
+    /// [`Cache::unauthorized`] then gives.
+    pub(crate) fn replayed(
+        &self,
+        generation: u64,
+        endpoint: Endpoint,
+        (status, headers): (http::StatusCode, &http::HeaderMap),
+    ) -> bool {
+        if crate::budget::is_too_many(status) {
+            self.throttled(headers);
+        }
+        let refused = status == http::StatusCode::UNAUTHORIZED;
+        crate::metrics::replay(refused);
+        let mut core = self.lock();
+        let again = core.replayed(Instant::now(), generation, endpoint, status);
+        self.hint(&core);
+        again
+    }
+
+    #[cold]
+    #[inline(never)]
+    pub(super) fn report(
+        &self,
+        generation: u64,
+        status: http::StatusCode,
+        headers: &http::HeaderMap,
+        endpoint: impl FnOnce() -> Endpoint,
+    ) {
+        if crate::budget::is_too_many(status) {
+            self.throttled(headers);
+        }
+        // With a budget, every answer comes here: the core's lock only if it wants answers.
+        if self.config.gate.is_some() && !self.core_wants.load(Ordering::Relaxed) {
+            return;
+        }
+        let endpoint = endpoint();
+        let checkable = status.is_success() && endpoint.method == http::Method::GET;
+        let mut core = self.lock();
+        core.answered(Instant::now(), generation, endpoint, checkable);
+        self.hint(&core);
+    }
+
+    /// Tells the request path whether the core wants answers reported (read without the lock).
+    pub(super) fn hint(&self, core: &Core) {
+        let wants = core.wants_answers();
+        self.core_wants.store(wants, Ordering::Relaxed);
+        let gate = self.config.gate.is_some();
+        self.wants_answers.store(wants || gate, Ordering::Relaxed);
+    }
+
+    /// The API answered 401 with `headers` to a request to `endpoint` that carried token
+    /// `generation`: what the core makes of it, for every adapter. Resolves to the token to
+    /// replay with, or `None` to return the 401 as it is.
+    ///
+    /// When the token is renewed, a request that can be replayed (`replayable`) waits for the
+    /// new token and fails with the login's error if there is none; one that cannot is answered
+    /// with its 401 once the login is over, whatever its outcome.
+    ///
+    /// A bare 401 the core wants settled ([`Unauthorized::Check`]) waits for the check `check`
+    /// sends (or one in flight): answered 401, the token was revoked, and the request is renewed
+    /// and replayed as above; answered otherwise (or not at all), the 401 is returned.
+    pub(crate) fn unauthorized(
+        self: &Arc<Self>,
+        generation: u64,
+        endpoint: &Endpoint,
+        headers: &HeaderMap,
+        replayable: bool,
+        login: LoginFn,
+        check: CheckFn,
+    ) -> impl Future<Output = Result<Option<Arc<Token>>, Error>> + Send + 'static {
+        let decision = self.judge(generation, endpoint, challenge::verdict(headers));
+        let checked = match &decision {
+            Unauthorized::Check(probe) => {
+                Some((probe.clone(), self.checking(generation, probe, check)))
+            }
+            _ => None,
+        };
+        // A renewal starts now, before the caller polls.
+        let renewal = matches!(decision, Unauthorized::Renew { .. })
+            .then(|| -> BoxFuture<_> { Box::pin(self.token(login.clone())) });
+        let cache = self.clone();
+        async move {
+            let token = match (renewal, checked) {
+                (Some(renewal), _) => renewal,
+                (None, Some((probe, mut answer))) => {
+                    let answer = answer.wait_for(Option::is_some).await.ok().and_then(|a| *a);
+                    // Revoked: the check's path answered that token before, so its 401 renews.
+                    let revoked = answer.flatten() == Some(true)
+                        && matches!(
+                            cache.judge(generation, &probe, Verdict::Unknown),
+                            Unauthorized::Renew { .. }
+                        );
+                    if !revoked {
+                        return Ok(None);
+                    }
+                    Box::pin(cache.token(login))
+                }
+                (None, None) => return Ok(None),
+            };
+            match token.await {
+                Ok((token, _)) if replayable => Ok(Some(token)),
+                Ok(_) => Ok(None),
+                Err(_) if !replayable => Ok(None),
+                Err(error) => Err(error),
+            }
+        }
+    }
+
+    /// The check of token `generation` with a `GET` to `probe`: the one in flight, or the last
+    /// one's answer if it started less than a second ago, or a new one. It runs on a task of
+    /// its own, so that the 401s waiting for it may give up.
+    pub(super) fn checking(
+        &self,
+        generation: u64,
+        probe: &Endpoint,
+        send: CheckFn,
+    ) -> watch::Receiver<Option<Option<bool>>> {
+        let mut slot = self.check.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let last = slot.as_ref().filter(|check| check.generation == generation);
+        let recent = |check: &&Checking| {
+            check.answer.borrow().is_none() || now < check.started + CHECK_EVERY
+        };
+        if let Some(check) = last.filter(recent) {
+            return check.answer.clone();
+        }
+        let started = now;
+        let (answered, answer) = watch::channel(None);
+        // Replaced meanwhile: the token is not current, so its 401 renews.
+        match self
+            .current
+            .load_full()
+            .filter(|t| t.generation == generation)
+        {
+            None => answered.send_replace(Some(Some(true))),
+            Some(token) => {
+                let probe = probe.clone();
+                tokio::spawn(async move {
+                    answered.send_replace(Some(send(probe, token).await));
+                });
+                None
+            }
+        };
+        *slot = Some(Checking {
+            generation,
+            started,
+            answer: answer.clone(),
+        });
+        answer
+    }
+
+    /// The core's judgement of a 401 to token `generation` (see [`Core::unauthorized`]),
+    /// carried out: the token discarded if the core says so.
+    pub(crate) fn judge(
+        &self,
+        generation: u64,
+        endpoint: &Endpoint,
+        verdict: Verdict,
+    ) -> Unauthorized {
+        let mut core = self.lock();
+        let decision = core.unauthorized(Instant::now(), generation, endpoint, verdict);
+        crate::metrics::unauthorized(match decision {
+            Unauthorized::Renew { .. } => "stale",
+            Unauthorized::Refused => "refused",
+            Unauthorized::Keep => "kept",
+            Unauthorized::Check(_) => "checked",
+        });
+        if decision == (Unauthorized::Renew { discard: true }) {
+            // The core discards only the token the 401 answered, which is the current one.
+            self.current.store(None);
+            self.changed(&core);
+            tracing::info!(
+                target: "patchworks_auth",
+                generation,
+                "API answered 401: token discarded, logging in again"
+            );
+        } else {
+            tracing::debug!(
+                target: "patchworks_auth",
+                method = %endpoint.method,
+                path = %endpoint.path,
+                ?verdict,
+                "401 taken as the API's answer to the request: returned as is"
+            );
+        }
+        decision
+    }
+}

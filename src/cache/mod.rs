@@ -1,0 +1,427 @@
+//! The driver: carries out the [token core](crate::token)'s decisions on Tokio.
+//!
+//! It holds the core behind a lock that is never held across an await, the current token in an
+//! `ArcSwap` for the request path, and a `watch` channel that every change of the core is
+//! announced on: a request that waits for a login subscribes, then asks the core, so no change
+//! between the two is missed. It runs logins (through "a function that logs in", [`LoginFn`],
+//! which the adapters make) and the shared [store](crate::store), and ages tokens with timers.
+//!
+//! Work in flight is owned by a guard: a login is run by a [`Claim`], and a claim dropped
+//! unfinished (with its task, its future or its runtime) hands the login back to the core, so
+//! the next request starts another and nobody waits on a login nobody runs. A renewal handed
+//! back so is due again at once, and the request that takes it up waits for it, so that it runs
+//! while a runtime does.
+
+use crate::{
+    bounds::BoxFuture,
+    budget::Purpose,
+    challenge::{self, Verdict},
+    clock::Coarse,
+    config::Config,
+    credentials::{api_key_header, Secret},
+    error::Error,
+    login::LoginFn,
+    store::{Owner, Shared, STORE_BUDGET},
+    token::{
+        Attempts, Core, Ended, Endpoint, Failure, Need, Obtained, Reason, Renew, Start, Step,
+        Timings, TokenState, Unauthorized,
+    },
+};
+use arc_swap::ArcSwapOption;
+use http::{HeaderMap, HeaderValue};
+use std::{
+    fmt,
+    future::{poll_fn, Future},
+    pin::pin,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering},
+        Arc, OnceLock, Weak,
+    },
+    task::Poll,
+    time::Duration,
+};
+use tokio::{
+    sync::watch,
+    task::AbortHandle,
+    time::{sleep, sleep_until, Instant},
+};
+use tower::util::rng::{HasherRng, Rng};
+
+mod answers;
+mod logins;
+mod token;
+
+use answers::Checking;
+pub(crate) use answers::{Again, CheckFn};
+use token::{age, retry_renewal_at};
+pub(crate) use token::{Phase, Token};
+
+// The model check (src/checks/driver_model.rs, a unit test under `--cfg shuttle`) swaps the
+// core's lock for shuttle's, which explores the orders in which requests, logins and 401s take
+// it.
+#[cfg(all(test, shuttle))]
+use shuttle::sync::{Mutex, MutexGuard};
+#[cfg(not(all(test, shuttle)))]
+use std::sync::{Mutex, MutexGuard};
+
+/// How often a process waiting for another's login polls the store (plus up to half again).
+const STORE_POLL: Duration = Duration::from_millis(100);
+/// How often a process that logged in while the store was down tries to share its token again,
+/// or take the fleet's (plus up to half again): every 500 ms at first, doubling to every 30 s
+/// while the store stays down.
+const RESYNC: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
+
+/// The timings the core ages tokens by, from what the layer was built with (constant: read
+/// without the core's lock).
+fn timings(config: &Config) -> Timings {
+    Timings {
+        refresh_before: config.refresh_before,
+        login_timeout: config.login_timeout,
+    }
+}
+
+/// A draw in `[0, 1)` for the core's jittered back-offs.
+fn jitter() -> f64 {
+    HasherRng::default().next_f64()
+}
+
+/// `base` plus up to half again, at random.
+fn jittered(base: Duration) -> Duration {
+    base.mul_f64(1.0 + 0.5 * jitter())
+}
+
+/// A switch point for the model check: the `watch` channel is not shuttle's, so each use of it
+/// is made one by hand, as a thread may be preempted there.
+#[inline]
+fn switch() {
+    #[cfg(all(test, shuttle))]
+    shuttle::thread::yield_now();
+}
+
+/// What a request waits for after its answer, so that it is done while the request's runtime
+/// runs: a renewal it took up ([`Cache::check`]), or the saving in the store of the token its
+/// login obtained ([`Cache::token`]).
+pub(crate) type After = Option<BoxFuture<()>>;
+
+/// What a request does with the token it read; see [`Cache::check`].
+pub(crate) enum Check {
+    Send,
+    Join(BoxFuture<()>),
+    Wait,
+}
+
+/// The token cache shared by every service an [`AuthLayer`](crate::AuthLayer) makes: the core,
+/// what it was built with, the current token, and the shared store if any.
+pub(crate) struct Cache {
+    pub(crate) config: Config,
+    core: Mutex<Core>,
+    /// The token requests carry; `None` before the first login and after a 401 discarded it.
+    /// Written only under the `core` lock, with the core's own view of it.
+    current: ArcSwapOption<Token>,
+    /// Whether the request path reports answers ([`Cache::answered`]): the core wants them
+    /// ([`Core::wants_answers`]), or an API budget watches for 429s. One load on the request
+    /// path for both.
+    wants_answers: AtomicBool,
+    /// Whether the core wants answers (kept apart for a layer with a budget).
+    core_wants: AtomicBool,
+    /// What is known of the token, sent after every change of the core: what requests waiting
+    /// on a login wake on, and what [`Cache::watch`] hands out.
+    changes: watch::Sender<TokenState>,
+    /// Logins run so far (tokens taken from a shared store are not logins).
+    logins: AtomicU64,
+    /// The most requests that waited on one login, counted when it answered, and the requests
+    /// waiting now.
+    most_waiting: AtomicUsize,
+    waiting: AtomicUsize,
+    store: Option<Shared>,
+    /// The last check that settled a bare 401, shared by the 401s waiting for it.
+    check: std::sync::Mutex<Option<Checking>>,
+}
+
+impl Cache {
+    pub(crate) fn new(mut config: Config) -> Arc<Cache> {
+        let timings = timings(&config);
+        let (api_key, store) = match &config.credentials.secret {
+            Secret::Login {
+                account,
+                password,
+                form,
+                scope,
+                ..
+            } => (
+                None,
+                config.store.as_ref().map(|store| {
+                    let login = (*form, account.as_str(), password.as_str(), scope.as_deref());
+                    Shared::new(store, &config.login_url, login, config.store_key)
+                }),
+            ),
+            // An API key is the token: in place from the start, never aged, never renewed, and
+            // never stored.
+            Secret::ApiKey(key) => {
+                let header = api_key_header(key);
+                if header.is_none() {
+                    config.scope = Err(Error::config(
+                        "the API key is not a valid header value (empty, or with control \
+                         characters); check the key",
+                    ));
+                }
+                (header, None)
+            }
+        };
+        if let Some(Some(budget)) = config.budget {
+            // Login tokens and API keys share one limit: an API key's budget is shared through
+            // the store too, under its hash, though the key itself is never stored.
+            let shared = match (&store, &config.store, &config.credentials.secret) {
+                (Some(store), ..) => Some(store.budget()),
+                (None, Some(store), Secret::ApiKey(key)) => {
+                    Some((store.clone(), crate::store::api_key_budget_key(key)))
+                }
+                _ => None,
+            };
+            config.gate = Some(Arc::new(crate::budget::Gate::new(budget, shared)));
+        }
+        let budgeted = config.gate.is_some();
+        let now = Instant::now();
+        let current = api_key.clone().map(|header| {
+            let obtained = Obtained {
+                header,
+                obtained_at: now,
+                lifetime: Duration::ZERO,
+                shared: false,
+            };
+            Arc::new(Token::new(&obtained, 0, None))
+        });
+        Arc::new(Cache {
+            config,
+            core: Mutex::new(Core::new(timings, api_key, now)),
+            current: ArcSwapOption::new(current),
+            wants_answers: AtomicBool::new(budgeted),
+            core_wants: AtomicBool::new(false),
+            changes: watch::Sender::new(TokenState::default()),
+            logins: AtomicU64::new(0),
+            most_waiting: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            store,
+            check: std::sync::Mutex::new(None),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        // The lock is never held across an await or user code, so a poisoned lock only means a
+        // panic elsewhere; the core is still consistent.
+        self.core
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The current token.
+    #[cfg(any(feature = "reqwest", all(test, shuttle)))]
+    pub(crate) fn current(&self) -> &ArcSwapOption<Token> {
+        &self.current
+    }
+
+    /// Announces a change of the core to the requests waiting on one, and to watchers.
+    fn changed(&self, core: &Core) {
+        self.hint(core);
+        switch();
+        self.changes.send_replace(self.snapshot(core));
+    }
+
+    /// A receiver of the changes to come.
+    fn subscribe(&self) -> watch::Receiver<TokenState> {
+        switch();
+        self.changes.subscribe()
+    }
+
+    /// Takes one unit of the API budget, if there is one, for a request about to be sent to
+    /// Patchworks (an API call or a replay; logins take theirs in [`login_through`]).
+    ///
+    /// [`login_through`]: crate::login::login_through
+    pub(crate) async fn spend(&self) -> Result<crate::budget::Spent, Error> {
+        match &self.config.gate {
+            Some(gate) => gate.take(Purpose::Request).await,
+            None => Ok(crate::budget::Spent::none()),
+        }
+    }
+
+    /// Patchworks answered 429: the API budget pauses, if there is one.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn throttled(&self, headers: &http::HeaderMap) {
+        if let Some(gate) = &self.config.gate {
+            gate.too_many(headers);
+        }
+    }
+
+    /// A unit of the API budget now, without waiting (see [`Gate::take_now`]).
+    ///
+    /// [`Gate::take_now`]: crate::budget::Gate::take_now
+    pub(crate) fn take_now(&self) -> bool {
+        self.config
+            .gate
+            .as_ref()
+            .is_some_and(|gate| gate.take_now())
+    }
+
+    /// What is known of the token, without the token.
+    pub(crate) fn state(&self) -> TokenState {
+        self.snapshot(&self.lock())
+    }
+
+    /// A receiver of what is known of the token, marked changed after every login outcome and
+    /// every token discarded.
+    pub(crate) fn watch(&self) -> watch::Receiver<TokenState> {
+        self.changes.subscribe()
+    }
+
+    fn snapshot(&self, core: &Core) -> TokenState {
+        let current = self.current.load_full();
+        // An API key is neither obtained nor expires.
+        let login = current.as_ref().filter(|token| token.expires_at.is_some());
+        let state = TokenState {
+            obtained_at: login.map(|token| token.obtained_at.into_std()),
+            expires_at: login
+                .and_then(|token| token.expires_at)
+                .map(Instant::into_std),
+            usable: current.is_some_and(|token| token.phase() != Phase::Expired),
+            logins: self.logins.load(Ordering::Relaxed),
+            most_waiting: self.most_waiting.load(Ordering::Relaxed),
+            waiting: self.waiting.load(Ordering::Relaxed),
+            last_error: core.last_error().cloned(),
+            store_outages: self.store.as_ref().map_or(0, Shared::outages),
+            ..TokenState::default()
+        };
+        match &self.config.gate {
+            Some(gate) => gate.counted(state),
+            None => state,
+        }
+    }
+
+    /// A token that may be sent: the current one, or the outcome of the login in flight, or of
+    /// a new login, as the core decides. Fails only when the core says so. With the token comes
+    /// what the request that started its login waits for after its answer (see [`After`]).
+    pub(crate) fn token(
+        self: &Arc<Self>,
+        login: LoginFn,
+    ) -> impl Future<Output = Result<(Arc<Token>, After), Error>> + Send + 'static {
+        let cache = self.clone();
+        self.token_with(move |start| cache.run(start, login.clone()))
+    }
+
+    /// [`Cache::token`], with the logins the core asks for run by `run` (the model check runs
+    /// them on its own threads).
+    pub(crate) fn token_with(
+        self: &Arc<Self>,
+        run: impl Fn(Start) -> Result<After, Error> + Send + 'static,
+    ) -> impl Future<Output = Result<(Arc<Token>, After), Error>> + Send + 'static {
+        let cache = self.clone();
+        async move {
+            let (mut waited, mut restarts, mut after) = (None, 0, None);
+            loop {
+                // Subscribed before the core is asked: a change after the answer wakes us.
+                let mut changes = cache.subscribe();
+                let need = cache.lock().need(Instant::now(), waited, restarts);
+                match need {
+                    Need::Send => {
+                        if let Some(token) = cache.current.load_full() {
+                            return Ok((token, after));
+                        }
+                        continue; // discarded since: ask again
+                    }
+                    Need::Fail(error) => return Err(error),
+                    Need::Wait(id) => waited = Some(id),
+                    Need::Start(start) => {
+                        restarts += u32::from(waited.is_some());
+                        waited = Some(start.id);
+                        after = run(start)?;
+                    }
+                }
+                // The sender lives as long as `cache`: this only ends on a change.
+                let _waiting = crate::budget::Counted::new(&cache.waiting);
+                let _ = changes.changed().await;
+            }
+        }
+    }
+
+    /// What a request does with the token it read: send it (`Check::Send`), send it and wait
+    /// for the renewal it took up (`Check::Join`), or wait for a login (`Check::Wait`). The
+    /// first request to see the token due starts its renewal, with the login `login` makes.
+    #[inline]
+    pub(crate) fn check(
+        self: &Arc<Self>,
+        token: &Arc<Token>,
+        login: impl FnOnce() -> LoginFn,
+    ) -> Check {
+        match token.phase() {
+            Phase::Fresh | Phase::Renewing => Check::Send,
+            Phase::Due if token.advance(Phase::Due, Phase::Renewing) => {
+                self.renew(token, login()).map_or(Check::Send, Check::Join)
+            }
+            Phase::Due => Check::Send,
+            Phase::Expired => Check::Wait,
+        }
+    }
+
+    /// Starts a background renewal for a token in its refresh window. Called by the one request
+    /// that moved the token from `Due` to `Renewing`. Returns a future to wait for when the
+    /// renewal takes up one that was abandoned with its runtime: the request waits for it, so
+    /// that it runs while a runtime does.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn renew(
+        self: &Arc<Self>,
+        token: &Arc<Token>,
+        login: LoginFn,
+    ) -> Option<BoxFuture<()>> {
+        let decision = self.lock().renew(Instant::now(), token.generation);
+        match decision {
+            Renew::Nothing => None,
+            Renew::Later(at) => {
+                retry_renewal_at(token, at);
+                None
+            }
+            Renew::Start(start) => {
+                let (id, taken_up) = (start.id, start.taken_up);
+                let mut changes = self.subscribe();
+                if let Err(error) = self.run(start, login) {
+                    tracing::warn!(target: "patchworks_auth", %error, "background renewal not started");
+                    return None;
+                }
+                let cache = self.clone();
+                taken_up.then(|| -> BoxFuture<()> {
+                    Box::pin(async move {
+                        loop {
+                            let running = cache.lock().running() == Some(id);
+                            if !running {
+                                return;
+                            }
+                            let _ = changes.changed().await;
+                        }
+                    })
+                })
+            }
+        }
+    }
+}
+
+/// The current token of a cache, for [`arc_swap::Cache`]: each service keeps its own handle, so
+/// that a request with a fresh token reads one pointer instead of doing a full `ArcSwap` load.
+#[derive(Clone)]
+pub(crate) struct Current(pub(crate) Arc<Cache>);
+
+impl std::ops::Deref for Current {
+    type Target = ArcSwapOption<Token>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0.current
+    }
+}
+
+impl fmt::Debug for Cache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("config", &self.config)
+            .field("token", &self.current.load())
+            .finish()
+    }
+}
