@@ -1,0 +1,76 @@
+//! What the layer tells its users about its token: [`TokenState`].
+
+use crate::error::Error;
+use std::{fmt, time::Duration};
+
+/// What the layer knows of its token, without the token: for health checks and dashboards.
+///
+/// Read with [`AuthLayer::state`](crate::AuthLayer::state) or
+/// [`Auth::state`](crate::Auth::state), or followed with
+/// [`AuthLayer::watch`](crate::AuthLayer::watch). Its `Debug` gives times from now:
+/// `TokenState { obtained: Some(12s ago), expires: Some(in 86387s), usable: true, .. }`.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct TokenState {
+    /// When the login request of the current token was sent. `None` before the first login,
+    /// after a 401 discarded the token, and for an API key.
+    pub obtained_at: Option<std::time::Instant>,
+    /// When the current token expires. `None` likewise; an API key never expires.
+    pub expires_at: Option<std::time::Instant>,
+    /// Whether a request now would go out with a token (or key) without waiting for a login.
+    pub usable: bool,
+    /// Logins this process ran so far, successful or not. A token taken from a shared
+    /// [store](crate::store) is not a login.
+    pub logins: u64,
+    /// The most requests that waited on one login, counted when it answered.
+    pub most_waiting: usize,
+    /// Requests waiting for a login right now.
+    pub waiting: usize,
+    /// The last login's error, until a login succeeds.
+    pub last_error: Option<Error>,
+    /// How many times the shared [store](crate::store) stopped answering (each outage counted
+    /// once, however long it lasted). Always `0` without a store.
+    pub store_outages: u64,
+    /// Requests (and logins) that waited for their turn in the API [budget](crate::budget),
+    /// in this process.
+    pub budget_waited: u64,
+    /// The longest of those waits.
+    pub budget_longest_wait: Duration,
+    /// How many 429s paused the budget.
+    pub budget_pauses: u64,
+    /// Requests that waited the budget's `max_wait` and were not sent.
+    pub budget_refused: u64,
+    /// Requests waiting for their turn in the API budget right now.
+    pub budget_queued: usize,
+}
+
+impl fmt::Debug for TokenState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        /// An instant as whole seconds from now.
+        struct FromNow(std::time::Instant);
+        impl fmt::Debug for FromNow {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let now = std::time::Instant::now();
+                match self.0.checked_duration_since(now) {
+                    Some(ahead) => write!(f, "in {}s", ahead.as_secs()),
+                    None => write!(f, "{}s ago", now.duration_since(self.0).as_secs()),
+                }
+            }
+        }
+        f.debug_struct("TokenState")
+            .field("obtained", &self.obtained_at.map(FromNow))
+            .field("expires", &self.expires_at.map(FromNow))
+            .field("usable", &self.usable)
+            .field("logins", &self.logins)
+            .field("most_waiting", &self.most_waiting)
+            .field("waiting", &self.waiting)
+            .field("last_error", &self.last_error)
+            .field("store_outages", &self.store_outages)
+            .field("budget_waited", &self.budget_waited)
+            .field("budget_longest_wait", &self.budget_longest_wait)
+            .field("budget_pauses", &self.budget_pauses)
+            .field("budget_refused", &self.budget_refused)
+            .field("budget_queued", &self.budget_queued)
+            .finish()
+    }
+}
