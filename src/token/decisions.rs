@@ -1,0 +1,188 @@
+//! The core's vocabulary: what it is told (a login's reason and outcome, an endpoint, the
+//! timings) and what it decides (a need, a renewal, a 401's judgement, a login's end).
+
+use super::*;
+
+/// Why a login runs; said in its log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reason {
+    /// No token yet.
+    FirstUse,
+    /// The token expired (or was never renewed in time).
+    Expired,
+    /// The token entered its refresh window; it stays in use meanwhile.
+    Renewal,
+    /// The API answered 401 to the token.
+    Unauthorized,
+}
+
+impl Reason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Reason::FirstUse => "first use",
+            Reason::Expired => "token expired",
+            Reason::Renewal => "background renewal",
+            Reason::Unauthorized => "API answered 401",
+        }
+    }
+}
+
+/// A method and path (no query): what a 401's evidence applies to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Endpoint {
+    pub(crate) method: Method,
+    pub(crate) path: String,
+}
+
+/// The timings a core ages tokens and fails fast by.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timings {
+    /// How long before its expiry a token is renewed (capped at half its lifetime).
+    pub(crate) refresh_before: Duration,
+    /// The longest one login may take.
+    pub(crate) login_timeout: Duration,
+}
+
+impl Timings {
+    /// When a token obtained at `obtained_at` living `lifetime` is renewed, and when it stops
+    /// being sent.
+    ///
+    /// Renewal starts `refresh_before` ahead of expiry, but never earlier than half-way through
+    /// the lifetime, so a short-lived token is not renewed on every request. A token stops being
+    /// sent a tenth of its lifetime (at most 5 s) before it expires, to cover the clock's
+    /// resolution and the request's time in flight.
+    pub(crate) fn schedule(&self, obtained_at: Instant, lifetime: Duration) -> (Instant, Instant) {
+        let margin = (lifetime / 10).min(Duration::from_secs(5));
+        let window = self.refresh_before.min(lifetime / 2);
+        (
+            obtained_at + (lifetime - window),
+            obtained_at + (lifetime - margin),
+        )
+    }
+}
+
+/// A token a login (or a shared store) gave, before the core makes it current.
+#[derive(Clone)]
+pub(crate) struct Obtained {
+    /// `Bearer <token>`, marked sensitive.
+    pub(crate) header: HeaderValue,
+    /// When the login request that obtained it was sent.
+    pub(crate) obtained_at: Instant,
+    /// How long it lives from `obtained_at`.
+    pub(crate) lifetime: Duration,
+    /// Whether it came from a shared store rather than a login of this process.
+    pub(crate) shared: bool,
+}
+
+impl fmt::Debug for Obtained {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Obtained")
+            .field("header", &"<redacted>")
+            .field("lifetime", &self.lifetime)
+            .field("shared", &self.shared)
+            .finish()
+    }
+}
+
+/// A failed login, remembered for the back-off.
+#[derive(Clone, Debug)]
+pub(crate) struct Failure {
+    pub(crate) error: Error,
+    /// No attempt before this.
+    pub(crate) retry_at: Instant,
+    /// Failed attempts in a row.
+    pub(crate) attempts: u32,
+}
+
+/// The wait before the next attempt after `attempts` failures in a row ending with `error`,
+/// plus `jitter` (a draw in `[0, 1)`) times half of it, so that a fleet restarted together does
+/// not log in in lockstep. Never shorter than the back-off itself.
+pub(crate) fn backoff(error: &Error, attempts: u32, jitter: f64) -> Duration {
+    let (first, max) = if error.is_transient() {
+        TRANSIENT_BACKOFF
+    } else {
+        REJECTED_BACKOFF
+    };
+    let base = first
+        .saturating_mul(1 << attempts.saturating_sub(1).min(16))
+        .min(max);
+    base.mul_f64(1.0 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+/// The login to run, as the core hands it out: the driver runs it and reports its end with
+/// [`Core::login_ended`], or [`Core::abandoned`] when it is dropped unfinished.
+#[derive(Clone, Debug)]
+pub(crate) struct Start {
+    pub(crate) id: u64,
+    pub(crate) reason: Reason,
+    /// The failure this login follows: its first attempt waits out that back-off.
+    pub(crate) after: Option<Failure>,
+    /// The token this login replaces, if any: a stored token that is the same is not newer.
+    pub(super) replaces: Option<HeaderValue>,
+    /// For a login after a 401: when the 401 arrived. A stored token obtained before may have
+    /// been revoked with the one refused.
+    pub(super) refused_at: Option<Instant>,
+    /// A renewal taken up after one was abandoned with its runtime: the request that starts it
+    /// waits for it too, so that it runs while a runtime does.
+    pub(crate) taken_up: bool,
+}
+
+/// What a request that needs a token does next.
+#[derive(Debug)]
+pub(crate) enum Need {
+    /// Send the current token.
+    Send,
+    /// Wait for login `id`, then ask again naming it.
+    Wait(u64),
+    /// Run this login, then wait for it like every other request.
+    Start(Start),
+    /// Fail: no login can succeed now (rejected credentials in their back-off, a `Retry-After`
+    /// beyond the login timeout), or the login waited on failed.
+    Fail(Error),
+}
+
+/// What a token in its renewal window leads to.
+#[derive(Debug)]
+pub(crate) enum Renew {
+    /// Run the renewal.
+    Start(Start),
+    /// A login is already in flight; it replaces the token. Or the token is no longer current.
+    Nothing,
+    /// The last login failed: the token is due again at this time.
+    Later(Instant),
+}
+
+/// What a 401 to a request that carried a token leads to.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Unauthorized {
+    /// The 401 is returned as it is: a `Bearer` error other than `invalid_token` says the API
+    /// refuses the request (a missing permission), not the token; or the token is an API key.
+    Refused,
+    /// The token is kept and the 401 returned as it is: the rules below take it for the API's
+    /// answer to the request, not a sign of a bad token.
+    Keep,
+    /// The token is discarded (now, or by an earlier 401): wait for the next one (asking
+    /// [`Core::need`]) and replay; `discard` says whether the current token goes now.
+    Renew { discard: bool },
+    /// Settle it: check the token with a `GET` to this endpoint, which answered it with a 2xx,
+    /// at most once a second per token. A 401 to the check is a revocation
+    /// ([`Core::unauthorized`] for the endpoint then renews); any other answer makes the first
+    /// 401 the API's answer to its request, returned as it is.
+    Check(Endpoint),
+}
+
+/// The end of a login, as the core takes it.
+#[derive(Debug)]
+pub(crate) enum Ended {
+    /// The token is current, as generation `generation`, renewed at `renew_at` and sent until
+    /// `send_by`.
+    Installed {
+        generation: u64,
+        renew_at: Instant,
+        send_by: Instant,
+    },
+    /// The login failed; a token still current (a failed renewal) is due again at `retry_at`.
+    Failed { error: Error, retry_at: Instant },
+    /// Not the login in flight (a late or duplicate report): nothing changes.
+    Stale,
+}
