@@ -1,0 +1,241 @@
+//! What a request keeps to be sent again after a 401: its parts, its URI's text, its body.
+
+use super::*;
+
+/// Everything of a request but its token, to send it again, and to tell which endpoint a 401
+/// came from.
+///
+/// Kept small for the common request (no headers, no extensions, no body yet): those go in a
+/// box only when there are some, so that a bare GET carries about 140 bytes of replay, not 270.
+pub(super) struct Replay {
+    pub(super) method: Method,
+    pub(super) version: Version,
+    pub(super) uri: UriCopy,
+    pub(super) rest: Option<Box<Rest>>,
+    /// Whether the body was kept: if not, the request cannot be sent again.
+    pub(super) body_kept: bool,
+}
+
+/// The parts of a request that are often empty.
+pub(super) struct Rest {
+    pub(super) headers: HeaderMap,
+    pub(super) extensions: Extensions,
+    pub(super) body: Bytes,
+}
+
+impl Replay {
+    /// Copies a request that does not carry the token yet; `body` is `None` when it cannot be
+    /// kept.
+    #[inline]
+    pub(super) fn copy<B>(request: &Request<B>, body: Option<Bytes>) -> Replay {
+        let body_kept = body.is_some();
+        let body = body.unwrap_or_default();
+        let (headers, extensions) = (request.headers(), request.extensions());
+        let rest = (!headers.is_empty() || !extensions.is_empty() || !body.is_empty()).then(|| {
+            Box::new(Rest {
+                headers: headers.clone(),
+                extensions: extensions.clone(),
+                body,
+            })
+        });
+        Replay {
+            method: request.method().clone(),
+            version: request.version(),
+            uri: UriCopy::of(request.uri()),
+            rest,
+            body_kept,
+        }
+    }
+
+    /// The method and path the request went to.
+    #[cold]
+    pub(super) fn endpoint(&self) -> Endpoint {
+        let path = match &self.uri {
+            UriCopy::Inline(text) => Uri::try_from(text.as_str())
+                .map(|uri| uri.path().to_owned())
+                .unwrap_or_default(),
+            UriCopy::Shared(uri) => uri.path().to_owned(),
+        };
+        Endpoint {
+            method: self.method.clone(),
+            path,
+        }
+    }
+
+    /// The request again, without a token yet; `None` if its body was not kept or its URI
+    /// cannot be rebuilt.
+    pub(super) fn request<B: From<Bytes>>(&self) -> Option<Request<B>> {
+        if !self.body_kept {
+            return None;
+        }
+        let mut request = match &self.rest {
+            Some(rest) => {
+                let mut request = Request::new(B::from(rest.body.clone()));
+                *request.headers_mut() = rest.headers.clone();
+                *request.extensions_mut() = rest.extensions.clone();
+                request
+            }
+            None => Request::new(B::from(Bytes::new())),
+        };
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.uri()?;
+        *request.version_mut() = self.version;
+        Some(request)
+    }
+}
+
+/// A request's URI, kept for a replay.
+///
+/// `Uri::clone` costs about 60 ns on the request path: it shares the URI's buffers, which takes
+/// an allocation, reference counting and an extra free for a URI parsed from a string. Most URIs
+/// are short, so their text is copied inline (a few ns) and parsed again only for a replay.
+pub(super) enum UriCopy {
+    Inline(ArrayString<96>),
+    Shared(Uri),
+}
+
+impl UriCopy {
+    #[inline]
+    pub(super) fn of(uri: &Uri) -> UriCopy {
+        let mut text = ArrayString::new();
+        let written = match (uri.scheme_str(), uri.authority(), uri.path_and_query()) {
+            (Some(scheme), Some(authority), path) => text
+                .try_push_str(scheme)
+                .and_then(|()| text.try_push_str("://"))
+                .and_then(|()| text.try_push_str(authority.as_str()))
+                .and_then(|()| text.try_push_str(path.map_or("", |path| path.as_str()))),
+            (None, None, Some(path)) => text.try_push_str(path.as_str()),
+            _ => return UriCopy::Shared(uri.clone()),
+        };
+        match written {
+            Ok(()) => UriCopy::Inline(text),
+            Err(_) => UriCopy::Shared(uri.clone()),
+        }
+    }
+
+    pub(super) fn uri(&self) -> Option<Uri> {
+        match self {
+            UriCopy::Inline(text) => Uri::try_from(text.as_str()).ok(),
+            UriCopy::Shared(uri) => Some(uri.clone()),
+        }
+    }
+}
+
+/// How a request's body can be kept for a replay.
+pub(super) enum Keep {
+    /// No body: a replay sends an empty one.
+    Empty,
+    /// A known size within the limit: read it first.
+    Buffer,
+    /// Streaming or too large: sent as it is, not replayable.
+    Nothing,
+}
+
+impl Keep {
+    pub(super) fn for_body<B: Body>(body: &B, limit: usize) -> Keep {
+        if body.is_end_stream() {
+            Keep::Empty
+        } else if body
+            .size_hint()
+            .exact()
+            .is_some_and(|len| len <= limit as u64)
+        {
+            Keep::Buffer
+        } else {
+            Keep::Nothing
+        }
+    }
+}
+
+/// A request body being read into memory.
+pub(super) enum BodyBuffer {
+    Empty,
+    /// One chunk, kept without a copy (the common case: a `Full` body).
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl BodyBuffer {
+    /// Reads `body` to its end. Trailers are dropped: the body is rebuilt with `From<Bytes>`.
+    pub(super) fn poll_fill<B>(
+        &mut self,
+        mut body: Pin<&mut B>,
+        limit: usize,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Bytes, BoxError>>
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        while !body.is_end_stream() {
+            let Some(frame) = ready!(body.as_mut().poll_frame(cx)) else {
+                break;
+            };
+            let Ok(mut data) = frame.map_err(Into::into)?.into_data() else {
+                continue;
+            };
+            let chunk = data.copy_to_bytes(data.remaining());
+            *self = match std::mem::replace(self, BodyBuffer::Empty) {
+                BodyBuffer::Empty => BodyBuffer::One(chunk),
+                BodyBuffer::One(first) => {
+                    let mut all = BytesMut::with_capacity(first.len() + chunk.len());
+                    all.extend_from_slice(&first);
+                    all.extend_from_slice(&chunk);
+                    BodyBuffer::Many(all)
+                }
+                BodyBuffer::Many(mut all) => {
+                    all.extend_from_slice(&chunk);
+                    BodyBuffer::Many(all)
+                }
+            };
+            if self.len() > limit {
+                return Poll::Ready(Err(Error::new(Kind::RequestBody).into()));
+            }
+        }
+        Poll::Ready(Ok(match std::mem::replace(self, BodyBuffer::Empty) {
+            BodyBuffer::Empty => Bytes::new(),
+            BodyBuffer::One(bytes) => bytes,
+            BodyBuffer::Many(all) => all.freeze(),
+        }))
+    }
+
+    pub(super) fn len(&self) -> usize {
+        match self {
+            BodyBuffer::Empty => 0,
+            BodyBuffer::One(bytes) => bytes.len(),
+            BodyBuffer::Many(all) => all.len(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_copies_give_the_same_uri_back() {
+        let long = format!(
+            "https://core.wearepatchworks.com/api/v1/{}",
+            "x".repeat(200)
+        );
+        for (uri, inline) in [
+            (
+                "https://core.wearepatchworks.com/api/v1/flows?page=2&sort=name",
+                true,
+            ),
+            ("https://core.wearepatchworks.com", true),
+            ("http://127.0.0.1:8080/api/v1/login", true),
+            ("https://[::1]:8443/x?y", true),
+            ("/api/v1/flows?page=2", true),
+            ("*", true),
+            (long.as_str(), false),
+        ] {
+            let original: Uri = uri.parse().unwrap();
+            let copy = UriCopy::of(&original);
+            assert_eq!(matches!(copy, UriCopy::Inline(_)), inline, "{uri}");
+            let back = copy.uri().unwrap();
+            assert_eq!(back, original, "{uri}");
+            assert_eq!(back.to_string(), original.to_string(), "{uri}");
+        }
+    }
+}
