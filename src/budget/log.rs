@@ -79,11 +79,9 @@ impl Log {
     /// stays in order of dates.
     /// Whether it was in the log (not aged out already).
     pub(crate) fn redate(&mut self, dated: u64, redated: u64) -> bool {
-        let at = self.sent.partition_point(|unit| *unit < dated);
-        if redated >= dated || self.sent.get(at) != Some(&dated) {
+        if redated >= dated || !self.give_back(dated) {
             return false;
         }
-        self.sent.remove(at);
         let to = self.sent.partition_point(|unit| *unit <= redated);
         self.sent.insert(to, redated);
         true
