@@ -24,7 +24,7 @@ pub(crate) enum Verdict {
     /// `invalid_request`, ...): the API refuses the request, not the token.
     RequestRefused,
     /// A `Bearer` challenge says `invalid_token`: the token is the problem.
-    InvalidToken,
+    UnsendableToken,
     /// No `Bearer` error is named (no header, another scheme, unreadable): the 401 may be the
     /// token's or the request's.
     Unknown,
@@ -38,7 +38,7 @@ pub(crate) fn verdict(headers: &HeaderMap) -> Verdict {
         .find_map(|value| bearer_error(value.as_bytes()))
         .map_or(Verdict::Unknown, |error| {
             if error.eq_ignore_ascii_case(b"invalid_token") {
-                Verdict::InvalidToken
+                Verdict::UnsendableToken
             } else {
                 Verdict::RequestRefused
             }
@@ -242,6 +242,6 @@ mod tests {
             WWW_AUTHENTICATE,
             HeaderValue::from_static(r#"Bearer error="Invalid_Token""#),
         );
-        assert_eq!(verdict(&headers), Verdict::InvalidToken);
+        assert_eq!(verdict(&headers), Verdict::UnsendableToken);
     }
 }

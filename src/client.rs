@@ -210,6 +210,13 @@ impl PatchworksClient {
         self.auth.watch()
     }
 
+    /// What the API [budget](crate::budget) counted in this process: requests that waited for
+    /// their turn, the longest wait, 429 pauses, refusals, and the requests waiting now. All
+    /// zero without a budget.
+    pub fn budget_state(&self) -> crate::budget::BudgetState {
+        self.auth.budget_state()
+    }
+
     /// `uri` made absolute against the base URL (its path appended to the base's), if it is a
     /// path: `Ok(None)` for an absolute URI, an error for a path that would leave the base.
     fn resolve(&self, uri: &Uri) -> Result<Option<Uri>, Error> {

@@ -25,7 +25,7 @@ pub(crate) struct Config {
     /// The key sealing the token in the store; derived from the credentials if `None`.
     pub(crate) store_key: Option<[u8; 32]>,
     /// What the store may take of one login.
-    pub(crate) store_budget: Duration,
+    pub(crate) store_timeout: Duration,
     /// The API budget: `None` until the builder says, `Some(None)` for none.
     pub(crate) budget: Option<Option<Budget>>,
     /// The budget as the layer keeps it, made by `Cache::new` (with the store's key).
@@ -42,7 +42,7 @@ impl fmt::Debug for Config {
             .field("replay_body_limit", &self.replay_body_limit)
             .field("store", &self.store)
             .field("store_key", &self.store_key.map(|_| "<redacted>"))
-            .field("store_budget", &self.store_budget)
+            .field("store_timeout", &self.store_timeout)
             .field("budget", &self.budget)
             .finish()
     }

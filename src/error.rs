@@ -54,7 +54,7 @@ pub(crate) enum Kind {
     /// The answer was not a usable login answer.
     Malformed(&'static str),
     /// The token cannot be sent as a header value.
-    InvalidToken,
+    UnsendableToken,
     /// The wrapped service or the answer's body failed during the login.
     Transport,
     /// The layer's configuration is unusable.
@@ -123,10 +123,11 @@ impl Error {
         matches!(self.kind, Kind::Malformed(_))
     }
 
-    /// Returns `true` if the login endpoint issued a token that is not a valid bearer token
-    /// (control characters, spaces, CR/LF, an empty string): it was never sent.
-    pub fn is_invalid_token(&self) -> bool {
-        matches!(self.kind, Kind::InvalidToken)
+    /// Returns `true` if the login endpoint issued a token that cannot be sent as a bearer token
+    /// (control characters, spaces, CR/LF, an empty string): it was never sent. This is about
+    /// the login's answer; an API's 401 `invalid_token` is never an error of the layer.
+    pub fn is_unsendable_token(&self) -> bool {
+        matches!(self.kind, Kind::UnsendableToken)
     }
 
     /// Returns `true` if the wrapped service failed to deliver the login request or its answer
@@ -243,7 +244,7 @@ impl fmt::Display for Error {
                 "Patchworks login answer is unusable: {what}; check that the login URL points \
                  at the Patchworks login endpoint"
             ),
-            Kind::InvalidToken => f.write_str(
+            Kind::UnsendableToken => f.write_str(
                 "Patchworks login issued a token that is not a valid bearer token (empty, or \
                  with spaces or control characters); it was not sent",
             ),

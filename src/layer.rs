@@ -29,7 +29,13 @@ pub const DEFAULT_USERNAME_LOGIN_URL: &str = "https://app.wearepatchworks.com/fa
 /// the [crate documentation](crate) for what happens on expiry, on a 401 and when a login fails.
 ///
 /// Every service this layer makes, and every clone of them, shares one token: a layer used for
-/// several clients logs in once for all of them. Builder methods start a new, empty cache.
+/// several clients logs in once for all of them.
+///
+/// # Clones and builder methods
+///
+/// A clone of the layer shares its token cache. A builder method returns a layer with a new,
+/// empty cache, because its configuration differs: `layer.clone().login_timeout(..)` logs in
+/// on its own. Configure the layer first, then clone it.
 ///
 /// # Example
 ///
@@ -116,7 +122,7 @@ impl AuthLayer {
             replay_body_limit: Self::DEFAULT_REPLAY_BODY_LIMIT,
             store: None,
             store_key: None,
-            store_budget: crate::store::STORE_BUDGET,
+            store_timeout: crate::store::STORE_TIMEOUT,
             budget: None,
             gate: None,
         })
@@ -259,10 +265,10 @@ impl AuthLayer {
     }
 
     /// The most a [store](Self::store) may add to a login: its operations for that login (loads
-    /// and the lock) share this budget, and past it the process logs in as without a store.
+    /// and the lock) share this timeout, and past it the process logs in as without a store.
     /// Default: 300 ms.
-    pub fn store_budget(self, budget: Duration) -> Self {
-        self.map_config(|config| config.store_budget = budget)
+    pub fn store_timeout(self, timeout: Duration) -> Self {
+        self.map_config(|config| config.store_timeout = timeout)
     }
 
     /// Keeps the requests sent to Patchworks (API calls, logins, replays) within `budget`, in
@@ -310,6 +316,13 @@ impl AuthLayer {
     /// without polling [`state`](Self::state).
     pub fn watch(&self) -> tokio::sync::watch::Receiver<TokenState> {
         self.cache.watch()
+    }
+
+    /// What the API [budget](crate::budget) counted in this process: requests that waited for
+    /// their turn, the longest wait, 429 pauses, refusals, and the requests waiting now. All
+    /// zero without a budget.
+    pub fn budget_state(&self) -> crate::budget::BudgetState {
+        self.cache.budget_state()
     }
 }
 

@@ -54,7 +54,7 @@
 //! | Request to another origin, or a network-path reference (`//host/..`) or `*` | Passed through untouched; no login. |
 //! | Request that has its own `Authorization` | Passed through untouched; no login, no 401 handling. |
 //! | A [store] shared by several processes ([`AuthLayer::store`]) | A process with no usable token (first request, expiry, a 401, a renewal) takes a newer token from the store, or logs in under the store's lock and saves its token once the waiting requests have it; the others wait for it. One login for the fleet. After a 401, only a token saved by a process that logged in after the same token was refused, or obtained after the 401 arrived, is taken; a replay refused with a token from the store discards it and is replayed once more. A request with a fresh token never touches the store. |
-//! | The store down, slow (its operations for one login over [`store_budget`](AuthLayer::store_budget), 300 ms by default) or refusing | The process logs in by itself, as without a store, and warns once per outage; no request fails for it. Once the store answers, the fleet converges on one token without a login. |
+//! | The store down, slow (its operations for one login over [`store_timeout`](AuthLayer::store_timeout), 300 ms by default) or refusing | The process logs in by itself, as without a store, and warns once per outage; no request fails for it. Once the store answers, the fleet converges on one token without a login. |
 //! | `poll_ready` reserved capacity below the layer (`ConcurrencyLimit`, `Buffer`) and the request must wait for a login | The reservation is let go before the wait, so the login can use it; the request drives the service ready again after. |
 //! | `ResponseFuture` polled after it completed | Panics, "ResponseFuture polled after completion", in every state, as `async` blocks do. |
 //!
@@ -198,8 +198,8 @@ mod checks;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-/// Entry points for `cargo fuzz` (see `fuzz/`); not an API.
-#[cfg(feature = "fuzzing")]
+/// Entry points for `cargo fuzz` (see `fuzz/`), which builds with `--cfg fuzzing`; not an API.
+#[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing {
     /// Parses `bytes` as a login answer; must never panic.

@@ -292,7 +292,7 @@ struct Answer<'a> {
 }
 
 /// Parses the body of a `200` login answer. `now` is the wall clock, for a JWT's `exp`.
-#[cfg(any(test, feature = "fuzzing"))]
+#[cfg(any(test, fuzzing))]
 pub(crate) fn parse_answer(body: &[u8], now: SystemTime) -> Result<Issued, Error> {
     parse_answer_as(body, now, false)
 }
@@ -381,10 +381,10 @@ pub(crate) fn bearer(token: &str) -> Result<HeaderValue, Error> {
             b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
         });
     if !valid {
-        return Err(Error::new(Kind::InvalidToken));
+        return Err(Error::new(Kind::UnsendableToken));
     }
     let mut value = HeaderValue::from_maybe_shared(Bytes::from(format!("Bearer {token}")))
-        .map_err(|_| Error::new(Kind::InvalidToken))?;
+        .map_err(|_| Error::new(Kind::UnsendableToken))?;
     value.set_sensitive(true);
     Ok(value)
 }
@@ -529,7 +529,7 @@ mod tests {
             "a=b",
         ] {
             let body = format!(r#"{{"token":"{token}","expires_in":60}}"#);
-            assert!(parse(&body).unwrap_err().is_invalid_token(), "{token:?}");
+            assert!(parse(&body).unwrap_err().is_unsendable_token(), "{token:?}");
         }
         assert!(parse(r#"{"token":"YWJj==","expires_in":60}"#).is_ok());
     }

@@ -37,8 +37,7 @@
 //! `anyhow::Error` downcasts to [`Error`].
 
 use crate::{
-    bounds::BoxFuture,
-    cache::{Again, Cache, Check, CheckFn, Token},
+    cache::{Cache, Token, Transport},
     error::{Error, Kind},
     login,
     login::LoginFn,
@@ -89,17 +88,11 @@ impl AuthMiddleware {
         self.cache.watch()
     }
 
-    /// A token that may be sent now: the current one (starting its renewal if it is due), or
-    /// the outcome of a login; and what this request waits for after its answer.
-    async fn token(&self) -> Result<(Arc<Token>, Option<BoxFuture<()>>), Error> {
-        if let Some(token) = self.cache.current().load_full() {
-            match self.cache.check(&token, || self.login.clone()) {
-                Check::Send => return Ok((token, None)),
-                Check::Join(renewal) => return Ok((token, Some(renewal))),
-                Check::Wait => {}
-            }
-        }
-        self.cache.token(self.login.clone()).await
+    /// What the API [budget](crate::budget) counted in this process: requests that waited for
+    /// their turn, the longest wait, 429 pauses, refusals, and the requests waiting now. All
+    /// zero without a budget.
+    pub fn budget_state(&self) -> crate::budget::BudgetState {
+        self.cache.budget_state()
     }
 
     async fn send(
@@ -123,26 +116,26 @@ impl AuthMiddleware {
         }
         // The token first (a login if one is needed), then the budget's unit, at the moment of
         // sending: a request waiting for a login holds no unit.
-        let (token, renewal) = self.token().await.map_err(middleware_error)?;
-        let spent = self.cache.spend().await.map_err(middleware_error)?;
+        let acquired = self.cache.acquire(self.login.clone()).await;
+        let (token, renewal) = acquired.map_err(middleware_error)?;
         request
             .headers_mut()
             .insert(AUTHORIZATION, token.header.clone());
-        let response = self.sent(token, request, extensions, next, spent).await;
+        let response = self.sent(token, request, extensions, next).await;
         if let Some(renewal) = renewal {
             renewal.await;
         }
         response
     }
 
-    /// Sends a request that carries `token`; a 401 goes to the core, as for the tower layer.
+    /// Sends a request that carries `token`; a 401 goes to the driver's 401 path, as for the
+    /// tower layer.
     async fn sent(
         &self,
         token: Arc<Token>,
         request: reqwest::Request,
         extensions: &mut http::Extensions,
         next: Next<'_>,
-        spent: crate::budget::Spent,
     ) -> reqwest_middleware::Result<reqwest::Response> {
         let replay = request.try_clone();
         let url = request.url().clone();
@@ -150,80 +143,131 @@ impl AuthMiddleware {
             method: request.method().clone(),
             path: request.url().path().to_owned(),
         };
-        let extensions_copy = extensions.clone();
-        let mut spent = spent;
-        spent.sending();
-        let response = next.clone().run(request, extensions).await;
-        spent.answered();
-        let response = response?;
+        let copy = extensions.clone();
+        let mut first = Chain::first(&next, extensions);
+        let response = self.cache.send(&mut first, request).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             let answer = (response.status(), response.headers());
             self.cache.answered(token.generation, answer, || endpoint);
             return Ok(response);
         }
-        let decision = self.cache.unauthorized(
-            token.generation,
-            &endpoint,
-            response.headers(),
-            replay.is_some(),
-            self.login.clone(),
-            self.check_fn(&url),
-        );
-        let (Some(mut token), Some(mut replay)) =
-            (decision.await.map_err(middleware_error)?, replay)
-        else {
-            return Ok(response);
-        };
-        drop(response);
-        for again in [true, false] {
-            let copy = replay.try_clone();
-            let mut spent = self.cache.spend().await.map_err(middleware_error)?;
-            token.authorize_again(replay.headers_mut(), Again::Replay);
-            spent.sending();
-            let response = next.clone().run(replay, &mut extensions_copy.clone()).await;
-            spent.answered();
-            let response = response?;
-            let answer = (response.status(), response.headers());
-            if !self
-                .cache
-                .replayed(token.generation, endpoint.clone(), answer)
-                || !again
-            {
-                return Ok(response);
-            }
-            // Refused with a token from the store: judged like any refused token.
-            let (headers, login) = (response.headers(), self.login.clone());
-            let check = self.check_fn(&url);
-            let decision =
-                (self.cache).unauthorized(token.generation, &endpoint, headers, true, login, check);
-            match (decision.await.map_err(middleware_error)?, copy) {
-                (Some(next_token), Some(next_replay)) => {
-                    (token, replay) = (next_token, next_replay)
-                }
-                _ => return Ok(response),
-            }
-        }
-        unreachable!("the second replay returns")
+        let (client, origin) = (Client(self.client.clone()), url.clone());
+        let check = move || self.cache.check_fn(client.clone(), probe(origin.clone()));
+        let login = || self.login.clone();
+        let replays = || replay.as_ref().and_then(reqwest::Request::try_clone);
+        let (mut again, kept) = (Chain::again(&next, copy), replay.is_some());
+        let refused = (token.generation, &endpoint);
+        let cache = &self.cache;
+        (cache.recover(&mut again, refused, response, replays, kept, login, check)).await
+    }
+}
+
+/// The rest of the middleware chain as the driver's [`Transport`]: the request's own
+/// extensions for its first send, a copy of them for each replay.
+struct Chain<'a> {
+    next: Next<'a>,
+    extensions: Extensions<'a>,
+}
+
+enum Extensions<'a> {
+    Own(&'a mut http::Extensions),
+    Copy(http::Extensions),
+}
+
+impl<'a> Chain<'a> {
+    fn first(next: &Next<'a>, extensions: &'a mut http::Extensions) -> Self {
+        let next = next.clone();
+        let extensions = Extensions::Own(extensions);
+        Chain { next, extensions }
     }
 
-    /// The check of a token that settles a bare 401 ([`CheckFn`]): a `GET` to the endpoint's
-    /// path on `refused`'s origin, with this middleware's client, under the API budget.
-    fn check_fn(&self, refused: &reqwest::Url) -> CheckFn {
-        let (cache, client, mut url) = (self.cache.clone(), self.client.clone(), refused.clone());
-        Box::new(move |probe: Endpoint, token: Arc<Token>| {
-            Box::pin(async move {
-                url.set_path(&probe.path);
-                url.set_query(None);
-                let mut request = reqwest::Request::new(http::Method::GET, url);
-                token.authorize_again(request.headers_mut(), Again::Check);
-                let mut spent = cache.spend().await.ok()?;
-                spent.sending();
-                let response = client.execute(request).await;
-                spent.answered();
-                Some(response.ok()?.status() == StatusCode::UNAUTHORIZED)
-            })
-        })
+    fn again(next: &Next<'a>, extensions: http::Extensions) -> Self {
+        let next = next.clone();
+        let extensions = Extensions::Copy(extensions);
+        Chain { next, extensions }
     }
+}
+
+impl Transport for Chain<'_> {
+    type Request = reqwest::Request;
+    type Response = reqwest::Response;
+    type Error = reqwest_middleware::Error;
+
+    fn error(error: Error) -> Self::Error {
+        middleware_error(error)
+    }
+
+    fn headers(request: &mut reqwest::Request) -> &mut http::HeaderMap {
+        request.headers_mut()
+    }
+
+    fn answer(response: &reqwest::Response) -> (StatusCode, &http::HeaderMap) {
+        (response.status(), response.headers())
+    }
+
+    async fn ready(&mut self) -> reqwest_middleware::Result<()> {
+        Ok(())
+    }
+
+    async fn call(
+        &mut self,
+        request: reqwest::Request,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        let next = self.next.clone();
+        match &mut self.extensions {
+            Extensions::Own(extensions) => next.run(request, extensions).await,
+            Extensions::Copy(extensions) => next.run(request, &mut extensions.clone()).await,
+        }
+    }
+}
+
+/// The middleware's client as the driver's [`Transport`], for the checks of a token: a check
+/// outlives the request that started it, and the chain with it.
+#[derive(Clone)]
+struct Client(reqwest::Client);
+
+impl Transport for Client {
+    type Request = reqwest::Request;
+    type Response = reqwest::Response;
+    type Error = reqwest_middleware::Error;
+
+    fn error(error: Error) -> Self::Error {
+        middleware_error(error)
+    }
+
+    fn headers(request: &mut reqwest::Request) -> &mut http::HeaderMap {
+        request.headers_mut()
+    }
+
+    fn answer(response: &reqwest::Response) -> (StatusCode, &http::HeaderMap) {
+        (response.status(), response.headers())
+    }
+
+    async fn ready(&mut self) -> reqwest_middleware::Result<()> {
+        Ok(())
+    }
+
+    async fn call(
+        &mut self,
+        request: reqwest::Request,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        Ok(self.0.execute(request).await?)
+    }
+}
+
+/// The check's request: a `GET` to `path` on `origin`, without a query.
+fn probe(mut origin: reqwest::Url) -> impl FnOnce(&str) -> Option<reqwest::Request> + Send {
+    move |path| {
+        origin.set_path(path);
+        origin.set_query(None);
+        Some(reqwest::Request::new(http::Method::GET, origin))
+    }
+}
+
+/// The layer's own failures, as `reqwest_middleware::Error::Middleware`: its `anyhow::Error`
+/// downcasts to [`Error`].
+fn middleware_error(error: Error) -> reqwest_middleware::Error {
+    reqwest_middleware::Error::middleware(error)
 }
 
 /// Written out as `async_trait` expands it (the trait is declared with it), so that the crate
@@ -257,10 +301,6 @@ impl fmt::Debug for AuthMiddleware {
             .field("cache", &self.cache)
             .finish()
     }
-}
-
-fn middleware_error(error: Error) -> reqwest_middleware::Error {
-    reqwest_middleware::Error::middleware(error)
 }
 
 /// Logs in once through `client`.

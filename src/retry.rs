@@ -28,7 +28,7 @@ use tower::{
 /// - After a back-off: exponential from 100 ms to 10 s with random jitter, or the answer's
 ///   `Retry-After` (seconds or an HTTP date), up to [`max_retry_after`](Self::max_retry_after).
 /// - At most [`max_retries`](Self::max_retries) times (default 3), and, with a
-///   [`budget`](Self::budget), only while the budget allows.
+///   [`retry_budget`](Self::retry_budget), only while that retry budget allows.
 /// - Only requests it can copy: a body that is `Clone` (`Full<Bytes>`, `Empty<Bytes>`,
 ///   `String`), or a [`body::Body`](crate::body::Body) made from bytes (see [`RetryBody`]). A
 ///   streamed body is sent once.
@@ -63,7 +63,7 @@ pub struct RetryPolicy {
     retries_left: u32,
     backoff: ExponentialBackoff,
     max_retry_after: Duration,
-    budget: Option<Arc<TpsBudget>>,
+    retry_budget: Option<Arc<TpsBudget>>,
 }
 
 impl Default for RetryPolicy {
@@ -77,13 +77,13 @@ impl RetryPolicy {
     pub const DEFAULT_MAX_RETRIES: u32 = 3;
 
     /// A policy with the defaults: 3 retries, back-off from 100 ms to 10 s, `Retry-After`
-    /// honoured up to 60 s, no budget.
+    /// honoured up to 60 s, no retry budget.
     pub fn new() -> Self {
         RetryPolicy {
             retries_left: Self::DEFAULT_MAX_RETRIES,
             backoff: backoff(Duration::from_millis(100), Duration::from_secs(10)),
             max_retry_after: Duration::from_secs(60),
-            budget: None,
+            retry_budget: None,
         }
     }
 
@@ -111,11 +111,11 @@ impl RetryPolicy {
         self
     }
 
-    /// Retries only while `budget` allows, so that a failing API gets a bounded share of
+    /// Retries only while the retry budget `budget` allows (tower's, not the API [budget](crate::budget)), so that a failing API gets a bounded share of
     /// retries rather than a multiple of its load. Successes deposit into it. Share one budget
     /// between the clones of a client.
-    pub fn budget(mut self, budget: Arc<TpsBudget>) -> Self {
-        self.budget = Some(budget);
+    pub fn retry_budget(mut self, budget: Arc<TpsBudget>) -> Self {
+        self.retry_budget = Some(budget);
         self
     }
 
@@ -205,7 +205,7 @@ where
         result: &mut Result<Response<ResBody>, BoxError>,
     ) -> Option<Self::Future> {
         let Some((delay, sent)) = self.delay(result) else {
-            if let (Some(budget), Ok(response)) = (&self.budget, &*result) {
+            if let (Some(budget), Ok(response)) = (&self.retry_budget, &*result) {
                 if !response.status().is_server_error() {
                     budget.deposit();
                 }
@@ -215,7 +215,7 @@ where
         if (sent == Sent::Maybe && !is_idempotent(request.method())) || self.retries_left == 0 {
             return None;
         }
-        if let Some(budget) = &self.budget {
+        if let Some(budget) = &self.retry_budget {
             if !budget.withdraw() {
                 return None;
             }
@@ -380,7 +380,7 @@ mod tests {
         assert_eq!(tries, 2);
 
         let budget = Arc::new(TpsBudget::new(Duration::from_secs(10), 1, 0.0));
-        let mut policy = RetryPolicy::new().max_retries(100).budget(budget);
+        let mut policy = RetryPolicy::new().max_retries(100).retry_budget(budget);
         let mut tries = 0;
         while Policy::retry(&mut policy, &mut request, &mut answer(503, None)).is_some() {
             tries += 1;

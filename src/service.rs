@@ -4,7 +4,7 @@ use crate::{
     bounds::BoxFuture,
     bounds::{HttpService, RequestBody, ResponseBody},
     cache::{Cache, Check, Current, Token},
-    future::{Ready, Replayer, ResponseFuture},
+    future::{Ready, Replayer, ResponseFuture, Sender},
     login,
     token::TokenState,
 };
@@ -139,6 +139,13 @@ impl<S> Auth<S> {
     /// without polling [`state`](Self::state).
     pub fn watch(&self) -> tokio::sync::watch::Receiver<TokenState> {
         self.shared.cache.watch()
+    }
+
+    /// What the API [budget](crate::budget) counted in this process: requests that waited for
+    /// their turn, the longest wait, 429 pauses, refusals, and the requests waiting now. All
+    /// zero without a budget.
+    pub fn budget_state(&self) -> crate::budget::BudgetState {
+        self.shared.cache.budget_state()
     }
 }
 
@@ -280,19 +287,18 @@ where
         // Under an API budget the token comes first, then the unit, at the moment of sending:
         // a request waiting for a login holds no unit (the login's own is never behind it),
         // and what is counted is what is sent.
-        let Some(token) = self.token.load() else {
-            return self.cold_or_budgeted(request);
-        };
         let (cache, inner) = (&self.shared.cache, &self.inner);
-        match cache.check(token, || login::login_fn(&cache.config, inner)) {
-            Check::Send => {}
+        let token = match cache.check(self.token.load().as_ref(), || {
+            login::login_fn(&cache.config, inner)
+        }) {
+            Check::Send(token) => token,
             Check::Wait => return self.cold_or_budgeted(request),
-            Check::Join(renewal) if self.budgeted && !self.shared.cache.take_now() => {
+            Check::Join(_, renewal) if self.budgeted && !self.shared.cache.take_now() => {
                 let budgeted = self.budgeted(request);
                 return ResponseFuture::joined(budgeted, renewal);
             }
-            Check::Join(renewal) => return self.joined(request, renewal),
-        }
+            Check::Join(_, renewal) => return self.joined(request, renewal),
+        };
         if self.budgeted && !self.shared.cache.take_now() {
             return self.budgeted(request);
         }
@@ -341,13 +347,9 @@ impl<S: Clone> Auth<S> {
         let login = login::login_fn(&auth.shared.cache.config, &auth.inner);
         ResponseFuture::slow(Box::pin(async move {
             // The token first (a login if one is needed), then the unit.
-            let (_, after) = auth.shared.cache.token(login).await?;
-            let mut spent = auth.shared.cache.spend().await?;
-            // Not ready (or dropped before): never sent, the unit goes back.
-            let ready = tower::ServiceExt::ready(&mut auth).await?;
-            spent.sending();
-            let response = ready.call(request).await;
-            spent.answered();
+            let cache = auth.shared.cache.clone();
+            let (_, after) = cache.acquire(login).await?;
+            let response = cache.send(&mut Sender::new(auth), request).await;
             if let Some(after) = after {
                 after.await;
             }

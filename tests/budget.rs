@@ -92,12 +92,9 @@ async fn a_thousand_concurrent_requests_keep_within_the_budget() {
     // that took, not a fixed 250 ms margin (a quarter of this window, which held it to 80%).
     let share = throughput(&fake, limit, per);
     assert!(share >= 0.9, "{:.0}% of the budget used", share * 100.0);
-    let state = client.state();
-    assert!(state.budget_waited >= 700, "{state:?}");
-    assert!(
-        state.budget_longest_wait >= Duration::from_secs(3),
-        "{state:?}"
-    );
+    let state = client.budget_state();
+    assert!(state.waited >= 700, "{state:?}");
+    assert!(state.longest_wait >= Duration::from_secs(3), "{state:?}");
 }
 
 /// A cold burst: the requests wait for the login without holding a unit, so the login is sent
@@ -182,7 +179,7 @@ async fn waiters_go_in_arrival_order_and_one_that_gives_up_gives_its_turn_back()
             client.clone().oneshot(get(&fake, &format!("/api/v1/{i}"))),
         ));
         // In line (or already served) before the next arrives.
-        let arrived = || client.state().budget_queued + fake.api_calls() - 1;
+        let arrived = || client.budget_state().queued + fake.api_calls() - 1;
         let deadline = Instant::now() + Duration::from_secs(10);
         while arrived() < i {
             assert!(Instant::now() < deadline, "request {i} never queued");
@@ -225,7 +222,7 @@ async fn a_request_past_max_wait_fails_unsent_with_a_typed_error() {
     // tells the two apart on a busy machine.
     assert!(started.elapsed() < Duration::from_secs(30));
     assert_eq!(fake.api_calls(), 1, "never sent");
-    assert_eq!(client.state().budget_refused, 1);
+    assert_eq!(client.budget_state().refused, 1);
 }
 
 #[tokio::test]
@@ -260,7 +257,7 @@ async fn a_429_pauses_the_budget_for_its_retry_after_and_is_returned_as_it_is() 
     // it takes to come back after it; well short of the budget's `max_wait` (30 s).
     assert!(waited >= Duration::from_millis(1900), "waited {waited:?}");
     assert!(waited < Duration::from_secs(15), "waited {waited:?}");
-    assert_eq!(client.state().budget_pauses, 1);
+    assert_eq!(client.budget_state().pauses, 1);
 }
 
 #[tokio::test]
@@ -285,7 +282,7 @@ async fn requests_to_other_origins_take_no_unit() {
             "no token sent there"
         );
     }
-    assert_eq!(client.state().budget_refused, 0);
+    assert_eq!(client.budget_state().refused, 0);
 }
 
 // A fleet: 8 processes, each sending 50 requests one after the other as fast as it can, under
@@ -446,7 +443,7 @@ async fn layers_sharing_a_store_share_the_budget_for_logins_and_api_keys() {
     assert_eq!(fake.logins(), 1, "the second layer took the stored token");
 }
 
-/// The wait counts (`budget_waited`, the wait histogram) count requests that waited for their
+/// The wait counts (`BudgetState::waited`, the wait histogram) count requests that waited for their
 /// turn, not the store's round trips: 40 concurrent requests through a shared budget that is
 /// never full each ask the store (one at a time), and none waited for its turn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -465,12 +462,8 @@ async fn store_round_trips_are_not_counted_as_waits() {
     for response in futures_util::future::join_all(requests.collect::<Vec<_>>()).await {
         assert_eq!(response.unwrap().unwrap().status(), StatusCode::OK);
     }
-    let state = client.state();
-    assert_eq!(
-        (state.budget_waited, state.budget_refused),
-        (0, 0),
-        "{state:?}"
-    );
+    let state = client.budget_state();
+    assert_eq!((state.waited, state.refused), (0, 0), "{state:?}");
 
     // A full window is a wait, and counted.
     let client = AuthLayer::new(fake.credentials())
@@ -481,7 +474,7 @@ async fn store_round_trips_are_not_counted_as_waits() {
         let response = client.clone().oneshot(get(&fake, "/api/v1/flows")).await;
         assert_eq!(response.unwrap().status(), StatusCode::OK);
     }
-    assert!(client.state().budget_waited >= 1, "{:?}", client.state());
+    assert!(client.budget_state().waited >= 1, "{:?}", client.state());
 }
 
 /// A `FileStore`'s budget file after the wall clock stepped back 10 minutes (a full window of
@@ -551,7 +544,59 @@ async fn a_frozen_store_refuses_and_fails_no_request() {
         rounds += 1;
     }
     redis.thaw();
-    let state = client.state();
-    assert_eq!(state.budget_refused, 0, "{state:?}");
+    let state = client.budget_state();
+    assert_eq!(state.refused, 0, "{state:?}");
     assert!(rounds >= 2, "{rounds} rounds of 40 in 5 s");
+}
+
+/// The sliding log is written twice: in Rust (a process's own budget, and a `FileStore`'s file,
+/// which keeps it under the file's lock) and in Lua (Redis's script, run by the server in one
+/// step). One sequence of takes and pauses through both gives the same verdicts, and waits that
+/// agree within the time between the two calls. No wall-clock wait but the one both stores name.
+#[tokio::test]
+async fn the_rust_and_the_lua_sliding_logs_agree() {
+    use patchworks_auth::store::{FileStore, RedisStore, TokenStore};
+    let Some(redis) = Redis::start() else { return };
+    let dir = TempDir::new("logs");
+    let file = FileStore::new(dir.0.join("token"));
+    let lua = RedisStore::new(&redis.url()).unwrap();
+    let stores: [&dyn TokenStore; 2] = [&file, &lua];
+    let (limit, window) = (3, Duration::from_secs(1));
+    let mut taken = 0;
+    // Both stores, one step: the verdicts (`None`: taken) and how far apart their waits are.
+    let mut step = async |key: &str| {
+        let mut verdicts = Vec::new();
+        for store in stores {
+            taken += 1;
+            let name = format!("unit-{taken}");
+            verdicts.push(store.take_budget(key, limit, window, &name).await.unwrap());
+        }
+        let (rust, lua) = (verdicts[0], verdicts[1]);
+        assert_eq!(rust.is_some(), lua.is_some(), "Rust {rust:?}, Lua {lua:?}");
+        let apart = rust.unwrap_or_default().abs_diff(lua.unwrap_or_default());
+        assert!(apart < Duration::from_millis(200), "Rust {rust:?}, Lua {lua:?}");
+        rust.max(lua)
+    };
+    // A full window: three taken, the fourth told when the oldest ages out.
+    for _ in 0..limit {
+        assert_eq!(step("a").await, None);
+    }
+    let wait = step("a").await.expect("the window is full");
+    assert!(wait <= window, "{wait:?}");
+    // Another account's log is its own.
+    assert_eq!(step("b").await, None);
+    // Once the window slid past them, three more, and no fourth.
+    tokio::time::sleep(wait + Duration::from_millis(50)).await;
+    for _ in 0..limit {
+        assert_eq!(step("a").await, None);
+    }
+    assert!(step("a").await.is_some());
+    // A pause outlasts the window; a shorter one does not shorten it.
+    for pause in [Duration::from_secs(3), Duration::from_secs(1)] {
+        for store in stores {
+            store.pause_budget("b", pause).await.unwrap();
+        }
+        let wait = step("b").await.expect("paused");
+        assert!(wait > Duration::from_secs(2), "{wait:?}");
+    }
 }

@@ -249,7 +249,7 @@ async fn keeps_a_budget_of_240_a_minute_unless_told_otherwise() {
         fake.fail_api_calls(1, StatusCode::TOO_MANY_REQUESTS, Some(0));
         let response = client.clone().oneshot(get_path("/flows")).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "retried");
-        assert_eq!(client.state().budget_pauses, pauses);
+        assert_eq!(client.budget_state().pauses, pauses);
     }
 }
 
@@ -276,14 +276,14 @@ async fn a_request_over_the_budget_is_refused_as_such_and_retried_whatever_its_m
     let post = Request::post("/flows").body(Full::from("{}")).unwrap();
     for request in [get_path("/flows"), post] {
         let method = request.method().clone();
-        let refused = client.state().budget_refused;
+        let refused = client.budget_state().refused;
         let error = client.clone().oneshot(request).await.unwrap_err();
         let error = error.downcast_ref::<patchworks_auth::Error>();
         assert!(
             error.is_some_and(|e| e.is_budget_exhausted()),
             "{method}: {error:?}"
         );
-        let tries = client.state().budget_refused - refused;
+        let tries = client.budget_state().refused - refused;
         assert_eq!(
             tries, 4,
             "{method}: the first try and the policy's 3 retries"
@@ -314,7 +314,7 @@ async fn a_refusal_at_the_default_max_wait_is_not_a_timeout() {
         .unwrap_err();
     let error = error.downcast_ref::<patchworks_auth::Error>();
     assert!(error.is_some_and(|e| e.is_budget_exhausted()), "{error:?}");
-    assert_eq!(client.state().budget_refused, 4);
+    assert_eq!(client.budget_state().refused, 4);
 }
 
 /// A cold backlog over the ready client's own budget (240 a minute): 300 GETs at once. The

@@ -104,3 +104,30 @@ async fn a_base_url_whose_origin_gets_no_token() {
         StatusCode::OK
     );
 }
+
+/// A clone of a layer shares its token; a builder method called on a clone starts its own,
+/// empty cache (documented on `AuthLayer`): configure first, clone after.
+#[tokio::test]
+async fn a_builder_method_on_a_clone_starts_its_own_token_cache() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let layer = AuthLayer::new(fake.credentials()).login_url(fake.login_url());
+    let clone = layer.clone();
+    let reconfigured = layer.clone().login_timeout(Duration::from_secs(5));
+    let client = layer.layer(fake.client());
+    client
+        .login::<http_body_util::Full<bytes::Bytes>>()
+        .await
+        .unwrap();
+    assert!(clone.state().usable, "a clone shares the token");
+    assert!(
+        !reconfigured.state().usable,
+        "a reconfigured clone has none"
+    );
+    let other = reconfigured.layer(fake.client());
+    other
+        .login::<http_body_util::Full<bytes::Bytes>>()
+        .await
+        .unwrap();
+    assert_eq!(fake.logins(), 2, "one login for each cache");
+    assert_eq!(client.state().logins, 1);
+}

@@ -211,13 +211,13 @@ async fn malformed_and_hostile_login_answers_are_errors() {
             e.is_malformed()
         }),
         (LoginAnswer::RawToken("abc\r\nX-Injected: 1".into()), |e| {
-            e.is_invalid_token()
+            e.is_unsendable_token()
         }),
         (LoginAnswer::RawToken("two words".into()), |e| {
-            e.is_invalid_token()
+            e.is_unsendable_token()
         }),
         (LoginAnswer::RawToken(String::new()), |e| {
-            e.is_invalid_token()
+            e.is_unsendable_token()
         }),
         (LoginAnswer::Status(StatusCode::UNPROCESSABLE_ENTITY), |e| {
             e.is_rejected()

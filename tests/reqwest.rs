@@ -157,10 +157,6 @@ async fn the_budget_pauses_on_a_429_and_refuses_past_max_wait() {
     let error = layer_error(&client, &fake, "/api/v1/flows").await;
     assert!(error.is_budget_exhausted(), "{error}");
     assert_eq!(fake.api_calls(), 3, "never sent");
-    let state = middleware.state();
-    assert_eq!(
-        (state.budget_pauses, state.budget_refused),
-        (1, 1),
-        "{state:?}"
-    );
+    let state = middleware.budget_state();
+    assert_eq!((state.pauses, state.refused), (1, 1), "{state:?}");
 }

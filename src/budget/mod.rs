@@ -48,8 +48,8 @@
 //! - **A 429 pauses the account.** Its `Retry-After` (1 s without one, at most 5 minutes)
 //!   pauses the budget of every process sharing it; the 429 itself is returned as it is, for
 //!   `RetryPolicy` above the layer to retry after the pause.
-//! - **Seen** in [`TokenState`] (`budget_waited`, `budget_longest_wait`,
-//!   `budget_pauses`, `budget_refused`) and, with the `metrics` feature, in the metrics.
+//! - **Seen** in a [`BudgetState`] (`budget_state()` of the layer, its services, the ready
+//!   client and the reqwest middleware) and, with the `metrics` feature, in the metrics.
 //!
 //! `AuthLayer::https_client()` (feature `rustls`) applies `Budget::per_minute(240)` unless
 //! told otherwise; a bare [`AuthLayer`](crate::AuthLayer)
@@ -72,7 +72,7 @@ pub(crate) use guards::{Counted, Spent};
 use log::PAUSE;
 use log::{micros, Log};
 
-use crate::{error::Error, store::TokenStore, token::TokenState};
+use crate::{error::Error, store::TokenStore};
 use http::{HeaderMap, StatusCode};
 use std::{
     fmt,
@@ -94,6 +94,25 @@ const STORE_DEADLINE: Duration = Duration::from_millis(250);
 /// request asks the store again (a probe): a frozen store costs one request
 /// [`STORE_DEADLINE`] a second, not every request in a queue.
 const STORE_PROBE: Duration = Duration::from_secs(1);
+
+/// What an API budget counted in this process, without the token: read with `budget_state()`
+/// on [`AuthLayer`](crate::AuthLayer), [`Auth`](crate::Auth), the ready client, or the reqwest
+/// middleware. All zero for a layer without a budget.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BudgetState {
+    /// Requests (and logins) that waited for their turn: the window was full, or a 429 paused
+    /// it. A round trip to a shared store is not a wait.
+    pub waited: u64,
+    /// The longest of those waits.
+    pub longest_wait: Duration,
+    /// How many 429s paused the budget.
+    pub pauses: u64,
+    /// Requests that waited the budget's `max_wait` and were not sent.
+    pub refused: u64,
+    /// Requests waiting for their turn right now.
+    pub queued: usize,
+}
 
 /// An API budget: at most `limit` requests in any window of `per` (see the
 /// [module documentation](self)).
@@ -480,16 +499,16 @@ impl Gate {
         }
     }
 
-    /// `state` with what the budget counted: requests that waited, the longest wait, pauses,
-    /// refusals, and the requests waiting now.
-    pub(crate) fn counted(&self, mut state: TokenState) -> TokenState {
-        state.budget_waited = self.waited.load(Ordering::Relaxed);
-        state.budget_longest_wait =
-            Duration::from_micros(self.longest_wait_us.load(Ordering::Relaxed));
-        state.budget_pauses = self.pauses.load(Ordering::Relaxed);
-        state.budget_refused = self.refused.load(Ordering::Relaxed);
-        state.budget_queued = self.queued.load(Ordering::Relaxed);
-        state
+    /// What the budget counted: requests that waited, the longest wait, pauses, refusals, and
+    /// the requests waiting now.
+    pub(crate) fn state(&self) -> BudgetState {
+        BudgetState {
+            waited: self.waited.load(Ordering::Relaxed),
+            longest_wait: Duration::from_micros(self.longest_wait_us.load(Ordering::Relaxed)),
+            pauses: self.pauses.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            queued: self.queued.load(Ordering::Relaxed),
+        }
     }
 
     /// A request (or login) whose unit was dated `taken` has its answer: unless the margin was

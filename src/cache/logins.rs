@@ -1,4 +1,4 @@
-//! Logins run under a [`Claim`], the shared store's part in them, and the token installed.
+//! Logins run under a [`Claim`], their attempts, and the token installed.
 
 use super::*;
 
@@ -26,7 +26,7 @@ impl Cache {
                 let (outcome, lock) = cache.obtain(&start, &login).await;
                 claim.finish(reason, outcome.clone());
                 if let Some(owner) = lock {
-                    cache.settle(&start, owner, outcome).await;
+                    cache.settle(start.replaces(), owner, outcome).await;
                 }
                 drop(settled);
             },
@@ -46,90 +46,6 @@ impl Cache {
             began: Instant::now(),
             done: false,
         }
-    }
-
-    /// A token for login `start`: from the shared store if it holds one the core takes, else
-    /// from a login (one for the whole fleet when the store can coordinate it). The store's
-    /// operations share the login's store budget. With the token comes the store's lock if this
-    /// process took it: the token is saved and the lock let go after the callers have the token.
-    pub(super) async fn obtain(
-        &self,
-        start: &Start,
-        login: &LoginFn,
-    ) -> (Result<Obtained, Failure>, Option<Owner>) {
-        let log_in = || self.log_in(login, start);
-        let Some(store) = &self.store else {
-            return (log_in().await, None);
-        };
-        let (refused, mut budget) = (start.replaces(), self.config.store_budget);
-        let mut spent = Duration::ZERO;
-        let takes = |found: &(Obtained, bool)| {
-            let now = Instant::now();
-            self.lock().takes(start, &found.0, found.1, now)
-        };
-        // A lock lapses after its lifetime (the login timeout) and a waiter takes it over, so a
-        // holder that died delays the others by that much. A waiter gives up and logs in by
-        // itself only after the lifetime and one more login (its new holder's) have passed:
-        // when the lock never comes free (a file lock held by a hung process).
-        let wait_until = Instant::now() + 2 * self.config.login_timeout;
-        let owner = Owner::new();
-        let obtained = loop {
-            match store.load(refused, &mut budget).await {
-                Ok(Some(found)) if takes(&found) => break (Ok(found.0), None),
-                Ok(_) => {}
-                Err(()) => break (log_in().await, None),
-            }
-            match store
-                .lock(&owner, self.config.login_timeout, &mut budget)
-                .await
-            {
-                Ok(true) => {
-                    // Taken: another process may have saved and let go since the load.
-                    let outcome = match store.load(refused, &mut budget).await {
-                        Ok(Some(found)) if takes(&found) => Ok(found.0),
-                        _ => log_in().await,
-                    };
-                    break (outcome, Some(owner));
-                }
-                // Another process logs in: its token will be in the store. Waiting for it is
-                // bounded by `wait_until`, not by this login's store budget.
-                Ok(false) if Instant::now() < wait_until => {
-                    sleep(jittered(STORE_POLL)).await;
-                    spent += self.config.store_budget.saturating_sub(budget);
-                    budget = self.config.store_budget;
-                }
-                Ok(false) => {
-                    tracing::warn!(
-                        target: "patchworks_auth",
-                        "the store's login lock outlived its lifetime: logging in without it"
-                    );
-                    break (log_in().await, Some(owner));
-                }
-                Err(()) => break (log_in().await, None),
-            }
-        };
-        let store = spent + self.config.store_budget.saturating_sub(budget);
-        tracing::debug!(target: "patchworks_auth", ?store, "the token store's time for this login");
-        obtained
-    }
-
-    /// After the callers have the token of login `start`: saves it (unless it came from the
-    /// store) and lets go of the store's lock.
-    pub(super) async fn settle(
-        &self,
-        start: &Start,
-        owner: Owner,
-        outcome: Result<Obtained, Failure>,
-    ) {
-        let Some(store) = &self.store else { return };
-        let mut budget = self.config.store_budget;
-        if let Some(obtained) = outcome.ok().filter(|obtained| !obtained.shared) {
-            let timings = timings(&self.config);
-            store
-                .save(&obtained, start.replaces(), &timings, &mut budget)
-                .await;
-        }
-        store.unlock(&owner, &mut budget).await;
     }
 
     /// One login: attempts through `login` as the core's [`Attempts`] decides, until one
@@ -212,82 +128,6 @@ impl Cache {
         self.current.store(Some(token.clone()));
         self.keep_aged(&token, renew_at, send_by);
         token
-    }
-
-    /// After a login made while the store was down: until the token expires, tries now and
-    /// then to take the fleet's token from the store, or to share this one, so that the fleet
-    /// converges on one token again without a login once the store is back.
-    pub(super) fn resync(self: &Arc<Self>, token: &Arc<Token>) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let (cache, mine) = (Arc::downgrade(self), Arc::downgrade(token));
-        runtime.spawn(async move {
-            let owner = Owner::new();
-            let mut every = RESYNC.0;
-            loop {
-                sleep(jittered(every)).await;
-                let mut budget = STORE_BUDGET;
-                let (Some(cache), Some(mine)) = (cache.upgrade(), mine.upgrade()) else {
-                    return; // the layer is gone, or the token was replaced
-                };
-                let current = cache.current.load_full();
-                if mine.phase() == Phase::Expired
-                    || !current.is_some_and(|current| Arc::ptr_eq(&current, &mine))
-                {
-                    return;
-                }
-                let Some(store) = &cache.store else { return };
-                match store.load(None, &mut budget).await {
-                    Err(()) => {
-                        every = (every * 2).min(RESYNC.1);
-                        continue;
-                    }
-                    Ok(Some((shared, _))) if shared.header == mine.header => return,
-                    Ok(Some((shared, _))) => {
-                        let mut core = cache.lock();
-                        let (renew_at, _) =
-                            timings(&cache.config).schedule(shared.obtained_at, shared.lifetime);
-                        if Instant::now() >= renew_at {
-                            continue;
-                        }
-                        if let Some((generation, renew_at, send_by)) = core.adopt(shared.clone()) {
-                            let token = cache.install(&shared, generation, renew_at, send_by);
-                            cache.changed(&core);
-                            tracing::info!(
-                                target: "patchworks_auth",
-                                generation = token.generation,
-                                "store back: took the fleet's token"
-                            );
-                        }
-                        return;
-                    }
-                    Ok(None) => {
-                        let Some(lifetime) = mine.lifetime() else {
-                            return;
-                        };
-                        let ttl = cache.config.login_timeout;
-                        if store.lock(&owner, ttl, &mut budget).await == Ok(true) {
-                            if let Ok(None) = store.load(None, &mut budget).await {
-                                let obtained = Obtained {
-                                    header: mine.header.clone(),
-                                    obtained_at: mine.obtained_at,
-                                    lifetime,
-                                    shared: false,
-                                };
-                                let timings = timings(&cache.config);
-                                store.save(&obtained, None, &timings, &mut budget).await;
-                                tracing::info!(
-                                    target: "patchworks_auth",
-                                    "store back: shared this process's token"
-                                );
-                            }
-                            store.unlock(&owner, &mut budget).await;
-                        }
-                    }
-                }
-            }
-        });
     }
 }
 

@@ -21,7 +21,7 @@ use crate::{
     credentials::{api_key_header, Secret},
     error::Error,
     login::LoginFn,
-    store::{Owner, Shared, STORE_BUDGET},
+    store::{Owner, Shared, STORE_TIMEOUT},
     token::{
         Attempts, Core, Ended, Endpoint, Failure, Need, Obtained, Reason, Renew, Start, Step,
         Timings, TokenState, Unauthorized,
@@ -49,10 +49,13 @@ use tower::util::rng::{HasherRng, Rng};
 
 mod answers;
 mod logins;
+mod replays;
+mod store;
 mod token;
 
 use answers::Checking;
 pub(crate) use answers::{Again, CheckFn};
+pub(crate) use replays::Transport;
 use token::{age, retry_renewal_at};
 pub(crate) use token::{Phase, Token};
 
@@ -104,9 +107,9 @@ fn switch() {
 pub(crate) type After = Option<BoxFuture<()>>;
 
 /// What a request does with the token it read; see [`Cache::check`].
-pub(crate) enum Check {
-    Send,
-    Join(BoxFuture<()>),
+pub(crate) enum Check<'a> {
+    Send(&'a Arc<Token>),
+    Join(&'a Arc<Token>, BoxFuture<()>),
     Wait,
 }
 
@@ -215,7 +218,7 @@ impl Cache {
     }
 
     /// The current token.
-    #[cfg(any(feature = "reqwest", all(test, shuttle)))]
+    #[cfg(all(test, shuttle))]
     pub(crate) fn current(&self) -> &ArcSwapOption<Token> {
         &self.current
     }
@@ -278,7 +281,7 @@ impl Cache {
         let current = self.current.load_full();
         // An API key is neither obtained nor expires.
         let login = current.as_ref().filter(|token| token.expires_at.is_some());
-        let state = TokenState {
+        TokenState {
             obtained_at: login.map(|token| token.obtained_at.into_std()),
             expires_at: login
                 .and_then(|token| token.expires_at)
@@ -289,12 +292,13 @@ impl Cache {
             waiting: self.waiting.load(Ordering::Relaxed),
             last_error: core.last_error().cloned(),
             store_outages: self.store.as_ref().map_or(0, Shared::outages),
-            ..TokenState::default()
-        };
-        match &self.config.gate {
-            Some(gate) => gate.counted(state),
-            None => state,
         }
+    }
+
+    /// What the API budget counted (all zero without one).
+    pub(crate) fn budget_state(&self) -> crate::budget::BudgetState {
+        let gate = self.config.gate.as_deref();
+        gate.map_or_else(Default::default, crate::budget::Gate::state)
     }
 
     /// A token that may be sent: the current one, or the outcome of the login in flight, or of
@@ -343,22 +347,44 @@ impl Cache {
         }
     }
 
-    /// What a request does with the token it read: send it (`Check::Send`), send it and wait
-    /// for the renewal it took up (`Check::Join`), or wait for a login (`Check::Wait`). The
-    /// first request to see the token due starts its renewal, with the login `login` makes.
+    /// What a request does with the token it read (`None`: no token): send it (`Check::Send`),
+    /// send it and wait for the renewal it took up (`Check::Join`), or wait for a login
+    /// (`Check::Wait`, then [`Cache::token`]). The first request to see the token due starts its
+    /// renewal, with the login `login` makes. Both adapters decide so: the tower service on its
+    /// request path, the reqwest middleware in [`Cache::acquire`].
     #[inline]
-    pub(crate) fn check(
+    pub(crate) fn check<'a>(
         self: &Arc<Self>,
-        token: &Arc<Token>,
+        token: Option<&'a Arc<Token>>,
         login: impl FnOnce() -> LoginFn,
-    ) -> Check {
+    ) -> Check<'a> {
+        let Some(token) = token else {
+            return Check::Wait;
+        };
         match token.phase() {
-            Phase::Fresh | Phase::Renewing => Check::Send,
+            Phase::Fresh | Phase::Renewing => Check::Send(token),
             Phase::Due if token.advance(Phase::Due, Phase::Renewing) => {
-                self.renew(token, login()).map_or(Check::Send, Check::Join)
+                match self.renew(token, login()) {
+                    Some(renewal) => Check::Join(token, renewal),
+                    None => Check::Send(token),
+                }
             }
-            Phase::Due => Check::Send,
+            Phase::Due => Check::Send(token),
             Phase::Expired => Check::Wait,
+        }
+    }
+
+    /// A token that may be sent now, as [`Cache::check`] decides: the current one, or the
+    /// outcome of a login; and what the request waits for after its answer.
+    pub(crate) async fn acquire(
+        self: &Arc<Self>,
+        login: LoginFn,
+    ) -> Result<(Arc<Token>, After), Error> {
+        let current = self.current.load_full();
+        match self.check(current.as_ref(), || login.clone()) {
+            Check::Send(token) => Ok((token.clone(), None)),
+            Check::Join(token, renewal) => Ok((token.clone(), Some(renewal))),
+            Check::Wait => self.token(login).await,
         }
     }
 

@@ -46,7 +46,7 @@ enum LoginOutcome {
 enum Answer {
     Ok,
     Bare401,
-    InvalidToken,
+    UnsendableToken,
     InsufficientScope,
 }
 
@@ -318,7 +318,7 @@ impl ReferenceStateMachine for Reference {
         let answer = prop_oneof![
             3 => Just(Answer::Ok),
             3 => Just(Answer::Bare401),
-            1 => Just(Answer::InvalidToken),
+            1 => Just(Answer::UnsendableToken),
             1 => Just(Answer::InsufficientScope),
         ];
         let advance = prop_oneof![
@@ -476,7 +476,7 @@ impl Harness {
                         return Decision::None;
                     }
                     Answer::Bare401 => Verdict::Unknown,
-                    Answer::InvalidToken => Verdict::InvalidToken,
+                    Answer::UnsendableToken => Verdict::UnsendableToken,
                     Answer::InsufficientScope => Verdict::RequestRefused,
                 };
                 match self

@@ -40,7 +40,7 @@ fn cache() -> Arc<Cache> {
         replay_body_limit: 0,
         store: None,
         store_key: None,
-        store_budget: Duration::from_millis(300),
+        store_timeout: Duration::from_millis(300),
         budget: None,
         gate: None,
     })

@@ -9,7 +9,7 @@
 use crate::{
     bounds::BoxFuture,
     bounds::{HttpService, RequestBody, ResponseBody},
-    cache::{After, Again, Cache, CheckFn, Token},
+    cache::{After, Cache, Token},
     error::{Error, Kind},
     login::login_fn,
     token::Endpoint,
@@ -36,6 +36,7 @@ mod recover;
 mod replay;
 
 use recover::recover;
+pub(crate) use recover::Sender;
 use replay::{BodyBuffer, Keep, Replay};
 
 pin_project! {
@@ -51,6 +52,7 @@ pin_project! {
 
 pin_project! {
     #[project = StateProj]
+    #[project_replace = StateOwned]
     enum State<S, ReqBody>
     where
         S: Service<Request<ReqBody>>,
@@ -61,28 +63,38 @@ pin_project! {
         Buffering {
             #[pin] body: ReqBody,
             buffer: BodyBuffer,
-            pending: Option<Box<Pending<S>>>,
+            pending: Box<Pending<S>>,
         },
         // Sent with the token; a 401 moves on to `Slow`.
         Sent {
             #[pin] future: S::Future,
-            ctx: Option<Ctx<S>>,
-            replay: Option<Replay>,
+            ctx: Ctx<S>,
+            replay: Replay,
         },
         // No usable token: waiting for the login.
         Waiting {
             login: BoxFuture<Result<(Arc<Token>, After), Error>>,
-            cold: Option<Box<Cold<S, ReqBody>>>,
+            cold: Box<Cold<S, ReqBody>>,
         },
         // The token came: driving the inner service ready again.
-        Readying { cold: Option<(Box<Cold<S, ReqBody>>, Arc<Token>, After)> },
+        Readying { cold: Box<Cold<S, ReqBody>>, token: Arc<Token>, after: After },
         // Recovering from a 401.
         Slow { future: BoxFuture<Result<S::Response, BoxError>> },
         // The layer cannot be used (its configuration is refused).
-        Failed { error: Option<Error> },
+        Failed { error: Error },
         // The response (or error) was returned.
         Done,
     }
+}
+
+/// What ended a state that moves on to the next: the next state is made from it and from
+/// what the state owned, which [`State::project_replace`] hands over.
+enum Event<Response> {
+    Buffered(Bytes),
+    Unauthorized(Response),
+    LoggedIn(Arc<Token>, After),
+    Ready,
+    Failed,
 }
 
 /// The one message of a `ResponseFuture` polled again after it returned `Ready`.
@@ -187,7 +199,7 @@ where
     #[cold]
     #[inline(never)]
     pub(crate) fn failed(error: Error) -> Self {
-        Self::new(State::Failed { error: Some(error) })
+        Self::new(State::Failed { error })
     }
 
     /// A request that has a token, sent by a ready service.
@@ -216,11 +228,11 @@ where
         let cache = &replayer.cache;
         Self::new(State::Waiting {
             login: Box::pin(cache.token(login_fn(&cache.config, &inner))),
-            cold: Some(Box::new(Cold {
+            cold: Box::new(Cold {
                 inner,
                 replayer,
                 request,
-            })),
+            }),
         })
     }
 
@@ -285,13 +297,13 @@ where
             return State::Buffering {
                 body,
                 buffer: BodyBuffer::Empty,
-                pending: Some(Box::new(Pending {
+                pending: Box::new(Pending {
                     sender,
                     ctx,
                     parts,
                     header,
                     limit,
-                })),
+                }),
             };
         }
     };
@@ -302,8 +314,8 @@ where
     };
     State::Sent {
         future,
-        ctx: Some(ctx),
-        replay: Some(replay),
+        ctx,
+        replay,
     }
 }
 
@@ -352,7 +364,9 @@ macro_rules! end_on_error {
 
 /// Drives the request through its states until it has a response or an error, and leaves it
 /// `Done`. Each state that ends returns its output itself: moving a response through one more
-/// frame costs a `memcpy` per request.
+/// frame costs a `memcpy` per request. A state that moves on says what ended it (an [`Event`]);
+/// the next state is then made from that and what the state owned, moved out with
+/// `project_replace` as tower's `retry/future.rs` does.
 #[inline]
 fn poll_state<S, ReqBody, ResBody>(
     mut state: Pin<&mut State<S, ReqBody>>,
@@ -364,7 +378,7 @@ where
     ResBody: ResponseBody,
 {
     loop {
-        match state.as_mut().project() {
+        let event = match state.as_mut().project() {
             StateProj::Passthrough { future } => {
                 let output = ready!(future.poll(cx)).map_err(Into::into);
                 state.set(State::Done);
@@ -375,22 +389,8 @@ where
                 buffer,
                 pending,
             } => {
-                let limit = pending.as_ref().expect(POLLED_AFTER_COMPLETION).limit;
-                let bytes = end_on_error!(state, ready!(buffer.poll_fill(body, limit, cx)));
-                let Pending {
-                    mut sender,
-                    ctx,
-                    parts,
-                    header,
-                    ..
-                } = *pending.take().expect(POLLED_AFTER_COMPLETION);
-                let request = Request::from_parts(parts, ReqBody::from(bytes.clone()));
-                let replay = Replay::copy(&request, Some(bytes));
-                state.set(State::Sent {
-                    future: authorize(&mut sender, request, header),
-                    ctx: Some(ctx),
-                    replay: Some(replay),
-                });
+                let fill = buffer.poll_fill(body, pending.limit, cx);
+                Event::Buffered(end_on_error!(state, ready!(fill)))
             }
             StateProj::Sent {
                 future,
@@ -401,63 +401,75 @@ where
                 if response.status() != StatusCode::UNAUTHORIZED {
                     // Evidence that the token is good, and that this endpoint does not refuse.
                     // Read in place: moving the replay copy out costs a `memcpy` per request.
-                    let (Some(ctx), Some(replay)) = (ctx.as_ref(), replay.as_ref()) else {
-                        panic!("{POLLED_AFTER_COMPLETION}");
-                    };
                     let answer = (response.status(), response.headers());
-                    ctx.replayer
-                        .cache
-                        .answered(ctx.generation, answer, || replay.endpoint());
+                    (ctx.replayer.cache).answered(ctx.generation, answer, || replay.endpoint());
                     state.set(State::Done);
                     return Poll::Ready(Ok(response));
                 }
-                let ctx = ctx.take().expect(POLLED_AFTER_COMPLETION);
-                let replay = replay.take().expect(POLLED_AFTER_COMPLETION);
-                let future = Box::pin(recover(ctx, replay, response));
-                state.set(State::Slow { future });
+                Event::Unauthorized(response)
             }
-            StateProj::Waiting { login, cold } => {
+            StateProj::Waiting { login, .. } => {
                 let (token, after) = end_on_error!(state, ready!(login.as_mut().poll(cx)));
-                let cold = cold.take().expect(POLLED_AFTER_COMPLETION);
-                state.set(State::Readying {
-                    cold: Some((cold, token, after)),
-                });
+                Event::LoggedIn(token, after)
             }
-            StateProj::Readying { cold } => {
-                let (pending, ..) = cold.as_mut().expect(POLLED_AFTER_COMPLETION);
-                end_on_error!(state, ready!(pending.inner.poll_ready(cx)));
-                let (pending, token, after) = cold.take().expect(POLLED_AFTER_COMPLETION);
-                let (header, generation) = (token.header.clone(), token.generation);
-                let Cold {
-                    inner,
-                    replayer,
-                    request,
-                } = *pending;
-                let ctx = Ctx {
-                    replayer,
-                    generation,
-                };
-                let warm = warm(Ready::Owned(inner), ctx, request, header);
-                match after {
-                    None => state.set(warm),
-                    Some(after) => {
-                        let warm = ResponseFuture::new(warm);
-                        state.set(ResponseFuture::joined(warm, after).state);
-                    }
-                }
+            StateProj::Readying { cold, .. } => {
+                end_on_error!(state, ready!(cold.inner.poll_ready(cx)));
+                Event::Ready
             }
             StateProj::Slow { future } => {
                 let output = ready!(future.as_mut().poll(cx));
                 state.set(State::Done);
                 return Poll::Ready(output);
             }
-            StateProj::Failed { error } => {
-                let error = error.take().expect(POLLED_AFTER_COMPLETION);
-                state.set(State::Done);
-                return Poll::Ready(Err(error.into()));
-            }
+            StateProj::Failed { .. } => Event::Failed,
             StateProj::Done => panic!("{POLLED_AFTER_COMPLETION}"),
-        }
+        };
+        let next = match (event, state.as_mut().project_replace(State::Done)) {
+            (Event::Buffered(bytes), StateOwned::Buffering { pending, .. }) => {
+                let Pending {
+                    mut sender,
+                    ctx,
+                    parts,
+                    header,
+                    ..
+                } = *pending;
+                let request = Request::from_parts(parts, ReqBody::from(bytes.clone()));
+                let replay = Replay::copy(&request, Some(bytes));
+                let future = authorize(&mut sender, request, header);
+                State::Sent {
+                    future,
+                    ctx,
+                    replay,
+                }
+            }
+            (Event::Unauthorized(response), StateOwned::Sent { ctx, replay, .. }) => {
+                let future = Box::pin(recover(ctx, replay, response));
+                State::Slow { future }
+            }
+            (Event::LoggedIn(token, after), StateOwned::Waiting { cold, .. }) => {
+                State::Readying { cold, token, after }
+            }
+            (Event::Ready, StateOwned::Readying { cold, token, after }) => {
+                let (header, generation) = (token.header.clone(), token.generation);
+                let Cold {
+                    inner,
+                    replayer,
+                    request,
+                } = *cold;
+                let ctx = Ctx {
+                    replayer,
+                    generation,
+                };
+                let warm = warm(Ready::Owned(inner), ctx, request, header);
+                match after {
+                    None => warm,
+                    Some(after) => ResponseFuture::joined(ResponseFuture::new(warm), after).state,
+                }
+            }
+            (Event::Failed, StateOwned::Failed { error }) => return Poll::Ready(Err(error.into())),
+            _ => unreachable!("each event is made by the state it ends"),
+        };
+        state.set(next);
     }
 }
 

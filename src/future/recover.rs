@@ -1,38 +1,59 @@
-//! A 401 to a request that carried the token: the core's decision carried out, the request
-//! replayed, or the check that settles a bare 401 sent.
+//! A 401 to a request that carried the token, through the driver's one 401 path
+//! ([`Cache::recover`]), with a clone of the inner service as its [`Transport`].
 
 use super::*;
+use crate::cache::Transport;
+use std::marker::PhantomData;
 
-/// The check of a token that settles a bare 401 ([`CheckFn`]): a `GET` to the endpoint's path
-/// on `refused`'s origin, through a clone of the inner service, under the API budget.
-pub(super) fn check_fn<S, ReqBody>(
-    replayer: Arc<Replayer<S>>,
-    mut inner: S,
-    refused: Option<Uri>,
-) -> CheckFn
-where
-    S: HttpService<ReqBody>,
-    ReqBody: From<Bytes> + Send + 'static,
-{
-    Box::new(move |probe: Endpoint, token: Arc<Token>| {
-        Box::pin(async move {
-            let mut parts = refused?.into_parts();
-            parts.path_and_query = Some(probe.path.parse().ok()?);
-            let uri = Uri::from_parts(parts).ok()?;
-            let mut request = Request::get(uri).body(ReqBody::from(Bytes::new())).ok()?;
-            token.authorize_again(request.headers_mut(), Again::Check);
-            let mut spent = replayer.cache.spend().await.ok()?;
-            let ready = inner.ready().await.ok()?;
-            spent.sending();
-            let response = ready.call(request).await;
-            spent.answered();
-            Some(response.ok()?.status() == StatusCode::UNAUTHORIZED)
-        })
-    })
+/// A tower service as the driver's [`Transport`].
+pub(crate) struct Sender<S, ReqBody>(S, PhantomData<fn(ReqBody)>);
+
+impl<S, ReqBody> Sender<S, ReqBody> {
+    pub(crate) fn new(service: S) -> Self {
+        Sender(service, PhantomData)
+    }
 }
 
-/// A 401 to a request that carried the token: the core decides ([`Cache::unauthorized`]);
-/// the request is replayed once with the new token, or its 401 returned as it is.
+impl<S, ReqBody> Transport for Sender<S, ReqBody>
+where
+    S: HttpService<ReqBody>,
+    ReqBody: RequestBody,
+{
+    type Request = Request<ReqBody>;
+    type Response = Response<S::ResBody>;
+    type Error = BoxError;
+
+    fn error(error: Error) -> BoxError {
+        error.into()
+    }
+
+    fn headers(request: &mut Self::Request) -> &mut HeaderMap {
+        request.headers_mut()
+    }
+
+    fn answer(response: &Self::Response) -> (StatusCode, &HeaderMap) {
+        (response.status(), response.headers())
+    }
+
+    async fn ready(&mut self) -> Result<(), BoxError> {
+        ServiceExt::<Request<ReqBody>>::ready(&mut self.0)
+            .await
+            .map_err(Into::into)?;
+        Ok(())
+    }
+
+    fn call(
+        &mut self,
+        request: Self::Request,
+    ) -> impl Future<Output = Result<Self::Response, BoxError>> + Send {
+        let future = self.0.call(request);
+        async move { future.await.map_err(Into::into) }
+    }
+}
+
+/// A 401 to a request that carried the token: the core decides, and the request is replayed
+/// with the new token or its 401 returned as it is ([`Cache::recover`]). Checks of the token
+/// are `GET`s to a path on the refused request's origin.
 pub(super) async fn recover<S, ReqBody, ResBody>(
     ctx: Ctx<S>,
     replay: Replay,
@@ -40,58 +61,45 @@ pub(super) async fn recover<S, ReqBody, ResBody>(
 ) -> Result<Response<ResBody>, BoxError>
 where
     S: HttpService<ReqBody, ResBody = ResBody>,
-    ReqBody: From<Bytes> + Send + 'static,
+    ReqBody: RequestBody,
     ResBody: ResponseBody,
 {
     let Ctx {
         replayer,
         generation,
     } = ctx;
-    let Some(mut inner) = replayer.service() else {
+    let Some(inner) = replayer.service() else {
         return Ok(unauthorized);
     };
     let cache = &replayer.cache;
-    let endpoint = replay.endpoint();
-    let login = login_fn(&cache.config, &inner);
-    let headers = unauthorized.headers();
-    let check = check_fn(replayer.clone(), inner.clone(), replay.uri.uri());
-    let decision = cache.unauthorized(
-        generation,
-        &endpoint,
-        headers,
-        replay.body_kept,
+    let (endpoint, origin) = (replay.endpoint(), replay.uri.uri());
+    let (for_login, for_check) = (inner.clone(), inner.clone());
+    let login = move || login_fn(&cache.config, &for_login);
+    let check = move || cache.check_fn(Sender::new(for_check.clone()), probe(origin.clone()));
+    let replays = || replay.request::<ReqBody>();
+    let mut sender = Sender::new(inner);
+    let kept = replay.body_kept;
+    let refused = (generation, &endpoint);
+    (cache.recover(
+        &mut sender,
+        refused,
+        unauthorized,
+        replays,
+        kept,
         login,
         check,
-    );
-    let Some(mut token) = decision.await? else {
-        return Ok(unauthorized);
-    };
-    let Some(mut request) = replay.request::<ReqBody>() else {
-        // Not seen for a URI that `http` parsed, which prints as it parses; but if it happens,
-        // the caller gets the answer it would have had without the layer.
-        return Ok(unauthorized);
-    };
-    drop(unauthorized);
-    for again in [true, false] {
-        let mut spent = cache.spend().await?;
-        token.authorize_again(request.headers_mut(), Again::Replay);
-        let ready = inner.ready().await.map_err(Into::into)?;
-        spent.sending();
-        let response = ready.call(request).await;
-        spent.answered();
-        let response = response.map_err(Into::into)?;
-        let answer = (response.status(), response.headers());
-        if !cache.replayed(token.generation, endpoint.clone(), answer) || !again {
-            return Ok(response);
-        }
-        // Refused with a token from the store: judged like any refused token.
-        let (headers, login) = (response.headers(), login_fn(&cache.config, &inner));
-        let check = check_fn(replayer.clone(), inner.clone(), replay.uri.uri());
-        let decision = cache.unauthorized(token.generation, &endpoint, headers, true, login, check);
-        match (decision.await?, replay.request::<ReqBody>()) {
-            (Some(next), Some(next_request)) => (token, request) = (next, next_request),
-            _ => return Ok(response),
-        }
+    ))
+    .await
+}
+
+/// The check's request: a `GET` to `path` on `origin`, without a body.
+fn probe<ReqBody: From<Bytes>>(
+    origin: Option<Uri>,
+) -> impl FnOnce(&str) -> Option<Request<ReqBody>> + Send + 'static {
+    move |path| {
+        let mut parts = origin?.into_parts();
+        parts.path_and_query = Some(path.parse().ok()?);
+        let uri = Uri::from_parts(parts).ok()?;
+        Request::get(uri).body(ReqBody::from(Bytes::new())).ok()
     }
-    unreachable!("the second replay returns")
 }

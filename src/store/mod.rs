@@ -37,7 +37,7 @@
 //!    the others by at most that. A lock that never comes free (a file lock held by a hung
 //!    process) is given up on after twice its lifetime: they log in by themselves.
 //! 3. What the store does for one login (loads, the lock) shares one budget, 300 ms by default
-//!    ([`AuthLayer::store_budget`](crate::AuthLayer::store_budget)): a store that does not
+//!    ([`AuthLayer::store_timeout`](crate::AuthLayer::store_timeout)): a store that does not
 //!    answer within what is left of it, or answers with an error, is skipped, and the process
 //!    logs in by itself, as it would without a store, and warns once per outage. So a store adds
 //!    at most the budget to a cold request. The token goes to the requests waiting for it before
@@ -175,8 +175,8 @@ pub(crate) fn is_unsupported(error: &(dyn std::error::Error + 'static)) -> bool 
 }
 
 /// What the store may take of one login, its operations together: see
-/// [`AuthLayer::store_budget`](crate::AuthLayer::store_budget).
-pub(crate) const STORE_BUDGET: Duration = Duration::from_millis(300);
+/// [`AuthLayer::store_timeout`](crate::AuthLayer::store_timeout).
+pub(crate) const STORE_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// A random lock owner: which process (and login) holds a lock.
 pub(crate) struct Owner(String);

@@ -1,7 +1,7 @@
 //! What the layer tells its users about its token: [`TokenState`].
 
 use crate::error::Error;
-use std::{fmt, time::Duration};
+use std::fmt;
 
 /// What the layer knows of its token, without the token: for health checks and dashboards.
 ///
@@ -31,17 +31,6 @@ pub struct TokenState {
     /// How many times the shared [store](crate::store) stopped answering (each outage counted
     /// once, however long it lasted). Always `0` without a store.
     pub store_outages: u64,
-    /// Requests (and logins) that waited for their turn in the API [budget](crate::budget),
-    /// in this process.
-    pub budget_waited: u64,
-    /// The longest of those waits.
-    pub budget_longest_wait: Duration,
-    /// How many 429s paused the budget.
-    pub budget_pauses: u64,
-    /// Requests that waited the budget's `max_wait` and were not sent.
-    pub budget_refused: u64,
-    /// Requests waiting for their turn in the API budget right now.
-    pub budget_queued: usize,
 }
 
 impl fmt::Debug for TokenState {
@@ -66,11 +55,6 @@ impl fmt::Debug for TokenState {
             .field("waiting", &self.waiting)
             .field("last_error", &self.last_error)
             .field("store_outages", &self.store_outages)
-            .field("budget_waited", &self.budget_waited)
-            .field("budget_longest_wait", &self.budget_longest_wait)
-            .field("budget_pauses", &self.budget_pauses)
-            .field("budget_refused", &self.budget_refused)
-            .field("budget_queued", &self.budget_queued)
             .finish()
     }
 }
