@@ -574,7 +574,10 @@ async fn the_rust_and_the_lua_sliding_logs_agree() {
         let (rust, lua) = (verdicts[0], verdicts[1]);
         assert_eq!(rust.is_some(), lua.is_some(), "Rust {rust:?}, Lua {lua:?}");
         let apart = rust.unwrap_or_default().abs_diff(lua.unwrap_or_default());
-        assert!(apart < Duration::from_millis(200), "Rust {rust:?}, Lua {lua:?}");
+        assert!(
+            apart < Duration::from_millis(200),
+            "Rust {rust:?}, Lua {lua:?}"
+        );
         rust.max(lua)
     };
     // A full window: three taken, the fourth told when the oldest ages out.
