@@ -134,6 +134,47 @@ async fn a_cold_burst_over_the_budget_sends_the_login_first_and_answers_every_re
     assert_eq!(fake.too_many(), 0, "no 429");
 }
 
+/// A renewal while the window is full and requests are queued for it: the renewal's login goes
+/// ahead of the queue, and no request fails (issue 26: 80 of 118 failed with a login timeout
+/// when the login waited behind them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_under_a_saturated_budget_fails_no_request() {
+    let _one = one_at_a_time().await;
+    let fake = FakePatchworks::start().await.unwrap();
+    let (limit, per) = (10, Duration::from_secs(1));
+    fake.limit_rate(limit, per);
+    // Renewed from half-way through its 4 s: the queue below is never empty then.
+    fake.set_token_lifetime(Duration::from_secs(4));
+    let client = AuthLayer::new(fake.credentials())
+        .login_url(fake.login_url())
+        .refresh_before(Duration::from_secs(3))
+        .budget(Budget::new(limit as u32, per))
+        .layer(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+    let requests = (0..60).map(|i| {
+        let request = get(&fake, &format!("/api/v1/flows/{i}"));
+        tokio::spawn(client.clone().oneshot(request))
+    });
+    let responses = futures_util::future::join_all(requests.collect::<Vec<_>>()).await;
+    for response in responses {
+        assert_eq!(response.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    assert!(fake.logins() >= 2, "{} logins: no renewal", fake.logins());
+    // The renewal went ahead of the queue: sent before the first token expired.
+    let logins: Vec<_> = fake
+        .seen()
+        .into_iter()
+        .filter(|seen| seen.path == patchworks_auth::test_util::LOGIN_PATH)
+        .map(|seen| seen.received_at)
+        .collect();
+    let renewed_after = logins[1] - logins[0];
+    assert!(
+        renewed_after < Duration::from_secs(4),
+        "renewed after {renewed_after:?}"
+    );
+    assert_eq!(fake.api_calls(), 60);
+    assert_eq!((fake.too_many(), fake.unauthorized()), (0, 0));
+}
+
 /// A budget of one unit a window: the login takes the first, each request one after it.
 #[tokio::test]
 async fn a_budget_of_one_sends_the_login_at_once_then_one_request_a_window() {

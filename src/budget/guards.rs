@@ -75,14 +75,14 @@ pub(super) struct LoginFirst<'a>(&'a Gate);
 
 impl<'a> LoginFirst<'a> {
     pub(super) fn new(gate: &'a Gate) -> Self {
-        gate.logins_waiting.fetch_add(1, Ordering::SeqCst);
+        gate.lock().login_waits();
         LoginFirst(gate)
     }
 }
 
 impl Drop for LoginFirst<'_> {
     fn drop(&mut self) {
-        self.0.logins_waiting.fetch_sub(1, Ordering::SeqCst);
+        self.0.lock().login_served();
         self.0.login_served.notify_waiters();
     }
 }

@@ -65,19 +65,21 @@
 
 mod guards;
 pub(crate) mod log;
+pub(crate) mod rules;
 
 use guards::LoginFirst;
 pub(crate) use guards::{Counted, Spent};
+pub(crate) use rules::Purpose;
 
-use log::PAUSE;
-use log::{micros, Log};
+use log::{micros, PAUSE};
+use rules::{Rules, Turn};
 
 use crate::{error::Error, store::TokenStore};
 use http::{HeaderMap, StatusCode};
 use std::{
     fmt,
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     task::Poll,
@@ -90,10 +92,6 @@ use tokio::{
 
 /// The longest one budget operation on the store may take before the process goes on alone.
 const STORE_DEADLINE: Duration = Duration::from_millis(250);
-/// After a store operation failed, how long the process keeps its own budget before one
-/// request asks the store again (a probe): a frozen store costs one request
-/// [`STORE_DEADLINE`] a second, not every request in a queue.
-const STORE_PROBE: Duration = Duration::from_secs(1);
 
 /// What an API budget counted in this process, without the token: read with `budget_state()`
 /// on [`AuthLayer`](crate::AuthLayer), [`Auth`](crate::Auth), the ready client, or the reqwest
@@ -219,20 +217,14 @@ impl Budget {
     }
 }
 
-/// Why a unit is taken: a login's wait is not bounded by `max_wait`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Purpose {
-    Request,
-    Login,
-}
-
-/// The budget as the layer keeps it: the process's log, the turnstile that keeps waiters in
-/// arrival order, the store it is shared through, and what it counted.
+/// The budget as the layer keeps it: its [rules](rules) under a lock, the turnstile that keeps
+/// waiters in arrival order, the store it is shared through, and what it counted. It carries
+/// out what the rules decide.
 pub(crate) struct Gate {
     budget: Budget,
     /// `per` and the margin.
     window: Duration,
-    log: Mutex<Log>,
+    rules: Mutex<Rules>,
     /// Where the process's log counts its microseconds from.
     epoch: Instant,
     /// One permit: the request at the head of the queue takes it and waits for its unit;
@@ -243,22 +235,12 @@ pub(crate) struct Gate {
     /// Each unit taken from the store is named, so that two processes' units never merge.
     names: AtomicU64,
     owner: String,
-    /// Logins waiting for a unit: they go first, and requests wait for them.
-    logins_waiting: AtomicUsize,
     /// Requests waiting for their turn now.
     queued: AtomicUsize,
     /// Woken when a login has its unit (or gave up waiting for one).
     login_served: Notify,
     /// Woken when a unit was dated earlier (its request was answered): one may be free sooner.
     redated: Notify,
-    /// Whether the last store operation failed (for one warning per outage).
-    down: AtomicBool,
-    /// While the store is down, when (on the log's clock) a request may ask it again: until
-    /// then the process keeps its own budget without asking.
-    probe_at: AtomicU64,
-    /// How many times a unit was not to be had (the window full, or a pause): a request during
-    /// which this moved waited for its turn, not only for a store's round trip.
-    full: AtomicU64,
     waited: AtomicU64,
     longest_wait_us: AtomicU64,
     pauses: AtomicU64,
@@ -267,22 +249,26 @@ pub(crate) struct Gate {
 
 impl Gate {
     pub(crate) fn new(budget: Budget, shared: Option<(Arc<dyn TokenStore>, String)>) -> Gate {
+        let window = budget.window();
+        let rules = Rules::new(
+            budget.limit,
+            budget.per,
+            window,
+            budget.margin.is_none(),
+            shared.is_some(),
+        );
         Gate {
             budget,
-            window: budget.window(),
+            window,
             epoch: Instant::now(),
-            log: Mutex::default(),
+            rules: Mutex::new(rules),
             turnstile: Semaphore::new(1),
             shared,
             names: AtomicU64::new(0),
             owner: crate::store::Owner::new().into_string(),
-            logins_waiting: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
             login_served: Notify::new(),
             redated: Notify::new(),
-            down: AtomicBool::new(false),
-            probe_at: AtomicU64::new(0),
-            full: AtomicU64::new(0),
             waited: AtomicU64::new(0),
             longest_wait_us: AtomicU64::new(0),
             pauses: AtomicU64::new(0),
@@ -307,21 +293,13 @@ impl Gate {
         if self.take_at(now) {
             return Ok(now);
         }
-        let (started, full) = (Instant::now(), self.full.load(Ordering::Relaxed));
+        let (started, full) = (Instant::now(), self.lock().full());
         let wait = async {
             let _queued = Counted::new(&self.queued);
             // The semaphore is never closed.
             let _turn = self.turnstile.acquire().await;
             loop {
-                // A login waiting for a unit goes first: the requests behind it need its token.
-                let served = self.login_served.notified();
-                let mut served = std::pin::pin!(served);
-                served.as_mut().enable();
-                if self.logins_waiting.load(Ordering::SeqCst) > 0 {
-                    served.await;
-                    continue;
-                }
-                if let Some(taken) = self.try_or_wait().await {
+                if let Some(taken) = self.try_or_wait(Purpose::Request).await {
                     return taken;
                 }
             }
@@ -331,7 +309,7 @@ impl Gate {
                 // Ahead of the turnstile's queue; the requests in it wait until it is served.
                 let _first = LoginFirst::new(self);
                 loop {
-                    if let Some(taken) = self.try_or_wait().await {
+                    if let Some(taken) = self.try_or_wait(Purpose::Login).await {
                         break taken;
                     }
                 }
@@ -348,7 +326,7 @@ impl Gate {
         // Counted only if the window was full or paused meanwhile: a store's round trip, or the
         // queue's while others ask the store, is not a wait for a turn.
         let waited = started.elapsed();
-        if self.full.load(Ordering::Relaxed) != full {
+        if self.lock().full() != full {
             self.waited.fetch_add(1, Ordering::Relaxed);
             let micros = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
             self.longest_wait_us.fetch_max(micros, Ordering::Relaxed);
@@ -365,31 +343,38 @@ impl Gate {
 
     /// [`take_now`](Self::take_now), the unit dated `now`.
     fn take_at(&self, now: Instant) -> bool {
-        if self.shared.is_some() || self.logins_waiting.load(Ordering::Relaxed) > 0 {
-            return false;
-        }
         let Ok(_turn) = self.turnstile.try_acquire() else {
             return false;
         };
-        self.lock()
-            .take(self.at(now), self.budget.limit, micros(self.window))
-            .is_ok()
+        self.lock().take_now(self.at(now))
     }
 
-    /// One try, dated now: the unit's date, or `None` after waiting until one may be had (or
-    /// until a unit is dated earlier, which may have freed one).
-    async fn try_or_wait(&self) -> Option<Instant> {
-        let redated = self.redated.notified();
-        let mut redated = std::pin::pin!(redated);
+    /// One try, dated now: the unit's date, or `None` after waiting until one may be had (a
+    /// unit ages out or the pause ends, a unit is dated earlier, or the login a request waits
+    /// behind is served).
+    async fn try_or_wait(&self, purpose: Purpose) -> Option<Instant> {
+        let (redated, served) = (self.redated.notified(), self.login_served.notified());
+        let (mut redated, mut served) = (std::pin::pin!(redated), std::pin::pin!(served));
         redated.as_mut().enable();
+        served.as_mut().enable();
         let now = Instant::now();
-        let Err(until) = self.try_take(now).await else {
-            return Some(now);
+        let until = match self.try_take(now, purpose).await {
+            Turn::Unit => return Some(now),
+            Turn::Until(until) => Some(self.epoch + Duration::from_micros(until)),
+            Turn::AfterLogin => None,
+            // Never returned by `try_take`, which asks the store: try again.
+            Turn::AskStore => return None,
         };
-        let mut sleep = std::pin::pin!(sleep_until(until));
+        let mut sleep = std::pin::pin!(sleep_until(until.unwrap_or(now)));
         std::future::poll_fn(|cx| {
             use std::future::Future;
-            if sleep.as_mut().poll(cx).is_ready() || redated.as_mut().poll(cx).is_ready() {
+            let woken = match until {
+                Some(_) => {
+                    sleep.as_mut().poll(cx).is_ready() || redated.as_mut().poll(cx).is_ready()
+                }
+                None => served.as_mut().poll(cx).is_ready(),
+            };
+            if woken {
                 Poll::Ready(())
             } else {
                 Poll::Pending
@@ -399,46 +384,24 @@ impl Gate {
         None
     }
 
-    /// One try: from the store if it answers (the process's log records the unit too, for
-    /// an outage to come), else from the process's own log.
-    async fn try_take_once(&self, now: Instant) -> Result<(), Instant> {
-        let asks = self.at(now) >= self.probe_at.load(Ordering::Relaxed);
-        if let (Some((store, key)), true) = (&self.shared, asks) {
-            let name = format!(
-                "{}-{}",
-                self.owner,
-                self.names.fetch_add(1, Ordering::Relaxed)
-            );
-            let taken = store.take_budget(key, self.budget.limit, self.window, &name);
-            match self.run("take", timeout(STORE_DEADLINE, taken).await) {
-                Some(None) => {
-                    let (at, window) = (self.at(Instant::now()), micros(self.window));
-                    let mut log = self.lock();
-                    log.record(self.at(now), self.budget.limit, window);
-                    // A 429 seen while the store was asked: the unit is spent, but not used
-                    // before the pause ends (the pause may not have reached the store yet).
-                    if let Some(until) = log.paused_until.filter(|until| *until > at) {
-                        return Err(self.epoch + Duration::from_micros(until));
-                    }
-                    return Ok(());
-                }
-                Some(Some(wait)) => return Err(now + wait),
-                None => {}
-            }
+    /// One try at `now`, as the rules decide: from the store when they say to ask it (the
+    /// process's own log when it fails), else from the process's own log.
+    async fn try_take(&self, now: Instant, purpose: Purpose) -> Turn {
+        let asked = self.at(now);
+        let turn = self.lock().take(asked, purpose);
+        let (Turn::AskStore, Some((store, key))) = (turn, &self.shared) else {
+            return turn;
+        };
+        let name = format!(
+            "{}-{}",
+            self.owner,
+            self.names.fetch_add(1, Ordering::Relaxed)
+        );
+        let taken = store.take_budget(key, self.budget.limit, self.window, &name);
+        match self.run("take", timeout(STORE_DEADLINE, taken).await) {
+            Some(wait) => self.lock().stored(asked, self.at(Instant::now()), wait),
+            None => self.lock().own(asked),
         }
-        let window = micros(self.window);
-        let taken = self.lock().take(self.at(now), self.budget.limit, window);
-        taken.map_err(|at| self.epoch + Duration::from_micros(at))
-    }
-
-    /// [`try_take_once`](Self::try_take_once), noting a unit not to be had (for the wait's
-    /// count).
-    async fn try_take(&self, now: Instant) -> Result<(), Instant> {
-        let taken = self.try_take_once(now).await;
-        if taken.is_err() {
-            self.full.fetch_add(1, Ordering::Relaxed);
-        }
-        taken
     }
 
     /// A store operation's outcome, or `None` (after one warning per outage) to go on alone.
@@ -449,8 +412,7 @@ impl Gate {
     ) -> Option<T> {
         let error = match outcome {
             Ok(Ok(value)) => {
-                self.probe_at.store(0, Ordering::Relaxed);
-                if self.down.swap(false, Ordering::Relaxed) {
+                if self.lock().store_answered() {
                     tracing::info!(target: "patchworks_auth", "the budget is shared again");
                 }
                 return Some(value);
@@ -459,9 +421,7 @@ impl Gate {
             Ok(Err(error)) => error.to_string(),
             Err(_) => format!("no answer within {STORE_DEADLINE:?}"),
         };
-        let probe_at = self.at(Instant::now() + STORE_PROBE);
-        self.probe_at.store(probe_at, Ordering::Relaxed);
-        if !self.down.swap(true, Ordering::Relaxed) {
+        if self.lock().store_failed(self.at(Instant::now())) {
             tracing::warn!(
                 target: "patchworks_auth",
                 operation = what,
@@ -516,18 +476,9 @@ impl Gate {
     /// time it took to be answered (plus a tenth and 1 ms) instead of the default one. A unit
     /// never answered keeps the default margin.
     pub(crate) fn answered_after(&self, taken: Instant) {
-        if self.budget.margin.is_some() || self.shared.is_some() {
-            return;
-        }
-        let took = Instant::now().saturating_duration_since(taken);
-        let measured = took + took / 10 + Duration::from_millis(1);
-        let Some(sooner) = (self.window - self.budget.per).checked_sub(measured) else {
-            return;
-        };
-        let dated = self.at(taken);
         if self
             .lock()
-            .redate(dated, dated.saturating_sub(micros(sooner)))
+            .answered(self.at(taken), self.at(Instant::now()))
         {
             self.redated.notify_waiters();
         }
@@ -536,7 +487,7 @@ impl Gate {
     /// A unit dated `taken` was not used: its request was never sent. It goes back to a budget
     /// kept in the process (a store's unit stays spent: the store has no way to give it back).
     fn give_back(&self, taken: Instant) {
-        if self.shared.is_none() && self.lock().give_back(self.at(taken)) {
+        if self.lock().give_back(self.at(taken)) {
             self.redated.notify_waiters();
         }
     }
@@ -546,8 +497,8 @@ impl Gate {
         micros(instant.saturating_duration_since(self.epoch))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Log> {
-        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Rules> {
+        self.rules.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -1,6 +1,7 @@
 //! The budget's rules, on a paused clock where they wait.
 
 use super::*;
+use log::Log;
 
 /// The most units any sliding window of `per` holds, for units sent at `times`.
 fn most_in_a_window(times: &[Duration], per: Duration) -> usize {

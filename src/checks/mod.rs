@@ -7,6 +7,8 @@
 //! ```
 
 #[cfg(not(shuttle))]
+mod budget_model;
+#[cfg(not(shuttle))]
 mod challenge_properties;
 #[cfg(not(shuttle))]
 mod core_model;
