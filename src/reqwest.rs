@@ -144,51 +144,38 @@ impl AuthMiddleware {
             path: request.url().path().to_owned(),
         };
         let copy = extensions.clone();
-        let mut first = Chain::first(&next, extensions);
+        let mut first = Via::First(next.clone(), extensions);
         let response = self.cache.send(&mut first, request).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             let answer = (response.status(), response.headers());
             self.cache.answered(token.generation, answer, || endpoint);
             return Ok(response);
         }
-        let (client, origin) = (Client(self.client.clone()), url.clone());
-        let check = move || self.cache.check_fn(client.clone(), probe(origin.clone()));
+        let (client, origin) = (&self.client, url);
+        let check = move || {
+            let via = Via::Client(client.clone());
+            self.cache.check_fn(via, probe(origin.clone()))
+        };
         let login = || self.login.clone();
         let replays = || replay.as_ref().and_then(reqwest::Request::try_clone);
-        let (mut again, kept) = (Chain::again(&next, copy), replay.is_some());
+        let (mut again, kept) = (Via::Again(next, copy), replay.is_some());
         let refused = (token.generation, &endpoint);
         let cache = &self.cache;
         (cache.recover(&mut again, refused, response, replays, kept, login, check)).await
     }
 }
 
-/// The rest of the middleware chain as the driver's [`Transport`]: the request's own
-/// extensions for its first send, a copy of them for each replay.
-struct Chain<'a> {
-    next: Next<'a>,
-    extensions: Extensions<'a>,
+/// Where the driver sends a request (its [`Transport`]): on down the middleware chain, with the
+/// request's own extensions for its first send and a copy of them for each replay; or, for the
+/// checks of a token, by the middleware's client (a check outlives the request that started
+/// it, and the chain with it).
+enum Via<'a> {
+    First(Next<'a>, &'a mut http::Extensions),
+    Again(Next<'a>, http::Extensions),
+    Client(reqwest::Client),
 }
 
-enum Extensions<'a> {
-    Own(&'a mut http::Extensions),
-    Copy(http::Extensions),
-}
-
-impl<'a> Chain<'a> {
-    fn first(next: &Next<'a>, extensions: &'a mut http::Extensions) -> Self {
-        let next = next.clone();
-        let extensions = Extensions::Own(extensions);
-        Chain { next, extensions }
-    }
-
-    fn again(next: &Next<'a>, extensions: http::Extensions) -> Self {
-        let next = next.clone();
-        let extensions = Extensions::Copy(extensions);
-        Chain { next, extensions }
-    }
-}
-
-impl Transport for Chain<'_> {
+impl Transport for Via<'_> {
     type Request = reqwest::Request;
     type Response = reqwest::Response;
     type Error = reqwest_middleware::Error;
@@ -213,45 +200,13 @@ impl Transport for Chain<'_> {
         &mut self,
         request: reqwest::Request,
     ) -> reqwest_middleware::Result<reqwest::Response> {
-        let next = self.next.clone();
-        match &mut self.extensions {
-            Extensions::Own(extensions) => next.run(request, extensions).await,
-            Extensions::Copy(extensions) => next.run(request, &mut extensions.clone()).await,
+        match self {
+            Via::First(next, extensions) => next.clone().run(request, extensions).await,
+            Via::Again(next, extensions) => {
+                next.clone().run(request, &mut extensions.clone()).await
+            }
+            Via::Client(client) => Ok(client.execute(request).await?),
         }
-    }
-}
-
-/// The middleware's client as the driver's [`Transport`], for the checks of a token: a check
-/// outlives the request that started it, and the chain with it.
-#[derive(Clone)]
-struct Client(reqwest::Client);
-
-impl Transport for Client {
-    type Request = reqwest::Request;
-    type Response = reqwest::Response;
-    type Error = reqwest_middleware::Error;
-
-    fn error(error: Error) -> Self::Error {
-        middleware_error(error)
-    }
-
-    fn headers(request: &mut reqwest::Request) -> &mut http::HeaderMap {
-        request.headers_mut()
-    }
-
-    fn answer(response: &reqwest::Response) -> (StatusCode, &http::HeaderMap) {
-        (response.status(), response.headers())
-    }
-
-    async fn ready(&mut self) -> reqwest_middleware::Result<()> {
-        Ok(())
-    }
-
-    async fn call(
-        &mut self,
-        request: reqwest::Request,
-    ) -> reqwest_middleware::Result<reqwest::Response> {
-        Ok(self.0.execute(request).await?)
     }
 }
 

@@ -4,6 +4,7 @@
 
 #[path = "support/fleet.rs"]
 mod fleet;
+mod support;
 
 use bytes::Bytes;
 use fleet::{total, Member, Redis, Report, Spec, TempDir};
@@ -78,14 +79,11 @@ async fn a_thousand_concurrent_requests_keep_within_the_budget() {
     let (limit, per) = (200, Duration::from_secs(1));
     fake.limit_rate(limit, per);
     let client = client(&fake, Budget::new(limit as u32, per));
-    let requests = (0..1000).map(|i| {
-        let request = get(&fake, &format!("/api/v1/flows/{i}"));
-        tokio::spawn(client.clone().oneshot(request))
-    });
-    let responses = futures_util::future::join_all(requests.collect::<Vec<_>>()).await;
-    for response in responses {
-        assert_eq!(response.unwrap().unwrap().status(), StatusCode::OK);
-    }
+    let statuses = support::concurrent_gets(&client, &fake, 1000).await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
     assert_eq!(fake.too_many(), 0, "no 429");
     assert_eq!(fake.api_calls(), 1000);
     // At least 90% of 200 a second: a unit whose request was answered ages out by the time
@@ -150,22 +148,14 @@ async fn a_renewal_under_a_saturated_budget_fails_no_request() {
         .refresh_before(Duration::from_secs(3))
         .budget(Budget::new(limit as u32, per))
         .layer(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
-    let requests = (0..60).map(|i| {
-        let request = get(&fake, &format!("/api/v1/flows/{i}"));
-        tokio::spawn(client.clone().oneshot(request))
-    });
-    let responses = futures_util::future::join_all(requests.collect::<Vec<_>>()).await;
-    for response in responses {
-        assert_eq!(response.unwrap().unwrap().status(), StatusCode::OK);
-    }
+    let statuses = support::concurrent_gets(&client, &fake, 60).await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
     assert!(fake.logins() >= 2, "{} logins: no renewal", fake.logins());
     // The renewal went ahead of the queue: sent before the first token expired.
-    let logins: Vec<_> = fake
-        .seen()
-        .into_iter()
-        .filter(|seen| seen.path == patchworks_auth::test_util::LOGIN_PATH)
-        .map(|seen| seen.received_at)
-        .collect();
+    let logins = support::login_times(&fake);
     let renewed_after = logins[1] - logins[0];
     assert!(
         renewed_after < Duration::from_secs(4),
@@ -181,14 +171,11 @@ async fn a_budget_of_one_sends_the_login_at_once_then_one_request_a_window() {
     let fake = FakePatchworks::start().await.unwrap();
     let budget = Budget::new(1, Duration::from_millis(500)).max_wait(Duration::from_secs(30));
     let client = client(&fake, budget);
-    let requests = (0..2).map(|i| {
-        let request = get(&fake, &format!("/api/v1/flows/{i}"));
-        tokio::spawn(client.clone().oneshot(request))
-    });
-    let responses = futures_util::future::join_all(requests.collect::<Vec<_>>()).await;
-    for response in responses {
-        assert_eq!(response.unwrap().unwrap().status(), StatusCode::OK);
-    }
+    let statuses = support::concurrent_gets(&client, &fake, 2).await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
     let seen = fake.seen();
     assert_eq!(seen.len(), 3);
     assert_eq!(

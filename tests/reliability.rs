@@ -15,7 +15,7 @@ use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
-use support::{auth_error, client, expect_status, get, layer, layer_error, send};
+use support::{auth_error, client, expect_status, get, layer, layer_error, login_times, send};
 use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt};
 
 const INSUFFICIENT_SCOPE: &str =
@@ -130,12 +130,7 @@ async fn a_login_429_is_not_retried_before_its_retry_after() {
     fake.queue_login_answers([LoginAnswer::Throttled { retry_after: 1 }]);
     let client = client(&fake);
     expect_status(&client, &fake, "/api/v1/flows", StatusCode::OK).await;
-    let logins: Vec<_> = fake
-        .seen()
-        .into_iter()
-        .filter(|seen| seen.path == patchworks_auth::test_util::LOGIN_PATH)
-        .map(|seen| seen.received_at)
-        .collect();
+    let logins = login_times(&fake);
     assert_eq!(logins.len(), 2);
     assert!(
         logins[1] - logins[0] >= Duration::from_secs(1),

@@ -91,6 +91,15 @@ pub fn last_api_authorization(fake: &FakePatchworks) -> Option<String> {
         .and_then(|seen| seen.authorization)
 }
 
+/// When `fake` received each login, in order.
+pub fn login_times(fake: &FakePatchworks) -> Vec<tokio::time::Instant> {
+    fake.seen()
+        .into_iter()
+        .filter(|seen| seen.path == patchworks_auth::test_util::LOGIN_PATH)
+        .map(|seen| seen.received_at)
+        .collect()
+}
+
 /// `GET` on `count` paths of `fake` at once, each from a task of its own; their statuses.
 pub async fn concurrent_gets(
     client: &Client,
