@@ -72,7 +72,9 @@ impl Log {
         }) {
             self.sent.pop_front();
         }
-        self.sent.push_back(now);
+        // In order of dates: a unit asked for before others were taken from the log.
+        let at = self.sent.partition_point(|unit| *unit <= now);
+        self.sent.insert(at, now);
     }
 
     /// Dates a unit dated `dated` at `redated` instead, earlier: it ages out sooner. The log

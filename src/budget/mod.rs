@@ -80,7 +80,7 @@ use std::{
     fmt,
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc, Mutex,
+        Arc,
     },
     task::Poll,
     time::{Duration, SystemTime},
@@ -89,6 +89,14 @@ use tokio::{
     sync::{Notify, Semaphore},
     time::{sleep_until, timeout, Instant},
 };
+
+// The model check (src/checks/budget_shuttle.rs, under `--cfg shuttle`) swaps the rules' lock
+// for shuttle's, which explores the orders in which logins, requests and units given back take
+// it.
+#[cfg(all(test, shuttle))]
+use shuttle::sync::{Mutex, MutexGuard};
+#[cfg(not(all(test, shuttle)))]
+use std::sync::{Mutex, MutexGuard};
 
 /// The longest one budget operation on the store may take before the process goes on alone.
 const STORE_DEADLINE: Duration = Duration::from_millis(250);
@@ -289,8 +297,7 @@ impl Gate {
     /// [`take`](Self::take): when the unit was dated, at the latest (the start of the try that
     /// had it).
     async fn take_unit(self: &Arc<Self>, purpose: Purpose) -> Result<Instant, Error> {
-        let now = Instant::now();
-        if self.take_at(now) {
+        if let Some(now) = self.take_at() {
             return Ok(now);
         }
         let (started, full) = (Instant::now(), self.lock().full());
@@ -338,15 +345,32 @@ impl Gate {
     /// A unit now, without waiting: only a budget kept in the process, with no request queued
     /// and a unit free. What lets a request under an in-process budget take the warm path.
     pub(crate) fn take_now(&self) -> bool {
-        self.take_at(Instant::now())
+        self.take_at().is_some()
     }
 
-    /// [`take_now`](Self::take_now), the unit dated `now`.
-    fn take_at(&self, now: Instant) -> bool {
+    /// [`take_now`](Self::take_now): the unit's date.
+    fn take_at(&self) -> Option<Instant> {
         let Ok(_turn) = self.turnstile.try_acquire() else {
-            return false;
+            return None;
         };
-        self.lock().take_now(self.at(now))
+        let (taken, now) = self.decide(|rules, now| rules.take_now(now));
+        taken.then_some(now)
+    }
+
+    /// A decision of the rules, dated under their lock: the process's log then holds its units
+    /// in the order of their dates, whatever order the threads read the clock in (a unit dated
+    /// before the log's last would be taken for a clock stepped back, and every later unit
+    /// dated back to it: then it could not be found to be given back or dated earlier). The
+    /// decision, and its date.
+    fn decide<T>(&self, decide: impl FnOnce(&mut Rules, u64) -> T) -> (T, Instant) {
+        let mut rules = self.lock();
+        let now = Instant::now();
+        let decided = decide(&mut rules, self.at(now));
+        drop(rules);
+        // For the model check: a thread may be preempted between a decision and its wait.
+        #[cfg(all(test, shuttle))]
+        shuttle::thread::yield_now();
+        (decided, now)
     }
 
     /// One try, dated now: the unit's date, or `None` after waiting until one may be had (a
@@ -357,8 +381,8 @@ impl Gate {
         let (mut redated, mut served) = (std::pin::pin!(redated), std::pin::pin!(served));
         redated.as_mut().enable();
         served.as_mut().enable();
-        let now = Instant::now();
-        let until = match self.try_take(now, purpose).await {
+        let (turn, now) = self.try_take(purpose).await;
+        let until = match turn {
             Turn::Unit => return Some(now),
             Turn::Until(until) => Some(self.epoch + Duration::from_micros(until)),
             Turn::AfterLogin => None,
@@ -384,13 +408,12 @@ impl Gate {
         None
     }
 
-    /// One try at `now`, as the rules decide: from the store when they say to ask it (the
-    /// process's own log when it fails), else from the process's own log.
-    async fn try_take(&self, now: Instant, purpose: Purpose) -> Turn {
-        let asked = self.at(now);
-        let turn = self.lock().take(asked, purpose);
+    /// One try, as the rules decide: from the store when they say to ask it (the process's own
+    /// log when it fails), else from the process's own log. The turn, and its date.
+    async fn try_take(&self, purpose: Purpose) -> (Turn, Instant) {
+        let (turn, asked) = self.decide(|rules, now| rules.take(now, purpose));
         let (Turn::AskStore, Some((store, key))) = (turn, &self.shared) else {
-            return turn;
+            return (turn, asked);
         };
         let name = format!(
             "{}-{}",
@@ -399,8 +422,15 @@ impl Gate {
         );
         let taken = store.take_budget(key, self.budget.limit, self.window, &name);
         match self.run("take", timeout(STORE_DEADLINE, taken).await) {
-            Some(wait) => self.lock().stored(asked, self.at(Instant::now()), wait),
-            None => self.lock().own(asked),
+            Some(wait) => {
+                let at = self.at(asked);
+                (
+                    self.decide(|rules, now| rules.stored(at, now, wait)).0,
+                    asked,
+                )
+            }
+            // Dated now: other tries may have taken units from the log since this one asked.
+            None => self.decide(|rules, now| rules.own(now)),
         }
     }
 
@@ -497,7 +527,7 @@ impl Gate {
         micros(instant.saturating_duration_since(self.epoch))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Rules> {
+    fn lock(&self) -> MutexGuard<'_, Rules> {
         self.rules.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

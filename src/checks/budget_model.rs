@@ -127,7 +127,8 @@ impl Model {
                 self.now += after;
                 self.probe_at = self.now + PROBE;
                 self.down = true;
-                self.own(asked)
+                // Dated when the store failed.
+                self.own(self.now)
             }
         }
     }
@@ -298,7 +299,8 @@ impl Harness {
 
     fn take(&mut self, purpose: Purpose, store: Store) -> Turn {
         let asked = self.now;
-        let turn = match self.rules.take(asked, purpose) {
+        // The turn, and the unit's date if it is one from the process's own log.
+        let (turn, own) = match self.rules.take(asked, purpose) {
             Turn::AskStore => {
                 assert!(self.shared, "a budget of its own asks no store");
                 if let Some(failed) = self.failed_at {
@@ -312,30 +314,22 @@ impl Harness {
                         self.now += after;
                         self.failed_at = None;
                         self.rules.store_answered();
-                        self.rules.stored(asked, self.now, None)
+                        (self.rules.stored(asked, self.now, None), None)
                     }
                     Store::Full(wait) => {
                         self.failed_at = None;
                         self.rules.store_answered();
-                        self.rules.stored(asked, self.now, Some(wait))
+                        (self.rules.stored(asked, self.now, Some(wait)), None)
                     }
                     Store::Fails(after) => {
                         self.now += after;
                         self.failed_at = Some(self.now);
                         self.rules.store_failed(self.now);
-                        let turn = self.rules.own(asked);
-                        if turn == Turn::Unit {
-                            self.handed.push((asked, false));
-                        }
-                        turn
+                        (self.rules.own(self.now), Some(self.now))
                     }
                 }
             }
-            Turn::Unit => {
-                self.handed.push((asked, false));
-                Turn::Unit
-            }
-            turn => turn,
+            turn => (turn, Some(asked)),
         };
         if turn == Turn::Unit {
             assert!(self.now >= self.paused_until, "a unit during a pause");
@@ -345,11 +339,15 @@ impl Harness {
                     "a request's unit while a login waits"
                 );
             }
-            self.outstanding.push(asked);
+            let date = own.unwrap_or(asked);
+            self.outstanding.push(date);
+            if let Some(date) = own {
+                self.handed.push((date, false));
+            }
             let in_per = self
                 .handed
                 .iter()
-                .filter(|(at, back)| !back && *at + PER > asked)
+                .filter(|(at, back)| !back && *at + PER > date)
                 .count();
             assert!(
                 self.shared || in_per <= LIMIT as usize,

@@ -4,10 +4,13 @@
 //!
 //! ```text
 //! RUSTFLAGS="--cfg shuttle" CARGO_TARGET_DIR=target/shuttle cargo test --lib driver_model
+//! RUSTFLAGS="--cfg shuttle" CARGO_TARGET_DIR=target/shuttle cargo test --lib budget_shuttle
 //! ```
 
 #[cfg(not(shuttle))]
 mod budget_model;
+#[cfg(shuttle)]
+mod budget_shuttle;
 #[cfg(not(shuttle))]
 mod challenge_properties;
 #[cfg(not(shuttle))]
