@@ -79,12 +79,19 @@ impl Rules {
     }
 
     /// One try at a unit at `now`. A request waits while a login does; a shared budget asks
-    /// the store unless it is down and not yet due a probe; else the process's own log.
+    /// the store unless it is down and not yet due a probe, or paused here; else the process's
+    /// own log.
     pub(crate) fn take(&mut self, now: u64, purpose: Purpose) -> Turn {
         if purpose == Purpose::Request && self.logins_waiting > 0 {
             return Turn::AfterLogin;
         }
         if self.shared && now >= self.probe_at {
+            // Paused here: the store (which may not have the pause yet) is not asked for a unit
+            // that could not be used.
+            if let Some(until) = self.log.paused_until.filter(|until| *until > now) {
+                self.full += 1;
+                return Turn::Until(until);
+            }
             return Turn::AskStore;
         }
         self.own(now)

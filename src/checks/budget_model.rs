@@ -1,6 +1,6 @@
 //! The budget's rules against a small reference model, step by step, over random sequences of
 //! events: tries at a unit by requests and logins (asking a store that gives a unit, has none,
-//! or fails), logins that wait and are served, 429 pauses, units given back unsent, answers
+//! or fails; or gives one while a 429 seen meanwhile pauses the budget), logins that wait and are served, 429 pauses, units given back unsent, answers
 //! that time a unit's margin, and time.
 //!
 //! The model is the rules written as plainly as they read: every unit ever taken with its
@@ -29,6 +29,9 @@ const PROBE: u64 = 1_000_000;
 enum Store {
     /// It gives a unit, answering after this many microseconds.
     Unit(u64),
+    /// It gives a unit as [`Unit`](Store::Unit), and meanwhile another request's 429 paused the
+    /// budget (for this many microseconds): the pause had not reached the store.
+    UnitDuringPause(u64, u64),
     /// It has none for this long.
     Full(Duration),
     /// It fails (or takes longer than its deadline), after this many microseconds.
@@ -98,8 +101,14 @@ impl Model {
         if !self.shared || asked < self.probe_at {
             return self.own(asked);
         }
+        if asked < self.paused_until {
+            return Turn::Until(self.paused_until);
+        }
+        if let Store::UnitDuringPause(_, pause) = store {
+            self.paused_until = self.paused_until.max(asked + pause);
+        }
         match store {
-            Store::Unit(after) => {
+            Store::Unit(after) | Store::UnitDuringPause(after, _) => {
                 self.now += after;
                 self.probe_at = 0;
                 self.down = false;
@@ -195,6 +204,8 @@ impl ReferenceStateMachine for Reference {
         let purpose = prop_oneof![3 => Just(Purpose::Request), 1 => Just(Purpose::Login)];
         let store = prop_oneof![
             3 => (0u64..300_000).prop_map(Store::Unit),
+            1 => (0u64..300_000, 1u64..3_000_000)
+                .prop_map(|(after, pause)| Store::UnitDuringPause(after, pause)),
             1 => (1u64..1_500).prop_map(|ms| Store::Full(Duration::from_millis(ms))),
             1 => (0u64..300_000).prop_map(Store::Fails),
         ];
@@ -309,8 +320,12 @@ impl Harness {
                         "a failed store asked again within a second"
                     );
                 }
+                if let Store::UnitDuringPause(_, pause) = store {
+                    self.paused_until = self.paused_until.max(asked + pause);
+                    self.rules.pause(asked + pause);
+                }
                 match store {
-                    Store::Unit(after) => {
+                    Store::Unit(after) | Store::UnitDuringPause(after, _) => {
                         self.now += after;
                         self.failed_at = None;
                         self.rules.store_answered();
