@@ -1,7 +1,8 @@
 //! The budget's rules against a small reference model, step by step, over random sequences of
 //! events: tries at a unit by requests and logins (asking a store that gives a unit, has none,
-//! or fails; or gives one while a 429 seen meanwhile pauses the budget), logins that wait and are served, 429 pauses, units given back unsent, answers
-//! that time a unit's margin, and time.
+//! or fails; or gives one while a 429 seen meanwhile pauses the budget), logins that wait and
+//! are served, 429 pauses, units given back unsent, answers that time a unit's margin, and
+//! time.
 //!
 //! The model is the rules written as plainly as they read: every unit ever taken with its
 //! date, counted while its date is within the window; a pause; the logins waiting; the store's
@@ -64,7 +65,6 @@ struct Model {
     units: Vec<u64>,
     paused_until: u64,
     logins_waiting: usize,
-    down: bool,
     probe_at: u64,
     /// The units handed out and not yet given back or answered: their dates.
     outstanding: Vec<u64>,
@@ -111,7 +111,6 @@ impl Model {
             Store::Unit(after) | Store::UnitDuringPause(after, _) => {
                 self.now += after;
                 self.probe_at = 0;
-                self.down = false;
                 // Recorded, keeping the last window's: the store counts; the log is for an outage.
                 let mut live: Vec<u64> = self.live(asked).collect();
                 live.sort_unstable();
@@ -129,13 +128,11 @@ impl Model {
             }
             Store::Full(wait) => {
                 self.probe_at = 0;
-                self.down = false;
                 Turn::Until(asked + wait.as_micros() as u64)
             }
             Store::Fails(after) => {
                 self.now += after;
                 self.probe_at = self.now + PROBE;
-                self.down = true;
                 // Dated when the store failed.
                 self.own(self.now)
             }
@@ -148,8 +145,8 @@ impl Model {
             Event::LoginWaits => self.logins_waiting += 1,
             Event::LoginServed => self.logins_waiting -= 1,
             Event::Pause(pause) => self.paused_until = self.paused_until.max(self.now + pause),
-            Event::PauseWritten(true) => (self.probe_at, self.down) = (0, false),
-            Event::PauseWritten(false) => (self.probe_at, self.down) = (self.now + PROBE, true),
+            Event::PauseWritten(true) => self.probe_at = 0,
+            Event::PauseWritten(false) => self.probe_at = self.now + PROBE,
             Event::GiveBack(n) => {
                 let date = self.outstanding.remove(n % self.outstanding.len());
                 if !self.shared {
@@ -192,7 +189,6 @@ impl ReferenceStateMachine for Reference {
                 units: Vec::new(),
                 paused_until: 0,
                 logins_waiting: 0,
-                down: false,
                 probe_at: 0,
                 outstanding: Vec::new(),
                 decision: None,
