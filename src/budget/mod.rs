@@ -46,8 +46,10 @@
 //!   the budget again. No request fails for it, and a frozen store costs one request 250 ms a
 //!   second.
 //! - **A 429 pauses the account.** Its `Retry-After` (1 s without one, at most 5 minutes)
-//!   pauses the budget of every process sharing it; the 429 itself is returned as it is, for
-//!   `RetryPolicy` above the layer to retry after the pause.
+//!   pauses the budget of every process sharing it: the process that saw it sends nothing more
+//!   until the pause ends, at once, and writes the pause to the store for the others (who see
+//!   it one store round trip later). The 429 itself is returned as it is, for `RetryPolicy`
+//!   above the layer to retry after the pause.
 //! - **Seen** in a [`BudgetState`] (`budget_state()` of the layer, its services, the ready
 //!   client and the reqwest middleware) and, with the `metrics` feature, in the metrics.
 //!
