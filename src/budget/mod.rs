@@ -379,10 +379,9 @@ impl Gate {
     /// unit ages out or the pause ends, a unit is dated earlier, or the login a request waits
     /// behind is served).
     async fn try_or_wait(&self, purpose: Purpose) -> Option<Instant> {
+        // Made before the decision: a `Notified` has every `notify_waiters` from its making on.
         let (redated, served) = (self.redated.notified(), self.login_served.notified());
         let (mut redated, mut served) = (std::pin::pin!(redated), std::pin::pin!(served));
-        redated.as_mut().enable();
-        served.as_mut().enable();
         let (turn, now) = self.try_take(purpose).await;
         let until = match turn {
             Turn::Unit => return Some(now),
