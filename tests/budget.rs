@@ -37,14 +37,10 @@ async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
     LOCK.lock().await
 }
 
-type Authed =
-    patchworks_auth::Auth<Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>>;
+type Authed = support::Client;
 
 fn client(fake: &FakePatchworks, budget: Budget) -> Authed {
-    AuthLayer::new(fake.credentials())
-        .login_url(fake.login_url())
-        .budget(budget)
-        .layer(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>())
+    support::layer(fake).budget(budget).layer(fake.client())
 }
 
 fn get(fake: &FakePatchworks, path: &str) -> Request<Full<Bytes>> {
@@ -143,11 +139,10 @@ async fn a_renewal_under_a_saturated_budget_fails_no_request() {
     fake.limit_rate(limit, per);
     // Renewed from half-way through its 4 s: the queue below is never empty then.
     fake.set_token_lifetime(Duration::from_secs(4));
-    let client = AuthLayer::new(fake.credentials())
-        .login_url(fake.login_url())
+    let client = support::layer(&fake)
         .refresh_before(Duration::from_secs(3))
         .budget(Budget::new(limit as u32, per))
-        .layer(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+        .layer(fake.client());
     let statuses = support::concurrent_gets(&client, &fake, 60).await;
     assert!(
         statuses.iter().all(|s| *s == StatusCode::OK),
