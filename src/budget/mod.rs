@@ -387,8 +387,6 @@ impl Gate {
             Turn::Unit => return Some(now),
             Turn::Until(until) => Some(self.epoch + Duration::from_micros(until)),
             Turn::AfterLogin => None,
-            // Never returned by `try_take`, which asks the store: try again.
-            Turn::AskStore => return None,
         };
         let mut sleep = std::pin::pin!(sleep_until(until.unwrap_or(now)));
         std::future::poll_fn(|cx| {
@@ -413,8 +411,12 @@ impl Gate {
     /// log when it fails), else from the process's own log. The turn, and its date.
     async fn try_take(&self, purpose: Purpose) -> (Turn, Instant) {
         let (turn, asked) = self.decide(|rules, now| rules.take(now, purpose));
-        let (Turn::AskStore, Some((store, key))) = (turn, &self.shared) else {
+        if let Some(turn) = turn {
             return (turn, asked);
+        }
+        // Only a shared budget is told to ask the store.
+        let Some((store, key)) = &self.shared else {
+            return self.decide(|rules, now| rules.own(now));
         };
         let name = format!(
             "{}-{}",

@@ -23,9 +23,6 @@ pub(crate) enum Purpose {
 pub(crate) enum Turn {
     /// The unit is taken, dated at the try.
     Unit,
-    /// Ask the store, then tell the rules its answer ([`Rules::stored`]) or its failure
-    /// ([`Rules::store_failed`]).
-    AskStore,
     /// No unit before this time: the window's oldest unit ages out, or the pause ends.
     Until(u64),
     /// A login waits for a unit: a request waits until it is served ([`Rules::login_served`]).
@@ -78,23 +75,24 @@ impl Rules {
         }
     }
 
-    /// One try at a unit at `now`. A request waits while a login does; a shared budget asks
-    /// the store unless it is down and not yet due a probe, or paused here; else the process's
-    /// own log.
-    pub(crate) fn take(&mut self, now: u64, purpose: Purpose) -> Turn {
+    /// One try at a unit at `now`: the turn, or `None` to ask the store, then tell the rules
+    /// its answer ([`stored`](Self::stored)) or its failure ([`store_failed`](Self::store_failed)).
+    /// A request waits while a login does; a shared budget asks the store unless it is down and
+    /// not yet due a probe, or paused here; else the process's own log.
+    pub(crate) fn take(&mut self, now: u64, purpose: Purpose) -> Option<Turn> {
         if purpose == Purpose::Request && self.logins_waiting > 0 {
-            return Turn::AfterLogin;
+            return Some(Turn::AfterLogin);
         }
         if self.shared && now >= self.probe_at {
             // Paused here: the store (which may not have the pause yet) is not asked for a unit
             // that could not be used.
             if let Some(until) = self.log.paused_until.filter(|until| *until > now) {
                 self.full += 1;
-                return Turn::Until(until);
+                return Some(Turn::Until(until));
             }
-            return Turn::AskStore;
+            return None;
         }
-        self.own(now)
+        Some(self.own(now))
     }
 
     /// A unit now without waiting, for the warm path: only from the process's own log, with no

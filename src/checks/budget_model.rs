@@ -308,7 +308,7 @@ impl Harness {
         let asked = self.now;
         // The turn, and the unit's date if it is one from the process's own log.
         let (turn, own) = match self.rules.take(asked, purpose) {
-            Turn::AskStore => {
+            None => {
                 assert!(self.shared, "a budget of its own asks no store");
                 if let Some(failed) = self.failed_at {
                     assert!(
@@ -340,7 +340,7 @@ impl Harness {
                     }
                 }
             }
-            turn => (turn, Some(asked)),
+            Some(turn) => (turn, Some(asked)),
         };
         if turn == Turn::Unit {
             assert!(self.now >= self.paused_until, "a unit during a pause");
