@@ -44,9 +44,8 @@ pub(crate) struct Rules {
     shared: bool,
     log: Log,
     logins_waiting: usize,
-    /// Whether the last store operation failed (for one warning per outage).
-    down: bool,
-    /// While the store is down, when a try may ask it again.
+    /// While the store is down (its last operation failed), when a try may ask it again; 0
+    /// while it answers. A failure sets it a [`STORE_PROBE`] past a time, so never to 0.
     probe_at: u64,
     /// How many tries found no unit (the window full, or a pause): a request during which
     /// this moved waited for its turn, not only for a store's round trip.
@@ -69,7 +68,6 @@ impl Rules {
             shared,
             log: Log::default(),
             logins_waiting: 0,
-            down: false,
             probe_at: 0,
             full: 0,
         }
@@ -124,16 +122,15 @@ impl Rules {
 
     /// The store answered an operation: whether it had been down (it is back).
     pub(crate) fn store_answered(&mut self) -> bool {
-        self.probe_at = 0;
-        std::mem::replace(&mut self.down, false)
+        std::mem::replace(&mut self.probe_at, 0) != 0
     }
 
     /// A store operation failed at `now` (or took too long): the process keeps its own log
     /// until a probe a [`STORE_PROBE`] later. Whether this is the outage's first failure (to
     /// warn once).
     pub(crate) fn store_failed(&mut self, now: u64) -> bool {
-        self.probe_at = now.saturating_add(micros(STORE_PROBE));
-        !std::mem::replace(&mut self.down, true)
+        let probe_at = now.saturating_add(micros(STORE_PROBE));
+        std::mem::replace(&mut self.probe_at, probe_at) == 0
     }
 
     /// A try at `asked` from the process's own log: after the store failed, or for a store

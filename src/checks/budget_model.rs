@@ -276,14 +276,8 @@ impl Harness {
                 self.paused_until = self.paused_until.max(self.now + pause);
                 self.rules.pause(self.now + pause);
             }
-            Event::PauseWritten(true) => {
-                self.failed_at = None;
-                self.rules.store_answered();
-            }
-            Event::PauseWritten(false) => {
-                self.failed_at = Some(self.now);
-                self.rules.store_failed(self.now);
-            }
+            Event::PauseWritten(true) => self.store_answered(),
+            Event::PauseWritten(false) => self.store_failed(),
             Event::GiveBack(n) => {
                 let date = self.outstanding.remove(n % self.outstanding.len());
                 if let Some(unit) = self
@@ -302,6 +296,23 @@ impl Harness {
             Event::Advance(by) => self.now += by,
         }
         None
+    }
+
+    /// A store operation answered: the rules say whether it had been down (to say it is back).
+    fn store_answered(&mut self) {
+        let was_down = self.failed_at.take().is_some();
+        assert_eq!(self.rules.store_answered(), was_down, "the store back");
+    }
+
+    /// A store operation failed now: the rules say whether it is the outage's first (to warn
+    /// once).
+    fn store_failed(&mut self) {
+        let first = self.failed_at.replace(self.now).is_none();
+        assert_eq!(
+            self.rules.store_failed(self.now),
+            first,
+            "the outage's first failure"
+        );
     }
 
     fn take(&mut self, purpose: Purpose, store: Store) -> Turn {
@@ -323,19 +334,16 @@ impl Harness {
                 match store {
                     Store::Unit(after) | Store::UnitDuringPause(after, _) => {
                         self.now += after;
-                        self.failed_at = None;
-                        self.rules.store_answered();
+                        self.store_answered();
                         (self.rules.stored(asked, self.now, None), None)
                     }
                     Store::Full(wait) => {
-                        self.failed_at = None;
-                        self.rules.store_answered();
+                        self.store_answered();
                         (self.rules.stored(asked, self.now, Some(wait)), None)
                     }
                     Store::Fails(after) => {
                         self.now += after;
-                        self.failed_at = Some(self.now);
-                        self.rules.store_failed(self.now);
+                        self.store_failed();
                         (self.rules.own(self.now), Some(self.now))
                     }
                 }
