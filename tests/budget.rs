@@ -76,10 +76,7 @@ async fn a_thousand_concurrent_requests_keep_within_the_budget() {
     fake.limit_rate(limit, per);
     let client = client(&fake, Budget::new(limit as u32, per));
     let statuses = support::concurrent_gets(&client, &fake, 1000).await;
-    assert!(
-        statuses.iter().all(|s| *s == StatusCode::OK),
-        "{statuses:?}"
-    );
+    support::assert_all_ok(&statuses);
     assert_eq!(fake.too_many(), 0, "no 429");
     assert_eq!(fake.api_calls(), 1000);
     // At least 90% of 200 a second: a unit whose request was answered ages out by the time
@@ -144,10 +141,7 @@ async fn a_renewal_under_a_saturated_budget_fails_no_request() {
         .budget(Budget::new(limit as u32, per))
         .layer(fake.client());
     let statuses = support::concurrent_gets(&client, &fake, 60).await;
-    assert!(
-        statuses.iter().all(|s| *s == StatusCode::OK),
-        "{statuses:?}"
-    );
+    support::assert_all_ok(&statuses);
     assert!(fake.logins() >= 2, "{} logins: no renewal", fake.logins());
     // The renewal went ahead of the queue: sent before the first token expired.
     let logins = support::login_times(&fake);
@@ -167,10 +161,7 @@ async fn a_budget_of_one_sends_the_login_at_once_then_one_request_a_window() {
     let budget = Budget::new(1, Duration::from_millis(500)).max_wait(Duration::from_secs(30));
     let client = client(&fake, budget);
     let statuses = support::concurrent_gets(&client, &fake, 2).await;
-    assert!(
-        statuses.iter().all(|s| *s == StatusCode::OK),
-        "{statuses:?}"
-    );
+    support::assert_all_ok(&statuses);
     let seen = fake.seen();
     assert_eq!(seen.len(), 3);
     assert_eq!(

@@ -43,10 +43,7 @@ async fn twenty_callers_on_a_slow_login_all_get_its_token() {
         .login_timeout(Duration::from_secs(4))
         .layer(fake.client());
     let statuses = concurrent_gets(&client, &fake, 20).await;
-    assert!(
-        statuses.iter().all(|s| *s == StatusCode::OK),
-        "{statuses:?}"
-    );
+    assert_all_ok(&statuses);
     assert!((1..=2).contains(&fake.logins()), "{}", fake.logins());
     assert_eq!(fake.expired_tokens_seen() + fake.unauthorized(), 0);
 }

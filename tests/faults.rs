@@ -72,7 +72,7 @@ async fn a_renewal_while_a_thousand_requests_are_in_flight_sends_no_expired_toke
     tokio::time::sleep(Duration::from_millis(1050)).await;
     fake.hold_logins();
     let statuses = hold_clock(concurrent_gets(&client, &fake, 1000)).await;
-    assert!(statuses.iter().all(|status| *status == StatusCode::OK));
+    assert_all_ok(&statuses);
     hold_clock(until("the renewal reaches the fake", || fake.logins() == 2)).await;
     assert!(
         fake.seen()
@@ -90,7 +90,7 @@ async fn a_renewal_while_a_thousand_requests_are_in_flight_sends_no_expired_toke
     // Past the first token's expiry (2 s).
     tokio::time::sleep(Duration::from_secs(1)).await;
     let statuses = hold_clock(concurrent_gets(&client, &fake, 1000)).await;
-    assert!(statuses.iter().all(|status| *status == StatusCode::OK));
+    assert_all_ok(&statuses);
     assert_eq!(fake.logins(), 2, "one renewal");
     assert_ne!(last_api_authorization(&fake).unwrap(), first);
     assert_eq!(fake.expired_tokens_seen(), 0);

@@ -56,7 +56,7 @@ async fn concurrent_cold_requests_share_one_login() {
     fake.set_login_delay(Duration::from_millis(100));
     let client = client(&fake);
     let statuses = concurrent_gets(&client, &fake, 64).await;
-    assert!(statuses.iter().all(|status| *status == StatusCode::OK));
+    assert_all_ok(&statuses);
     assert_eq!(fake.logins(), 1);
     assert_eq!(fake.api_calls(), 64);
 }

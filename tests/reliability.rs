@@ -105,10 +105,7 @@ async fn a_login_blip_is_retried_inside_the_login_and_no_caller_sees_it() {
     ]);
     let client = client(&fake);
     let statuses = support::concurrent_gets(&client, &fake, 50).await;
-    assert!(
-        statuses.iter().all(|s| *s == StatusCode::OK),
-        "{statuses:?}"
-    );
+    support::assert_all_ok(&statuses);
     assert_eq!(fake.logins(), 5);
     assert_eq!(client.state().logins, 1, "one login, with its own retries");
 }

@@ -59,7 +59,7 @@ async fn many_401s_on_one_revoked_token_give_one_login() {
     fake.set_login_delay(Duration::from_millis(50));
 
     let statuses = concurrent_gets(&client, &fake, 50).await;
-    assert!(statuses.iter().all(|status| *status == StatusCode::OK));
+    assert_all_ok(&statuses);
     assert_eq!(fake.logins(), 2, "one login, then exactly one re-login");
     assert!(fake.unauthorized() >= 1 && fake.unauthorized() <= 50);
     assert_eq!(fake.api_calls(), 1 + 50 + fake.unauthorized());

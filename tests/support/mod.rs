@@ -119,6 +119,16 @@ pub async fn concurrent_gets(
     statuses
 }
 
+/// Asserts that every status is `200 OK` (from [`concurrent_gets`], for one), showing them all
+/// if not.
+#[track_caller]
+pub fn assert_all_ok(statuses: &[StatusCode]) {
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+}
+
 /// `fake`'s hyper-util client as a plain `tower` service with boxed errors: something to wrap.
 pub fn http_service(
     fake: &FakePatchworks,
