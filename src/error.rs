@@ -65,14 +65,16 @@ pub(crate) enum Kind {
     RequestBody,
     /// The request waited `max_wait` for the API budget and was not sent.
     BudgetExhausted(Duration),
-    /// An OAuth 2 token endpoint answered an RFC 6749 §5.2 error: `code` (such as
-    /// `invalid_client`), its description if any (the secret redacted); `rejected` for
-    /// `invalid_client` and `unauthorized_client`.
+    /// An OAuth 2 token endpoint refused the token request: RFC 6749 §5.2's `code` (such as
+    /// `invalid_client`) and description if it gave them (the secret scrubbed); `rejected` for
+    /// a 401, 403 or 422, `invalid_client` and `unauthorized_client`; the `Retry-After` it
+    /// asked for.
     OAuth {
         status: StatusCode,
         rejected: bool,
-        code: String,
+        code: Option<String>,
         description: Option<String>,
+        retry_after: Option<Duration>,
     },
 }
 
@@ -100,7 +102,9 @@ impl Error {
         Error::new(Kind::Config(message.into()))
     }
 
-    /// Returns `true` if the login endpoint rejected the credentials (HTTP 401, 403 or 422).
+    /// Returns `true` if the login endpoint rejected the credentials: HTTP 401, 403 or 422 (with
+    /// or without a body), or an OAuth 2 token endpoint's `invalid_client` or
+    /// `unauthorized_client`.
     ///
     /// Retrying will not help until the credentials are fixed; the layer backs off (growing
     /// from 5 seconds to 5 minutes) before it tries them again.
@@ -165,10 +169,27 @@ impl Error {
         }
     }
 
+    /// The error code an OAuth 2 token endpoint answered, as RFC 6749 §5.2 defines it
+    /// (`invalid_client`, `invalid_scope`, `unauthorized_client`, ...), if it gave one.
+    ///
+    /// ```
+    /// # fn check(error: patchworks_auth::Error) {
+    /// if error.oauth_error() == Some("invalid_scope") {
+    ///     eprintln!("ask for a scope the client is granted");
+    /// }
+    /// # }
+    /// ```
+    pub fn oauth_error(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::OAuth { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+
     /// The wait the login endpoint asked for with `Retry-After`, if it did.
     pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self.kind {
-            Kind::Status(_, retry_after) => retry_after,
+            Kind::Status(_, retry_after) | Kind::OAuth { retry_after, .. } => retry_after,
             _ => None,
         }
     }
@@ -176,12 +197,27 @@ impl Error {
     /// Whether the failure may go away by itself (the endpoint was down, slow or overloaded),
     /// as opposed to one that needs a fix (credentials, configuration, a broken answer).
     pub(crate) fn is_transient(&self) -> bool {
-        match self.kind {
+        let status_is = |status: StatusCode| {
+            status.is_server_error()
+                || status == StatusCode::TOO_MANY_REQUESTS
+                || status == StatusCode::REQUEST_TIMEOUT
+        };
+        match &self.kind {
             Kind::Timeout { .. } | Kind::Transport | Kind::Abandoned => true,
-            Kind::Status(status, _) => {
-                status.is_server_error()
-                    || status == StatusCode::TOO_MANY_REQUESTS
-                    || status == StatusCode::REQUEST_TIMEOUT
+            Kind::Status(status, _) => status_is(*status),
+            // RFC 6749 §4.1.2.1's two codes for a server that cannot serve now, which some
+            // token endpoints answer with a 400 too.
+            Kind::OAuth {
+                status,
+                rejected: false,
+                code,
+                ..
+            } => {
+                status_is(*status)
+                    || matches!(
+                        code.as_deref(),
+                        Some("temporarily_unavailable" | "server_error")
+                    )
             }
             _ => false,
         }
@@ -266,18 +302,26 @@ impl fmt::Display for Error {
                 rejected,
                 code,
                 description,
+                ..
             } => {
                 write!(
                     f,
-                    "the OAuth 2 token endpoint refused the request (HTTP {}, error \"{code}\"",
+                    "the OAuth 2 token endpoint refused the token request (HTTP {}",
                     status.as_u16()
                 )?;
+                match code {
+                    Some(code) => write!(f, ", error \"{code}\"")?,
+                    None => f.write_str(", no RFC 6749 error code")?,
+                }
                 if let Some(description) = description {
                     write!(f, ": {description}")?;
                 }
                 f.write_str(if *rejected {
                     "): check the client id and secret given to Credentials::client_credentials; \
                      the login is retried after a back-off"
+                } else if self.is_transient() {
+                    "): the token endpoint cannot serve now; the login was retried until the \
+                     login timeout ran out, and the next request that needs a token tries again"
                 } else {
                     "): check the token URL, the scope and the client's grants; the login is \
                      retried after a back-off"

@@ -111,7 +111,7 @@ where
             if let (Some(gate), true) = (gate, crate::budget::is_too_many(response.status())) {
                 gate.too_many(response.headers());
             }
-            let answer = read_answer(login_url, *form, password, response).await;
+            let answer = read_answer(login_url, *form, (account, password), response).await;
             let issued = answer.map_err(|error| error.with_env_hint(*from_env))?;
             Ok(Obtained {
                 header: issued.header,
@@ -167,14 +167,32 @@ pub(crate) fn request<B: From<Bytes>>(
     request
 }
 
-/// `Basic <base64(id:secret)>`, each form-encoded first (RFC 6749 §2.3.1), marked sensitive.
+/// `Basic <base64(id:secret)>`, each percent-encoded first (RFC 6749 §2.3.1), marked sensitive.
 fn basic_auth(client_id: &str, client_secret: &str) -> Option<HeaderValue> {
-    let encode = |text: &str| form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>();
-    let pair = format!("{}:{}", encode(client_id), encode(client_secret));
+    let pair = format!("{}:{}", percent(client_id), percent(client_secret));
     let engine = base64::engine::general_purpose::STANDARD;
     let mut value = HeaderValue::try_from(format!("Basic {}", engine.encode(pair))).ok()?;
     value.set_sensitive(true);
     Some(value)
+}
+
+/// `text` with every byte but RFC 3986's unreserved ones (`A-Z a-z 0-9 - . _ ~`) as `%XX`.
+///
+/// RFC 6749 §2.3.1 says to form-encode the client id and secret before Basic, which writes a
+/// space as `+`; a server that percent-decodes them (as many do) reads that `+` as a plus and
+/// refuses the client. With only unreserved bytes left bare, a form decoder and a percent
+/// decoder read the same text: a space is `%20`, a plus `%2B`, a colon `%3A`, a percent `%25`.
+fn percent(text: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+    out
 }
 
 /// Reads a login answer sent to `login_url`: its status, then at most [`MAX_ANSWER_BYTES`] of
@@ -185,12 +203,13 @@ fn basic_auth(client_id: &str, client_secret: &str) -> Option<HeaderValue> {
 /// [`RequestUri`](tower_http::follow_redirect::RequestUri)): the token must come from the login
 /// URL, and the password must not follow a redirect.
 ///
-/// For OAuth 2 client credentials (`form`), a `400` or `401` is read for RFC 6749 §5.2's error,
-/// whose description is told without `secret` in it.
+/// For OAuth 2 client credentials (`form`), a failed answer's body is read for RFC 6749 §5.2's
+/// `error` and `error_description` and nothing else, with every form of the client's secret
+/// the layer sent (`client`: the id and the secret) scrubbed from them.
 pub(crate) async fn read_answer<B>(
     login_url: &Uri,
     form: Form,
-    secret: &str,
+    client: (&str, &str),
     response: Response<B>,
 ) -> Result<Issued, Error>
 where
@@ -202,22 +221,40 @@ where
         return Err(Error::new(Kind::Redirected(Some(status))));
     }
     let oauth = matches!(form, Form::Client { .. });
-    if oauth && matches!(status, StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED) {
-        let body = read_body(response.into_body()).await?;
-        return Err(oauth_error(status, &body, secret));
-    }
     if status != StatusCode::OK {
-        // The body of a failed login is not read: nothing in it is needed, and a hostile
-        // server could echo the password there.
-        return Err(match status {
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::UNPROCESSABLE_ENTITY => {
-                Error::new(Kind::Rejected(status, false))
-            }
-            _ => Error::new(Kind::Status(
-                status,
-                crate::challenge::retry_after(response.headers(), SystemTime::now()),
-            )),
-        });
+        let retry_after = crate::challenge::retry_after(response.headers(), SystemTime::now());
+        let rejected = matches!(
+            status,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::UNPROCESSABLE_ENTITY
+        );
+        if !oauth {
+            // The body of a failed login is not read: nothing in it is needed, and a hostile
+            // server could echo the password there.
+            return Err(Error::new(if rejected {
+                Kind::Rejected(status, false)
+            } else {
+                Kind::Status(status, retry_after)
+            }));
+        }
+        // An unreadable body is no reason to hide the status: it is read as saying nothing.
+        let body = read_body(response.into_body()).await.unwrap_or_default();
+        let (code, description) = oauth_error(&body, client);
+        if code.is_none() && !rejected && status != StatusCode::BAD_REQUEST {
+            // A 404, a 5xx or a 429 with no §5.2 error: what any login's would be.
+            return Err(Error::new(Kind::Status(status, retry_after)));
+        }
+        let rejected = rejected
+            || matches!(
+                code.as_deref(),
+                Some("invalid_client" | "unauthorized_client")
+            );
+        return Err(Error::new(Kind::OAuth {
+            status,
+            rejected,
+            code,
+            description,
+            retry_after,
+        }));
     }
     if let Some(RequestUri(from)) = response.extensions().get::<RequestUri>() {
         if from != login_url {
@@ -244,33 +281,130 @@ where
     }
 }
 
-/// An RFC 6749 §5.2 error answer (`status` 400 or 401): a rejected login for `invalid_client`
-/// and `unauthorized_client`, else a refusal that needs a fix. Its `error_description` is kept
-/// (printable, at most 200 characters, `secret` redacted).
-fn oauth_error(status: StatusCode, body: &[u8], secret: &str) -> Error {
+/// The longest `error_description` kept, in characters.
+const MAX_DESCRIPTION: usize = 200;
+/// The longest `error` code kept, in bytes (the codes RFC 6749 defines are under 30).
+const MAX_CODE: usize = 64;
+
+/// RFC 6749 §5.2's `error` and `error_description` of a failed token answer, and nothing else
+/// of it: the code if it is made of §5.2's characters (`%x20-21 / %x23-5B / %x5D-7E`) and short,
+/// the description printable and at most 200 characters. Every form of the client's secret
+/// that the layer sent is scrubbed from both first ([`Scrub`]).
+pub(crate) fn oauth_error(body: &[u8], client: (&str, &str)) -> (Option<String>, Option<String>) {
     #[derive(Deserialize)]
     struct OAuthError {
-        error: Option<String>,
-        error_description: Option<String>,
+        error: Option<serde_json::Value>,
+        error_description: Option<serde_json::Value>,
     }
-    let answer = serde_json::from_slice::<OAuthError>(body).ok();
-    let (code, description) = answer.map_or((None, None), |a| (a.error, a.error_description));
-    let clean = |text: String| -> String {
-        let text = if secret.is_empty() {
-            text
-        } else {
-            text.replace(secret, "<redacted>")
-        };
-        text.chars().filter(|c| !c.is_control()).take(200).collect()
+    let Ok(answer) = serde_json::from_slice::<OAuthError>(body) else {
+        return (None, None);
     };
-    let code = code.map(clean).unwrap_or_default();
-    let rejected = matches!(code.as_str(), "invalid_client" | "unauthorized_client");
-    Error::new(Kind::OAuth {
-        status,
-        rejected,
-        code,
-        description: description.map(clean),
-    })
+    let text = |value: Option<serde_json::Value>| match value {
+        Some(serde_json::Value::String(text)) => Some(text),
+        _ => None,
+    };
+    let scrub = Scrub::new(client);
+    // A code with a secret in it is no code.
+    let code = text(answer.error).filter(|code| {
+        scrub.apply(code) == *code
+            && !code.is_empty()
+            && code.len() <= MAX_CODE
+            && code
+                .bytes()
+                .all(|b| matches!(b, 0x20..=0x21 | 0x23..=0x5B | 0x5D..=0x7E))
+    });
+    let description = text(answer.error_description).map(|text| {
+        let text = scrub.apply(&text);
+        text.chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_DESCRIPTION)
+            .collect()
+    });
+    (code, description)
+}
+
+/// Every form of a client's secret that the layer itself sends, to be cut out of what a token
+/// endpoint says back: the secret raw, form-encoded (the body), percent-encoded (Basic's
+/// parts), JSON-escaped (with `\/` and `\uXXXX` as some encoders write them), and the Basic
+/// value of the id and secret in each encoding (with and without padding). Matched without
+/// regard to ASCII case, so that `%2b` and `%2B` are both found.
+pub(crate) struct Scrub {
+    needles: Vec<String>,
+}
+
+impl Scrub {
+    pub(crate) fn new((id, secret): (&str, &str)) -> Scrub {
+        let mut needles = Vec::new();
+        if secret.is_empty() {
+            return Scrub { needles };
+        }
+        let form =
+            |text: &str| form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>();
+        let json = serde_json::to_string(secret).unwrap_or_default();
+        let json = json.trim_matches('"').to_owned();
+        let ascii_json: String = json
+            .chars()
+            .map(|c| match c {
+                ' '..='~' => c.to_string(),
+                c => c
+                    .encode_utf16(&mut [0; 2])
+                    .iter()
+                    .map(|unit| format!("\\u{unit:04x}"))
+                    .collect(),
+            })
+            .collect();
+        needles.extend([secret.to_owned(), form(secret), percent(secret)]);
+        for text in [json, ascii_json] {
+            needles.push(text.replace('/', "\\/"));
+            needles.push(text);
+        }
+        let engine = base64::engine::general_purpose::STANDARD;
+        for pair in [
+            format!("{}:{}", percent(id), percent(secret)),
+            format!("{}:{}", form(id), form(secret)),
+            format!("{id}:{secret}"),
+        ] {
+            let basic = engine.encode(pair);
+            let basic = basic.trim_end_matches('=');
+            needles.push(basic.replace('/', "\\/"));
+            needles.push(basic.to_owned());
+        }
+        needles.retain(|needle| !needle.is_empty());
+        needles.iter_mut().for_each(|n| n.make_ascii_lowercase());
+        needles.sort();
+        needles.dedup();
+        Scrub { needles }
+    }
+
+    /// `text` with every needle found in it (ASCII case ignored) replaced by `<redacted>`.
+    pub(crate) fn apply(&self, text: &str) -> String {
+        // ASCII lowercasing keeps every byte where it was, so positions carry over.
+        let lower = text.to_ascii_lowercase();
+        let mut cut = vec![false; text.len()];
+        for needle in &self.needles {
+            let mut from = 0;
+            while let Some(at) = lower
+                .get(from..)
+                .and_then(|rest| rest.find(needle.as_str()))
+            {
+                let start = from + at;
+                cut[start..start + needle.len()].fill(true);
+                // The next char boundary after `start`: a match starts on one.
+                from = start + lower[start..].chars().next().map_or(1, char::len_utf8);
+            }
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut in_cut = false;
+        for (at, c) in text.char_indices() {
+            match (cut[at], in_cut) {
+                (true, false) => out.push_str("<redacted>"),
+                (true, true) => {}
+                (false, _) => out.push(c),
+            }
+            in_cut = cut[at];
+        }
+        out
+    }
 }
 
 fn too_large() -> Error {

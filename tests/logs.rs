@@ -149,3 +149,138 @@ fn logs_tell_what_happened_and_never_a_secret() {
         assert!(!logs.contains(secret), "{secret:?} leaked into\n{logs}");
     }
 }
+
+/// A token endpoint that answers every request with `status` and `body` (JSON), telling each
+/// answer to `answered`.
+async fn echoing_endpoint(status: &'static str, body: String) -> http::Uri {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let answer = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            );
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}/oauth/token").parse().unwrap()
+}
+
+/// Every form of a client secret that the layer sends (raw, form-encoded, percent-encoded in
+/// either case, the Basic value, JSON-escaped), echoed back by a token endpoint in its RFC 6749
+/// §5.2 fields, in other fields and in HTML: none comes back in the error's `Display` or
+/// `Debug`, `state()`, a log line at TRACE or a metric. The forms are written out here, not
+/// computed by the code under test.
+#[test]
+fn a_secret_echoed_back_in_any_encoding_stays_out_of_every_output() {
+    use base64::Engine as _;
+    const ID: &str = "Acme-Inbound-7f3K";
+    const SECRET: &str = "Qz9+kT/w \"q\\ é5%:x";
+    let percent = |text: &str, upper: bool| -> String {
+        text.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    char::from(b).to_string()
+                }
+                b if upper => format!("%{b:02X}"),
+                b => format!("%{b:02x}"),
+            })
+            .collect()
+    };
+    let base64 = |text: String| base64::engine::general_purpose::STANDARD.encode(text);
+    let forms = [
+        SECRET.to_owned(),
+        "Qz9%2BkT%2Fw+%22q%5C+%C3%A95%25%3Ax".to_owned(),
+        percent(SECRET, true),
+        percent(SECRET, false),
+        base64(format!("{ID}:{}", percent(SECRET, true))),
+        base64(format!("{ID}:Qz9%2BkT%2Fw+%22q%5C+%C3%A95%25%3Ax")),
+        base64(format!("{ID}:{SECRET}")),
+        r#"Qz9+kT/w \"q\\ é5%:x"#.to_owned(),
+        r#"Qz9+kT\/w \"q\\ \u00e95%:x"#.to_owned(),
+    ];
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer({
+            let captured = captured.clone();
+            move || captured.clone()
+        })
+        .finish();
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut shown = Vec::new();
+    tracing::subscriber::with_default(subscriber, || {
+        let _local = metrics::set_default_local_recorder(&recorder);
+        runtime.block_on(async {
+            let fake = FakePatchworks::start().await.unwrap();
+            for form in &forms {
+                let json = |text: &str| serde_json::to_string(text).unwrap();
+                let echo = format!("the request had {form} in it");
+                for (status, body) in [
+                    (
+                        "400 Bad Request",
+                        format!(
+                            r#"{{"error":"invalid_request","error_description":{},"echo":{}}}"#,
+                            json(&echo),
+                            json(form)
+                        ),
+                    ),
+                    (
+                        "401 Unauthorized",
+                        format!(
+                            r#"{{"error":{},"error_description":{}}}"#,
+                            json(form),
+                            json(form)
+                        ),
+                    ),
+                    ("401 Unauthorized", format!("<html><p>{form}</p></html>")),
+                    (
+                        "403 Forbidden",
+                        format!(r#"{{"message":{},"detail":{}}}"#, json(form), json(&echo)),
+                    ),
+                ] {
+                    let url = echoing_endpoint(status, body).await;
+                    let client = AuthLayer::new(Credentials::client_credentials(ID, SECRET))
+                        .login_url(url)
+                        .layer(fake.client());
+                    let error = client.login().await.unwrap_err();
+                    shown.push(format!("{error}\n{error:?}\n{:?}", client.state()));
+                    if let Some(last) = client.state().last_error {
+                        shown.push(last.to_string());
+                    }
+                }
+            }
+        })
+    });
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        shown.push(format!("{key:?} {value:?}"));
+    }
+    shown.push(String::from_utf8(captured.0.lock().unwrap().clone()).unwrap());
+    let shown = shown.join("\n");
+    assert!(
+        shown.contains("the request had <redacted> in it"),
+        "{shown}"
+    );
+    assert!(shown.contains("invalid_request"), "{shown}");
+    for form in &forms {
+        assert!(
+            !shown
+                .to_ascii_lowercase()
+                .contains(&form.to_ascii_lowercase()),
+            "{form:?} leaked into\n{shown}"
+        );
+    }
+}

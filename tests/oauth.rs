@@ -16,12 +16,14 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::{Layer, ServiceExt};
 
-/// The secret as the form encodes it (RFC 6749 appendix B), and the Basic credentials of the
-/// fake's client: written out here, not computed by the code under test.
+/// The secret as the form encodes it (RFC 6749 appendix B), as Basic's parts are encoded (a
+/// space as `%20`, which percent and form decoders both read as a space), and the Basic
+/// credentials of the fake's client: written out here, not computed by the code under test.
 const SECRET_FORM_ENCODED: &str = "client+secret%2Fwith%3Aodd%26chars%3D";
+const SECRET_PERCENT_ENCODED: &str = "client%20secret%2Fwith%3Aodd%26chars%3D";
 
 fn basic() -> String {
-    let pair = format!("{CLIENT_ID}:{SECRET_FORM_ENCODED}");
+    let pair = format!("{CLIENT_ID}:{SECRET_PERCENT_ENCODED}");
     format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(pair)
@@ -177,6 +179,144 @@ async fn error_answers_and_other_token_types_are_told_apart() {
     assert_eq!(lifetime, Duration::from_secs(24 * 60 * 60));
 }
 
+/// A token endpoint that answers its requests with `answers` in turn (the last one again once
+/// they run out), and counts them.
+async fn sequenced_endpoint(
+    answers: Vec<String>,
+) -> (http::Uri, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::{atomic::Ordering, Arc};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            let answer = answers[n.min(answers.len() - 1)].clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (format!("http://{addr}/token").parse().unwrap(), count)
+}
+
+/// RFC 6749 §5.2 lets a server answer a failed client authentication with 401 (and
+/// `WWW-Authenticate: Basic`): whatever its body, that is a rejected client, and the message
+/// says what the server said.
+#[tokio::test]
+async fn a_401_from_the_token_endpoint_is_a_rejected_client_whatever_its_body() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let challenge = |body: &str| {
+        format!(
+            "HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Basic realm=\"oauth\"\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    for (answer, told) in [
+        (challenge(""), "no RFC 6749 error code"),
+        (
+            challenge("<html>Unauthorized</html>"),
+            "no RFC 6749 error code",
+        ),
+        (
+            http_answer("401 Unauthorized", r#"{"message":"Unauthorized"}"#),
+            "no RFC 6749 error code",
+        ),
+        (
+            http_answer("401 Unauthorized", r#"{"error":"invalid_client"}"#),
+            "error \"invalid_client\"",
+        ),
+        (
+            http_answer("400 Bad Request", r#"{"error":"invalid_client"}"#),
+            "error \"invalid_client\"",
+        ),
+    ] {
+        let client = AuthLayer::new(Credentials::client_credentials(CLIENT_ID, "s3cret"))
+            .login_url(token_endpoint(answer).await)
+            .layer(fake.client());
+        let error = client.login().await.unwrap_err();
+        assert!(error.is_rejected(), "{error}");
+        let message = error.to_string();
+        assert!(message.contains(told), "{told:?} in {message}");
+        assert!(
+            message.contains("Credentials::client_credentials"),
+            "{message}"
+        );
+    }
+    // A 400 with no §5.2 error is not the client's credentials.
+    let answer = http_answer("400 Bad Request", "nonsense");
+    let client = AuthLayer::new(Credentials::client_credentials(CLIENT_ID, "s3cret"))
+        .login_url(token_endpoint(answer).await)
+        .layer(fake.client());
+    let error = client.login().await.unwrap_err();
+    assert!(!error.is_rejected(), "{error}");
+    assert_eq!(error.oauth_error(), None);
+    assert!(
+        error
+            .to_string()
+            .contains("HTTP 400, no RFC 6749 error code"),
+        "{error}"
+    );
+}
+
+/// `temporarily_unavailable` and `server_error` (RFC 6749 §4.1.2.1), with a 400 or a 503, are
+/// retried inside the login as a 503 is; the code is readable with `oauth_error()`.
+#[tokio::test]
+async fn temporarily_unavailable_and_server_error_are_retried_inside_the_login() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let ok = http_answer(
+        "200 OK",
+        r#"{"access_token":"abc","token_type":"Bearer","expires_in":3600}"#,
+    );
+    for status in ["400 Bad Request", "503 Service Unavailable"] {
+        for code in ["temporarily_unavailable", "server_error"] {
+            let busy = http_answer(status, &format!(r#"{{"error":"{code}"}}"#));
+            let (url, count) = sequenced_endpoint(vec![busy, ok.clone()]).await;
+            let client = AuthLayer::new(Credentials::client_credentials(CLIENT_ID, "s3cret"))
+                .login_url(url)
+                .layer(fake.client());
+            client.login().await.unwrap();
+            assert_eq!(
+                count.load(std::sync::atomic::Ordering::SeqCst),
+                2,
+                "{status} {code}"
+            );
+        }
+    }
+    // Busy for longer than the login timeout (its `Retry-After`): the login fails at once, and
+    // the error says so, with the code.
+    let body = r#"{"error":"temporarily_unavailable"}"#;
+    let busy = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nretry-after: 3600\r\ncontent-type: \
+         application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (url, count) = sequenced_endpoint(vec![busy]).await;
+    let client = AuthLayer::new(Credentials::client_credentials(CLIENT_ID, "s3cret"))
+        .login_url(url)
+        .layer(fake.client());
+    let error = client.login().await.unwrap_err();
+    assert_eq!(
+        error.oauth_error(),
+        Some("temporarily_unavailable"),
+        "{error}"
+    );
+    assert!(!error.is_rejected());
+    assert!(error.to_string().contains("cannot serve now"), "{error}");
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    let scope = http_answer("400 Bad Request", r#"{"error":"invalid_scope"}"#);
+    let client = AuthLayer::new(Credentials::client_credentials(CLIENT_ID, "s3cret"))
+        .login_url(token_endpoint(scope).await)
+        .layer(fake.client());
+    let error = client.login().await.unwrap_err();
+    assert_eq!(error.oauth_error(), Some("invalid_scope"));
+}
+
 #[tokio::test]
 async fn without_a_token_url_every_request_fails_with_a_configuration_error() {
     let fake = FakePatchworks::start().await.unwrap();
@@ -250,7 +390,13 @@ async fn the_secret_is_in_no_debug_error_or_stored_file() {
 
     let token = last_api_authorization(&fake).unwrap();
     let token = token.strip_prefix("Bearer ").unwrap();
-    let secrets = [CLIENT_SECRET, SECRET_FORM_ENCODED, &basic()[6..], token];
+    let secrets = [
+        CLIENT_SECRET,
+        SECRET_FORM_ENCODED,
+        SECRET_PERCENT_ENCODED,
+        &basic()[6..],
+        token,
+    ];
     let mut shown = vec![
         format!("{credentials:?}"),
         format!("{layer:?}"),
@@ -265,5 +411,49 @@ async fn the_secret_is_in_no_debug_error_or_stored_file() {
             assert!(!text.contains(secret), "{secret:?} in {text}");
         }
     }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Two client ids that differ only in case are two clients to a token endpoint (it compares
+/// them byte for byte): on one store they keep two entries and two API budgets.
+#[tokio::test]
+async fn client_ids_that_differ_in_case_keep_two_entries_and_two_budgets() {
+    use patchworks_auth::budget::Budget;
+    let fake = FakePatchworks::start().await.unwrap();
+    fake.add_client("Acme-Inbound-7f3K", "first-secret");
+    fake.add_client("acme-inbound-7f3k", "second-secret");
+    let dir = std::env::temp_dir().join(format!("patchworks-case-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // Each is a process of its own: a layer, on the same file.
+    let process = |id: &str, secret: &str| {
+        AuthLayer::new(Credentials::client_credentials(id, secret))
+            .login_url(fake.token_url())
+            .store(FileStore::new(dir.join("token")))
+            .budget(Budget::new(3, Duration::from_secs(60)).max_wait(Duration::from_millis(500)))
+            .layer(fake.client())
+    };
+    let first = process("Acme-Inbound-7f3K", "first-secret");
+    // The first spends its whole budget: its login and two calls.
+    for _ in 0..2 {
+        expect_status(&first, &fake, "/v1/acme/orders", StatusCode::OK).await;
+    }
+    let second = process("acme-inbound-7f3k", "second-secret");
+    expect_status(&second, &fake, "/v1/acme/orders", StatusCode::OK).await;
+    assert_eq!(
+        second.budget_state().waited,
+        0,
+        "the second has a budget of its own"
+    );
+    assert_eq!(fake.logins(), 2, "one login each");
+    // Another process of each takes its own client's token from the store: no login.
+    for (id, secret) in [
+        ("Acme-Inbound-7f3K", "first-secret"),
+        ("acme-inbound-7f3k", "second-secret"),
+    ] {
+        let again = process(id, secret);
+        again.login().await.unwrap();
+        let _ = again;
+    }
+    assert_eq!(fake.logins(), 2, "each took its own entry");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -220,7 +220,7 @@ impl Shared {
         Shared {
             store: store.clone(),
             key: seal::entry_key(&origin, form, account, scope),
-            sealer: Arc::new(Sealer::new(account, password, key)),
+            sealer: Arc::new(Sealer::new(&seal::identity(form, account), password, key)),
             down: AtomicBool::new(false),
             outages: AtomicU64::new(0),
         }

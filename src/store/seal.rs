@@ -15,6 +15,7 @@ use chacha20poly1305::{
 use http::HeaderValue;
 use sha2::{Digest, Sha256};
 use std::{
+    borrow::Cow,
     fmt,
     sync::Mutex,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -50,15 +51,38 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
+/// The account as the server compares it, for its entry key, its budget and its sealing key.
+///
+/// An email is trimmed and lowercased: Patchworks finds an account by its email without
+/// regard to case (as mail servers read an address's domain, and as most sign-ins do), so two
+/// spellings are one account, one token and one budget. A username and an OAuth 2 client id
+/// are kept byte for byte: a token endpoint compares a client id exactly (RFC 6749 §2.2 makes
+/// it a string the server issues), and folding two of them would give one client's token and
+/// budget to another. Not folding where a server would costs at most a login of its own.
+pub(crate) fn identity(form: Form, account: &str) -> Cow<'_, str> {
+    match form {
+        Form::Email => Cow::Owned(account.trim().to_lowercase()),
+        Form::Username | Form::Client { .. } => Cow::Borrowed(account),
+    }
+}
+
 /// The store key of an account's entry: versioned, and hashed so that it shows neither the
-/// email nor the login origin.
+/// account nor the login origin.
+///
+/// An email's key is `v1`, as it has always been. A username's and a client's are `v2`: `v1`
+/// folded them as an email's, so an entry stored under a `v1` key of theirs is never read (one
+/// login at the upgrade, never another client's token).
 pub(crate) fn entry_key(origin: &str, form: Form, account: &str, scope: Option<&str>) -> String {
+    let version = match form {
+        Form::Email => "v1",
+        Form::Username | Form::Client { .. } => "v2",
+    };
     let mut hash = Sha256::new();
-    hash.update(b"patchworks-auth/v1\0");
+    hash.update(format!("patchworks-auth/{version}\0"));
     hash.update(origin.to_ascii_lowercase().as_bytes());
     hash.update(b"\0");
     // A username is kept apart from an email spelled the same, and an OAuth client (with its
-    // scope) from both; an email's key is as before.
+    // scope) from both.
     match form {
         Form::Email => {}
         Form::Username => hash.update(b"username\0"),
@@ -68,8 +92,8 @@ pub(crate) fn entry_key(origin: &str, form: Form, account: &str, scope: Option<&
             hash.update(b"\0");
         }
     }
-    hash.update(account.trim().to_lowercase().as_bytes());
-    format!("patchworks-auth:v1:{}", hex(&hash.finalize()))
+    hash.update(identity(form, account).as_bytes());
+    format!("patchworks-auth:{version}:{}", hex(&hash.finalize()))
 }
 
 /// The store key an API key's budget is shared under: its hash (an API key is never stored, and
@@ -97,12 +121,12 @@ enum Material {
 }
 
 impl Sealer {
-    pub(crate) fn new(email: &str, password: &str, key: Option<[u8; 32]>) -> Sealer {
+    /// A sealer for `account` (its [`identity`]) and `password`, or for `key`.
+    pub(crate) fn new(account: &str, password: &str, key: Option<[u8; 32]>) -> Sealer {
         let material = match key {
             Some(key) => Material::Key(key),
             None => {
-                let email = email.trim().to_lowercase();
-                Material::Credentials([email.as_bytes(), b"\0", password.as_bytes()].concat())
+                Material::Credentials([account.as_bytes(), b"\0", password.as_bytes()].concat())
             }
         };
         Sealer {
@@ -250,7 +274,7 @@ mod tests {
         }
 
         // Another process with the same credentials (its own sealer) opens it.
-        let opened = Sealer::new(" OPS@example.com", "hunter2", None)
+        let opened = Sealer::new(&identity(Form::Email, " OPS@example.com"), "hunter2", None)
             .open(&key, &sealed)
             .await
             .unwrap();
@@ -352,5 +376,20 @@ mod tests {
         assert_ne!(client(None), key, "an OAuth client apart from an email");
         assert_ne!(client(None), username, "and from a username");
         assert_ne!(client(None), client(Some("flows")), "each scope apart");
+
+        // A client id and a username are compared byte for byte, as a server compares them, in
+        // a key of their own version (`v1` folded them).
+        let form = Form::Client { basic: true };
+        let origin = "https://svc-fabric.pwks.co";
+        let exact = entry_key(origin, form, "Acme-Inbound-7f3K", None);
+        assert!(exact.starts_with("patchworks-auth:v2:"));
+        assert_ne!(exact, entry_key(origin, form, "acme-inbound-7f3k", None));
+        assert_ne!(exact, entry_key(origin, form, " Acme-Inbound-7f3K", None));
+        assert_ne!(
+            entry_key(origin, Form::Username, "Ops", None),
+            entry_key(origin, Form::Username, "ops", None)
+        );
+        assert_eq!(identity(form, "Acme-Inbound-7f3K"), "Acme-Inbound-7f3K");
+        assert_eq!(identity(Form::Email, " Ops@Example.com"), "ops@example.com");
     }
 }

@@ -155,6 +155,8 @@ struct Shared {
 
 struct FakeState {
     credentials: (String, String),
+    /// The OAuth 2 clients its token endpoint accepts, compared byte for byte.
+    clients: Vec<(String, String)>,
     lifetime: Duration,
     login_answer: LoginAnswer,
     login_delay: Duration,
@@ -208,6 +210,7 @@ impl FakePatchworks {
         let shared = Arc::new(Shared {
             state: Mutex::new(FakeState {
                 credentials: (EMAIL.to_owned(), PASSWORD.to_owned()),
+                clients: vec![(CLIENT_ID.to_owned(), CLIENT_SECRET.to_owned())],
                 lifetime: Duration::from_secs(24 * 60 * 60),
                 login_answer: LoginAnswer::Token,
                 login_delay: Duration::ZERO,
@@ -271,6 +274,14 @@ impl FakePatchworks {
     /// The OAuth 2 client credentials its token endpoint accepts.
     pub fn client_credentials(&self) -> Credentials {
         Credentials::client_credentials(CLIENT_ID, CLIENT_SECRET)
+    }
+
+    /// Accepts another OAuth 2 client at the token endpoint, beside [`CLIENT_ID`]. Client ids
+    /// are compared byte for byte, as token endpoints do: `Acme` and `acme` are two clients.
+    pub fn add_client(&self, client_id: &str, client_secret: &str) {
+        self.state()
+            .clients
+            .push((client_id.to_owned(), client_secret.to_owned()));
     }
 
     /// The credentials it accepts.

@@ -257,11 +257,14 @@ fn answer_login(
         return None;
     }
     let accepted = if oauth {
-        (CLIENT_ID, CLIENT_SECRET)
+        state
+            .clients
+            .iter()
+            .any(|(id, secret)| (id.as_str(), secret.as_str()) == (account, password))
     } else {
-        (state.credentials.0.as_str(), state.credentials.1.as_str())
+        (state.credentials.0.as_str(), state.credentials.1.as_str()) == (account, password)
     };
-    if (account, password) != accepted {
+    if !accepted {
         return Some(if oauth {
             json(
                 StatusCode::UNAUTHORIZED,
