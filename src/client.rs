@@ -142,10 +142,13 @@ impl PatchworksClient {
     ///
     /// A request's path is appended to the base's path, not resolved against it as a URL
     /// reference would be: with the default base, `/flows?page=2` goes to
-    /// `https://svc-fabric.pwks.co/api/v1/flows?page=2` (a reference would give `/flows`). So a
-    /// path never leaves the base, and one that would (a `..` segment, which a server
-    /// normalizes away) is refused unsent with an [`Error`] for which
-    /// [`is_config`](Error::is_config) is `true`. An absolute URI is sent as it is.
+    /// `https://svc-fabric.pwks.co/api/v1/flows?page=2` (a reference would give `/flows`). The
+    /// joined path is normalized as RFC 3986 §6.2.2 has it (`%2e` is `.`, in any case; `.` and
+    /// `..` segments removed) and sent so. A path that would then leave the base's path
+    /// (`/../admin`, `/%2e%2E/admin`), or that holds what servers split or resolve
+    /// differently (a backslash, an encoded `/` or `\` such as `%2F`, a `..;` segment), is
+    /// refused unsent with an [`Error`] for which [`is_config`](Error::is_config) is `true`.
+    /// The query is sent as it is. An absolute URI is sent as it is.
     ///
     /// Its origin must be one the layer trusts with the token (a
     /// Patchworks host over `https`, or the login URL's): any other would get requests without
@@ -223,19 +226,21 @@ impl PatchworksClient {
         if uri.authority().is_some() {
             return Ok(None);
         }
-        if uri.path().split('/').any(|segment| segment == "..") {
-            return Err(Error::config(format!(
-                "the path {} has a `..` segment, which would leave the base URL {}; send an \
-                 absolute URI to go elsewhere",
+        let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        let refused = |why: &str| {
+            Error::config(format!(
+                "the path {} cannot be sent under the base URL {}: {why}; send an absolute URI \
+                 to go elsewhere",
                 uri.path(),
                 self.base
-            )));
-        }
-        let base = self.base.path().trim_end_matches('/');
-        let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+            ))
+        };
+        let joined = crate::path::join(self.base.path(), path).map_err(refused)?;
         let mut parts = self.base.clone().into_parts();
-        parts.path_and_query = format!("{base}{path}").parse().ok();
-        Ok(Uri::from_parts(parts).ok())
+        parts.path_and_query = Some(joined.parse().map_err(|_| refused("not a valid path"))?);
+        Uri::from_parts(parts)
+            .map(Some)
+            .map_err(|_| refused("not a valid URI"))
     }
 }
 

@@ -2,7 +2,7 @@
 
 use crate::{
     budget::{Budget, Gate},
-    credentials::Credentials,
+    credentials::{api_key_header, Credentials, Form, Secret},
     error::Error,
     scope::{Redacted, Scope},
     store::TokenStore,
@@ -15,7 +15,10 @@ use std::{fmt, sync::Arc, time::Duration};
 pub(crate) struct Config {
     pub(crate) credentials: Credentials,
     pub(crate) login_url: Uri,
-    /// Which requests get the token; an error if the login URL is refused.
+    /// Whether the builder was given the login URL (OAuth 2 client credentials have no default).
+    pub(crate) login_url_given: bool,
+    /// Which requests get the token; the configuration's error if any input is refused
+    /// ([`Config::judge`]).
     pub(crate) scope: Result<Scope, Error>,
     pub(crate) refresh_before: Duration,
     pub(crate) login_timeout: Duration,
@@ -30,6 +33,59 @@ pub(crate) struct Config {
     pub(crate) budget: Option<Option<Budget>>,
     /// The budget as the layer keeps it, made by `Cache::new` (with the store's key).
     pub(crate) gate: Option<Arc<Gate>>,
+}
+
+impl Config {
+    /// The one configuration rule: which requests get the token, or what is wrong with the
+    /// first input that is (credentials, login URL, timeouts, budget). Every call of a layer so
+    /// built fails with that error, unsent, and it is logged at ERROR where the layer is built.
+    pub(crate) fn judge(&self) -> Result<Scope, Error> {
+        match &self.credentials.secret {
+            Secret::ApiKey(key) if api_key_header(key).is_none() => {
+                return Err(crate::credentials::invalid_api_key());
+            }
+            Secret::Login {
+                account,
+                password,
+                form,
+                ..
+            } => {
+                if account.trim().is_empty() || password.is_empty() {
+                    return Err(Error::config(format!(
+                        "the {} or the {} given to Credentials is empty",
+                        form.field(),
+                        match form {
+                            Form::Client { .. } => "client secret",
+                            Form::Email | Form::Username => "password",
+                        }
+                    )));
+                }
+                if matches!(form, Form::Client { .. }) && !self.login_url_given {
+                    return Err(Error::config(
+                        "OAuth 2 client credentials need their token endpoint: set \
+                         AuthLayer::login_url to it",
+                    ));
+                }
+            }
+            Secret::ApiKey(_) => {}
+        }
+        if self.login_timeout.is_zero() {
+            return Err(Error::config(
+                "the login timeout is zero, so every login would time out; give \
+                 AuthLayer::login_timeout a few seconds at least",
+            ));
+        }
+        if self.store.is_some() && self.store_timeout.is_zero() {
+            return Err(Error::config(
+                "the store timeout is zero, so the store could never answer in time; give \
+                 AuthLayer::store_timeout a few hundred milliseconds, or use no store",
+            ));
+        }
+        if let Some(Some(budget)) = &self.budget {
+            budget.check()?;
+        }
+        Scope::new(&self.login_url)
+    }
 }
 
 impl fmt::Debug for Config {

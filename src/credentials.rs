@@ -207,9 +207,7 @@ impl Credentials {
     pub fn try_api_key(key: impl Into<String>) -> Result<Self, Error> {
         let key = key.into();
         if api_key_header(&key).is_none() {
-            return Err(Error::config(
-                "the API key is empty or not a valid header value (control characters, CR/LF)",
-            ));
+            return Err(invalid_api_key());
         }
         Ok(Credentials::api_key(key))
     }
@@ -294,6 +292,14 @@ impl fmt::Debug for Credentials {
         };
         d.finish()
     }
+}
+
+/// The error of an API key that is not a header value; the key is never part of it.
+pub(crate) fn invalid_api_key() -> Error {
+    Error::config(
+        "the API key is empty or not a valid header value (control characters, CR/LF); check \
+         the key",
+    )
 }
 
 /// An API key as a sensitive header value, if it is one.

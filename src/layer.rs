@@ -97,42 +97,32 @@ impl AuthLayer {
         } else {
             DEFAULT_LOGIN_URL
         });
-        let client = matches!(
-            credentials.secret,
-            Secret::Login {
-                form: Form::Client { .. },
-                ..
-            }
-        );
-        // OAuth 2 client credentials have no default token endpoint.
-        let scope = if client {
-            Err(crate::Error::config(
-                "OAuth 2 client credentials need their token endpoint: set AuthLayer::login_url \
-                 to it",
-            ))
-        } else {
-            Scope::new(&login_url)
-        };
-        AuthLayer::from_config(Config {
-            credentials,
-            scope,
-            login_url,
-            refresh_before: Self::DEFAULT_REFRESH_BEFORE,
-            login_timeout: Self::DEFAULT_LOGIN_TIMEOUT,
-            replay_body_limit: Self::DEFAULT_REPLAY_BODY_LIMIT,
-            store: None,
-            store_key: None,
-            store_timeout: crate::store::STORE_TIMEOUT,
-            budget: None,
-            gate: None,
-        })
+        AuthLayer::from_config(
+            Config {
+                credentials,
+                scope: Err(crate::Error::config("not judged yet")),
+                login_url,
+                login_url_given: false,
+                refresh_before: Self::DEFAULT_REFRESH_BEFORE,
+                login_timeout: Self::DEFAULT_LOGIN_TIMEOUT,
+                replay_body_limit: Self::DEFAULT_REPLAY_BODY_LIMIT,
+                store: None,
+                store_key: None,
+                store_timeout: crate::store::STORE_TIMEOUT,
+                budget: None,
+                gate: None,
+            },
+            None,
+        )
     }
 
-    fn from_config(mut config: Config) -> Self {
-        // A bad budget, whenever it was given: kept as the layer's configuration error.
-        if let (Ok(_), Some(Some(budget))) = (&config.scope, &config.budget) {
-            if let Err(error) = budget.check() {
-                config.scope = Err(error);
+    /// The layer for `config`, judged by the one configuration rule ([`Config::judge`]). Its
+    /// error is logged at ERROR unless the layer it was built from (`before`) had the same.
+    fn from_config(mut config: Config, before: Option<&crate::Error>) -> Self {
+        config.scope = config.judge();
+        if let Err(error) = &config.scope {
+            if before.is_none_or(|before| before.to_string() != error.to_string()) {
+                tracing::error!(target: "patchworks_auth", %error, "invalid configuration");
             }
         }
         AuthLayer {
@@ -140,10 +130,34 @@ impl AuthLayer {
         }
     }
 
+    /// The error every call of this layer fails with, unsent, if its configuration is refused
+    /// (see the crate docs' "Configuration errors"): for a program that would rather not start.
+    ///
+    /// ```
+    /// use patchworks_auth::{AuthLayer, Credentials};
+    ///
+    /// let layer = AuthLayer::new(Credentials::api_key("pk\r\nX-Evil: 1"));
+    /// assert!(layer.check_config().unwrap_err().is_config());
+    /// assert!(AuthLayer::new(Credentials::api_key("pk_live_4f9a")).check_config().is_ok());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The configuration's [`Error`](crate::Error), for which
+    /// [`is_config`](crate::Error::is_config) is `true`.
+    pub fn check_config(&self) -> Result<(), crate::Error> {
+        self.cache
+            .config
+            .scope
+            .as_ref()
+            .map(|_| ())
+            .map_err(Clone::clone)
+    }
+
     fn map_config(self, f: impl FnOnce(&mut Config)) -> Self {
         let mut config = self.cache.config.clone();
         f(&mut config);
-        AuthLayer::from_config(config)
+        AuthLayer::from_config(config, self.cache.config.scope.as_ref().err())
     }
 
     /// Logs in at another endpoint: staging, a self-hosted gateway, a local test server.
@@ -159,11 +173,8 @@ impl AuthLayer {
     /// [`try_login_url`](Self::try_login_url).
     pub fn login_url(self, login_url: Uri) -> Self {
         self.map_config(|config| {
-            config.scope = Scope::new(&login_url);
-            if let Err(error) = &config.scope {
-                tracing::error!(target: "patchworks_auth", %error, "invalid login URL");
-            }
             config.login_url = login_url;
+            config.login_url_given = true;
         })
     }
 
@@ -276,9 +287,6 @@ impl AuthLayer {
     /// [`budget`](crate::budget). Default: none, except in
     /// `https_client()` (feature `rustls`), which applies `Budget::per_minute(240)`.
     pub fn budget(self, budget: Budget) -> Self {
-        if let Err(error) = budget.check() {
-            tracing::error!(target: "patchworks_auth", %error, "invalid API budget");
-        }
         self.map_config(|config| config.budget = Some(Some(budget)))
     }
 

@@ -117,16 +117,22 @@
 //!
 //! # Configuration errors
 //!
-//! One rule for a value that can be wrong. A builder method that takes one
-//! ([`AuthLayer::login_url`], `PatchworksClient::base_url` (feature `rustls`),
-//! [`Credentials::api_key`], [`Budget::new`](crate::budget::Budget::new)) keeps it, logs what is
-//! wrong at ERROR where the layer is built, and then makes `login()` and every request fail with
-//! an [`Error`] for which [`is_config`](Error::is_config) is `true`, without a byte sent: nothing
-//! panics, and nothing fails later in another way. Each has a `try_` form that returns that error
-//! at once instead ([`AuthLayer::try_login_url`], `PatchworksClient::try_base_url`,
-//! [`Credentials::try_api_key`], [`Budget::try_new`](crate::budget::Budget::try_new)), for a
-//! program that would rather not start. A constructor that parses ([`Credentials::from_env`],
-//! `RedisStore::new`) returns its error as std's parsers do.
+//! One rule for a value that can be wrong, judged where the layer is built: an empty or
+//! unsendable API key ([`Credentials::api_key`]), an empty account or password, client
+//! credentials without a token URL, a login URL that is not absolute `https` (or `http` to
+//! loopback) or that carries a password ([`AuthLayer::login_url`]), a zero
+//! [`login_timeout`](AuthLayer::login_timeout), a zero
+//! [`store_timeout`](AuthLayer::store_timeout) with a store, a budget that could never send
+//! ([`Budget::new`](crate::budget::Budget::new)), and the ready client's
+//! `PatchworksClient::base_url` (feature `rustls`). The layer keeps the value, logs what is
+//! wrong at ERROR once where the layer is built, and then makes `login()` and every request
+//! fail with an [`Error`] for which [`is_config`](Error::is_config) is `true`, without a byte
+//! sent: nothing panics, and nothing fails later in another way. For a program that would
+//! rather not start, [`AuthLayer::check_config`] returns that error at once, and so do the
+//! `try_` forms of the inputs that have one ([`AuthLayer::try_login_url`],
+//! `PatchworksClient::try_base_url`, [`Credentials::try_api_key`],
+//! [`Budget::try_new`](crate::budget::Budget::try_new)). A constructor that parses
+//! ([`Credentials::from_env`], `RedisStore::new`) returns its error as std's parsers do.
 //!
 //! # Secrets
 //!
@@ -177,6 +183,8 @@ mod future;
 mod layer;
 mod login;
 mod metrics;
+#[cfg_attr(not(any(feature = "rustls", fuzzing)), allow(dead_code))]
+mod path;
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod reqwest;
@@ -205,6 +213,63 @@ pub mod fuzzing {
     /// Parses `bytes` as a login answer; must never panic.
     pub fn login_answer(bytes: &[u8]) {
         let _ = crate::login::parse_answer(bytes, std::time::SystemTime::now());
+    }
+
+    /// Joins `path` (what follows the first `\0` of `bytes`) to the base path before it; must
+    /// never panic, and a joined path must stay under the base: it starts with the base's
+    /// normalized path at a segment boundary, and no segment of it reads as `.` or `..`, or
+    /// holds a `/` or `\\`, however many times it is percent-decoded.
+    pub fn base_join(bytes: &[u8]) {
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            return;
+        };
+        let (base, path) = text.split_once('\0').unwrap_or(("/api/v1/", text));
+        let Ok(base_uri) = format!("https://h{base}").parse::<http::Uri>() else {
+            return;
+        };
+        let Ok(joined) = crate::path::join(base_uri.path(), path) else {
+            return;
+        };
+        let joined_path = joined.split('?').next().unwrap_or_default();
+        let root = crate::path::join(base_uri.path(), "/").expect("the base's own root joins");
+        let root = root.trim_end_matches('/');
+        assert!(
+            joined_path == root || joined_path.starts_with(&format!("{root}/")),
+            "{path:?} left {root:?}: {joined:?}"
+        );
+        for segment in joined_path.split('/') {
+            // However many times a server decodes it.
+            let mut text = segment.as_bytes().to_vec();
+            for _ in 0..4 {
+                let bare = text.split(|b| *b == b';').next().unwrap_or_default();
+                assert!(bare != b"." && bare != b"..", "{path:?} gave {joined:?}");
+                assert!(
+                    !text.contains(&b'/') && !text.contains(&b'\\'),
+                    "{path:?} gave {joined:?}"
+                );
+                text = percent_decode(&text);
+            }
+        }
+    }
+
+    /// Every `%XX` decoded: written apart from the code under test.
+    fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = |at: usize| bytes.get(at).and_then(|b| (*b as char).to_digit(16));
+            match (bytes[i], hex(i + 1), hex(i + 2)) {
+                (b'%', Some(high), Some(low)) => {
+                    out.extend(u8::try_from(high * 16 + low).ok());
+                    i += 3;
+                }
+                (byte, ..) => {
+                    out.push(byte);
+                    i += 1;
+                }
+            }
+        }
+        out
     }
 
     /// Reads `bytes` as a `WWW-Authenticate` value; must never panic, and an error it finds must

@@ -49,15 +49,45 @@ async fn paths_go_to_the_base_url_with_the_token() {
         "/api/v1/flows"
     );
     let calls = fake.api_calls();
-    let error = client
-        .clone()
-        .oneshot(get_path("/../admin/users"))
-        .await
-        .unwrap_err();
-    let error = error.downcast_ref::<patchworks_auth::Error>().unwrap();
-    assert!(error.is_config(), "{error}");
-    assert!(error.to_string().contains("leave the base URL"), "{error}");
+    // `..` however it is spelled: percent-encoded in either case (RFC 3986 §6.2.2.2), encoded
+    // twice, with a `;` parameter, or behind an encoded slash or a backslash.
+    for path in [
+        "/../admin/users",
+        "/%2e%2e/admin",
+        "/.%2E/admin",
+        "/%2E./admin",
+        "/flows/%2e%2e/%2E%2e/admin",
+        "/%252e%252e/admin",
+        "/..;/admin",
+        "/..%2Fadmin",
+        "/..%5cadmin",
+        "/..\\admin",
+    ] {
+        let Ok(request) = Request::get(path).body(Full::default()) else {
+            continue; // not even a URI
+        };
+        let error = client.clone().oneshot(request).await.unwrap_err();
+        let error = error.downcast_ref::<patchworks_auth::Error>().unwrap();
+        assert!(error.is_config(), "{path}: {error}");
+        assert!(
+            error
+                .to_string()
+                .contains("cannot be sent under the base URL"),
+            "{error}"
+        );
+    }
     assert_eq!(fake.api_calls(), calls, "not sent");
+    // Dot segments that stay inside the base are resolved, and the normalized path is sent.
+    let response = client
+        .clone()
+        .oneshot(get_path("/x/%2E%2e/./flows"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        fake.seen().into_iter().last().unwrap().path,
+        "/api/v1/flows"
+    );
 }
 
 #[tokio::test]

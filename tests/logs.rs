@@ -284,3 +284,156 @@ fn a_secret_echoed_back_in_any_encoding_stays_out_of_every_output() {
         );
     }
 }
+
+/// The one configuration rule (crate docs, "Configuration errors"), for every builder input
+/// that can be wrong: an ERROR line where the layer is built, `is_config()` from `login()` and
+/// from a request with nothing sent, and the same error from the `try_` form
+/// (`AuthLayer::check_config` where the input has none of its own).
+#[test]
+fn every_input_that_can_be_wrong_is_logged_where_built_and_refused_unsent() {
+    use patchworks_auth::{budget::Budget, store::FileStore, Error};
+    use std::time::Duration;
+    type Build = Box<dyn Fn(&FakePatchworks) -> AuthLayer>;
+    type Try = Box<dyn Fn(&FakePatchworks) -> Result<(), Error>>;
+    let with_url = |credentials: Credentials| -> Build {
+        Box::new(move |fake| AuthLayer::new(credentials.clone()).login_url(fake.login_url()))
+    };
+    let checked = |build: fn(&FakePatchworks) -> AuthLayer| -> (Build, Try) {
+        (
+            Box::new(build),
+            Box::new(move |fake| build(fake).check_config()),
+        )
+    };
+    let key = |key: &'static str| -> (Build, Try) {
+        (
+            with_url(Credentials::api_key(key)),
+            Box::new(move |_| Credentials::try_api_key(key).map(drop)),
+        )
+    };
+    let url = |url: &'static str| -> (Build, Try) {
+        let parse = move || url.parse::<http::Uri>().unwrap();
+        (
+            Box::new(move |fake| AuthLayer::new(fake.credentials()).login_url(parse())),
+            Box::new(move |fake| {
+                AuthLayer::new(fake.credentials())
+                    .try_login_url(parse())
+                    .map(drop)
+            }),
+        )
+    };
+    let cases: Vec<(&str, (Build, Try))> = vec![
+        ("an API key with CR/LF", key("pk_live\r\nX-Evil: 1")),
+        ("an API key of spaces", key("   ")),
+        ("an empty API key", key("")),
+        (
+            "an empty email",
+            checked(|fake| AuthLayer::new(Credentials::new("", "pw")).login_url(fake.login_url())),
+        ),
+        (
+            "an empty password",
+            checked(|fake| {
+                AuthLayer::new(Credentials::new("ops@example.com", "")).login_url(fake.login_url())
+            }),
+        ),
+        (
+            "an empty username",
+            checked(|fake| {
+                AuthLayer::new(Credentials::username(" ", "pw")).login_url(fake.login_url())
+            }),
+        ),
+        (
+            "an empty client secret",
+            checked(|fake| {
+                AuthLayer::new(Credentials::client_credentials(CLIENT_ID, ""))
+                    .login_url(fake.token_url())
+            }),
+        ),
+        (
+            "client credentials without a token URL",
+            checked(|fake| AuthLayer::new(fake.client_credentials())),
+        ),
+        (
+            "a plain-text login URL",
+            url("http://staging.example.com/api/v1/login"),
+        ),
+        ("a relative login URL", url("/api/v1/login")),
+        (
+            "a login URL with a password",
+            url("https://ops:pw@svc-fabric.pwks.co/api/v1/login"),
+        ),
+        (
+            "a budget of zero",
+            (
+                Box::new(|fake| {
+                    support::layer(fake).budget(Budget::new(0, Duration::from_secs(60)))
+                }),
+                Box::new(|_| Budget::try_new(0, Duration::from_secs(60)).map(drop)),
+            ),
+        ),
+        (
+            "a budget over no time",
+            (
+                Box::new(|fake| support::layer(fake).budget(Budget::new(10, Duration::ZERO))),
+                Box::new(|_| Budget::try_new(10, Duration::ZERO).map(drop)),
+            ),
+        ),
+        (
+            "a zero login timeout",
+            checked(|fake| support::layer(fake).login_timeout(Duration::ZERO)),
+        ),
+        (
+            "a store with a zero timeout",
+            checked(|fake| {
+                let path = std::env::temp_dir().join("patchworks-config-never-written");
+                support::layer(fake)
+                    .store(FileStore::new(path))
+                    .store_timeout(Duration::ZERO)
+            }),
+        ),
+    ];
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer({
+            let captured = captured.clone();
+            move || captured.clone()
+        })
+        .finish();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tracing::subscriber::with_default(subscriber, || {
+        runtime.block_on(async {
+            for (what, (build, tried)) in &cases {
+                let fake = FakePatchworks::start().await.unwrap();
+                captured.0.lock().unwrap().clear();
+                let layer = build(&fake);
+                let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+                assert_eq!(
+                    logs.matches(" ERROR ").count(),
+                    1,
+                    "{what}: one ERROR line where the layer is built:\n{logs}"
+                );
+                let client = layer.layer(fake.client());
+                let login = client.login::<http_body_util::Full<bytes::Bytes>>().await;
+                let login = login.unwrap_err();
+                assert!(login.is_config(), "{what}: {login}");
+                let error = layer_error(&client, &fake, "/api/v1/flows").await;
+                assert!(error.is_config(), "{what}: {error}");
+                assert_eq!(fake.seen().len(), 0, "{what}: nothing sent");
+                let tried = tried(&fake).unwrap_err();
+                assert!(tried.is_config(), "{what}: {tried}");
+                assert_eq!(tried.to_string(), error.to_string(), "{what}");
+                assert!(
+                    logs.contains(&error.to_string()),
+                    "{what}: the line tells it:\n{logs}"
+                );
+                for secret in ["pk_live", "X-Evil", ":pw@"] {
+                    assert!(!logs.contains(secret), "{what}: {secret} in\n{logs}");
+                }
+            }
+        })
+    });
+}

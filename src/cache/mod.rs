@@ -160,16 +160,8 @@ impl Cache {
             ),
             // An API key is the token: in place from the start, never aged, never renewed, and
             // never stored.
-            Secret::ApiKey(key) => {
-                let header = api_key_header(key);
-                if header.is_none() {
-                    config.scope = Err(Error::config(
-                        "the API key is not a valid header value (empty, or with control \
-                         characters); check the key",
-                    ));
-                }
-                (header, None)
-            }
+            // (A key that is not a header value is the configuration's error: `Config::judge`.)
+            Secret::ApiKey(key) => (api_key_header(key), None),
         };
         if let Some(Some(budget)) = config.budget {
             // Login tokens and API keys share one limit: an API key's budget is shared through
