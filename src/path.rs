@@ -99,9 +99,13 @@ fn decode_unreserved(path: &str) -> String {
                 }
                 i += 3;
             }
+            (b'%', ..) => {
+                out.push('%');
+                i += 1;
+            }
             _ => {
-                // Copy up to the next `%` (a char boundary, as `%` is ASCII).
-                let next = path[i + 1..].find('%').map_or(path.len(), |at| i + 1 + at);
+                // Up to the next `%`: `i` is on a char boundary (only ASCII was stepped over).
+                let next = path[i..].find('%').map_or(path.len(), |at| i + at);
                 out.push_str(&path[i..next]);
                 i = next;
             }
@@ -158,6 +162,7 @@ mod tests {
             ("/caf%c3%a9", "/api/v1/caf%C3%A9"),
             ("/a/..", "/api/v1/"),
             ("/%zz", "/api/v1/%zz"),
+            ("/\u{543}%41\u{543}%", "/api/v1/\u{543}A\u{543}%"),
             ("/flows?next=../..", "/api/v1/flows?next=../.."),
         ] {
             assert_eq!(join(base, path).as_deref(), Ok(joined), "{path}");
