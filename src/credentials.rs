@@ -111,12 +111,15 @@ impl Credentials {
     ///
     /// The request is `POST` with `Content-Type: application/x-www-form-urlencoded`, the body
     /// `grant_type=client_credentials` (and `scope`, if [set](Self::scope)), and the client
-    /// authenticated with HTTP Basic, id and secret each form-encoded first (§2.3.1); for a
+    /// authenticated with HTTP Basic, id and secret each percent-encoded first (§2.3.1 says
+    /// form-encoded, whose `+` for a space a percent decoder reads as a plus; `%20` reads as a
+    /// space under both); for a
     /// server that wants them in the body, see
     /// [`client_secret_in_body`](Self::client_secret_in_body). The answer is §5.1's
     /// `{"access_token", "token_type": "Bearer", "expires_in"}`; an error answer (§5.2) with
-    /// `invalid_client` or `unauthorized_client` is a rejected login
-    /// ([`Error::is_rejected`]). Without a `login_url`, every request fails with a
+    /// `invalid_client` or `unauthorized_client`, and any 401, is a rejected login
+    /// ([`Error::is_rejected`]); the code is [`Error::oauth_error`]. Of a failed answer only
+    /// §5.2's `error` and `error_description` are read, every form of the secret scrubbed. Without a `login_url`, every request fails with a
     /// configuration error: there is no default token endpoint.
     ///
     /// The secret is redacted wherever a password is:
