@@ -188,6 +188,10 @@ impl Transport for Via<'_> {
         request.headers_mut()
     }
 
+    fn method(request: &mut reqwest::Request) -> &mut http::Method {
+        request.method_mut()
+    }
+
     fn answer(response: &reqwest::Response) -> (StatusCode, &http::HeaderMap) {
         (response.status(), response.headers())
     }

@@ -11,17 +11,16 @@ pub(crate) enum Again {
 }
 
 /// Sends the check of a token that settles a bare 401 ([`Unauthorized::Check`]): a `GET` to
-/// the endpoint's path, on the refused request's origin, with the token; resolves to whether
-/// it was answered 401 (`None` if it was not answered at all). Made by each adapter, which has
-/// the client to send it with.
-pub(crate) type CheckFn = Box<dyn FnOnce(Endpoint, Arc<Token>) -> BoxFuture<Option<bool>> + Send>;
+/// the endpoint's path, on the refused request's origin, with the token; resolves to what it
+/// found. Made by [`Cache::check_fn`] for each adapter, which has the client to send it with.
+pub(crate) type CheckFn = Box<dyn FnOnce(Endpoint, Arc<Token>) -> BoxFuture<Checked> + Send>;
 
 /// The check of one token in flight, or the last one: at most one a second per token. Its
-/// answer is `None` until it has one: `Some(revoked)`, `Some(None)` if it was not answered.
+/// answer is `None` until it has one.
 pub(super) struct Checking {
     generation: u64,
     started: Instant,
-    answer: watch::Receiver<Option<Option<bool>>>,
+    answer: watch::Receiver<Option<Checked>>,
 }
 
 /// The shortest time between two checks of one token.
@@ -103,8 +102,8 @@ impl Cache {
     /// with its 401 once the login is over, whatever its outcome.
     ///
     /// A bare 401 the core wants settled ([`Unauthorized::Check`]) waits for the check `check`
-    /// sends (or one in flight): answered 401, the token was revoked, and the request is renewed
-    /// and replayed as above; answered otherwise (or not at all), the 401 is returned.
+    /// sends (or one in flight): a 2xx, and the 401 is returned; a 401, or an answer that cannot
+    /// tell ([`Checked`]), and the request is renewed and replayed as above.
     pub(crate) fn unauthorized(
         self: &Arc<Self>,
         generation: u64,
@@ -129,14 +128,15 @@ impl Cache {
             let token = match (renewal, checked) {
                 (Some(renewal), _) => renewal,
                 (None, Some((probe, mut answer))) => {
+                    // A check whose task is gone (its runtime shut down) told nothing.
                     let answer = answer.wait_for(Option::is_some).await.ok().and_then(|a| *a);
-                    // Revoked: the check's path answered that token before, so its 401 renews.
-                    let revoked = answer.flatten() == Some(true)
-                        && matches!(
-                            cache.judge(generation, &probe, Verdict::Unknown),
-                            Unauthorized::Renew { .. }
-                        );
-                    if !revoked {
+                    if answer.unwrap_or(Checked::CannotTell) == Checked::Good {
+                        return Ok(None);
+                    }
+                    // Revoked (or it cannot tell): the check's path answered that token
+                    // before, so its 401 renews.
+                    let renew = cache.judge(generation, &probe, Verdict::Unknown);
+                    if !matches!(renew, Unauthorized::Renew { .. }) {
                         return Ok(None);
                     }
                     Box::pin(cache.token(login))
@@ -160,7 +160,7 @@ impl Cache {
         generation: u64,
         probe: &Endpoint,
         send: CheckFn,
-    ) -> watch::Receiver<Option<Option<bool>>> {
+    ) -> watch::Receiver<Option<Checked>> {
         let mut slot = self.check.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let last = slot.as_ref().filter(|check| check.generation == generation);
@@ -178,11 +178,14 @@ impl Cache {
             .load_full()
             .filter(|t| t.generation == generation)
         {
-            None => answered.send_replace(Some(Some(true))),
+            None => answered.send_replace(Some(Checked::Revoked)),
             Some(token) => {
                 let probe = probe.clone();
+                // The check's deadline: the login timeout, what a caller waits for a token.
+                let deadline = self.config.login_timeout;
                 tokio::spawn(async move {
-                    answered.send_replace(Some(send(probe, token).await));
+                    let checked = tokio::time::timeout(deadline, send(probe, token)).await;
+                    answered.send_replace(Some(checked.unwrap_or(Checked::CannotTell)));
                 });
                 None
             }

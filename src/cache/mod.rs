@@ -23,8 +23,8 @@ use crate::{
     login::LoginFn,
     store::{Owner, Shared, STORE_TIMEOUT},
     token::{
-        Attempts, Core, Ended, Endpoint, Failure, Need, Obtained, Reason, Renew, Start, Step,
-        Timings, TokenState, Unauthorized,
+        Attempts, Checked, Core, Ended, Endpoint, Failure, Need, Obtained, Reason, Renew, Start,
+        Step, Timings, TokenState, Unauthorized,
     },
 };
 use arc_swap::ArcSwapOption;

@@ -18,6 +18,9 @@ pub(crate) trait Transport: Send {
     /// The request's headers, for the token.
     fn headers(request: &mut Self::Request) -> &mut HeaderMap;
 
+    /// The request's method, for the check (always a `GET`).
+    fn method(request: &mut Self::Request) -> &mut http::Method;
+
     /// The answer's status and headers.
     fn answer(response: &Self::Response) -> (StatusCode, &HeaderMap);
 
@@ -82,8 +85,9 @@ impl Cache {
         Ok(refused)
     }
 
-    /// The check of a token that settles a bare 401 ([`CheckFn`]): the `GET` that `probe` makes
-    /// for the endpoint's path, with the token, sent by `transport` under the API budget.
+    /// The check of a token that settles a bare 401 ([`CheckFn`]): the request `probe` makes
+    /// for the endpoint's path, made a `GET` here (whatever the adapter built), with the token,
+    /// sent by `transport` under the API budget; its 429 pauses the budget, as any answer's does.
     pub(crate) fn check_fn<T: Transport + 'static>(
         self: &Arc<Self>,
         mut transport: T,
@@ -92,10 +96,19 @@ impl Cache {
         let cache = self.clone();
         Box::new(move |endpoint: Endpoint, token: Arc<Token>| {
             Box::pin(async move {
-                let mut request = probe(&endpoint.path)?;
+                let Some(mut request) = probe(&endpoint.path) else {
+                    return Checked::CannotTell;
+                };
+                *T::method(&mut request) = http::Method::GET;
                 token.authorize_again(T::headers(&mut request), Again::Check);
-                let response = cache.send(&mut transport, request).await.ok()?;
-                Some(T::answer(&response).0 == StatusCode::UNAUTHORIZED)
+                let Ok(response) = cache.send(&mut transport, request).await else {
+                    return Checked::CannotTell;
+                };
+                let (status, headers) = T::answer(&response);
+                if crate::budget::is_too_many(status) {
+                    cache.throttled(headers);
+                }
+                Checked::read(status)
             })
         })
     }

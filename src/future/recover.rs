@@ -31,6 +31,10 @@ where
         request.headers_mut()
     }
 
+    fn method(request: &mut Self::Request) -> &mut http::Method {
+        request.method_mut()
+    }
+
     fn answer(response: &Self::Response) -> (StatusCode, &HeaderMap) {
         (response.status(), response.headers())
     }

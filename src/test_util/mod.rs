@@ -172,6 +172,9 @@ struct FakeState {
     redirects: HashMap<String, String>,
     /// Paths that answer `401` to a valid token, with this `WWW-Authenticate`, if any.
     forbidden: HashMap<String, Option<String>>,
+    /// Paths a gateway in front of the API answers, whatever the token: with this status, or
+    /// never (`None`).
+    gateway: HashMap<String, Option<StatusCode>>,
     /// The accepted API key, if any.
     api_key: Option<String>,
     /// token -> when it expires.
@@ -223,6 +226,7 @@ impl FakePatchworks {
                 too_many: 0,
                 redirects: HashMap::new(),
                 forbidden: HashMap::new(),
+                gateway: HashMap::new(),
                 api_key: None,
                 tokens: HashMap::new(),
                 issued: 0,
@@ -338,6 +342,13 @@ impl FakePatchworks {
         self.state()
             .forbidden
             .insert(path.to_owned(), challenge.map(str::to_owned));
+    }
+
+    /// Makes a gateway in front of the API answer every request to `path` (exactly) before any
+    /// token is checked: with `status` (a 429 with `Retry-After: 1`), or, with `None`, never.
+    /// For instance a 502 from a load balancer, or a path that hangs.
+    pub fn gateway(&self, path: &str, status: Option<StatusCode>) {
+        self.state().gateway.insert(path.to_owned(), status);
     }
 
     /// Drops the connection of `count` more of the next API calls, without an answer.

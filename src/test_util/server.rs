@@ -69,6 +69,21 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Option<Response<
     if let (Some(form), &Method::POST) = (form, &parts.method) {
         return login(shared, &body, form).await;
     }
+    let gateway = shared.state().gateway.get(&path).copied();
+    match gateway {
+        // A gateway that never answers.
+        Some(None) => return std::future::pending().await,
+        Some(Some(status)) => {
+            shared.state().api_calls += 1;
+            let mut response = json(status, serde_json::json!({"message": "Gateway."}));
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                let one = header::HeaderValue::from_static("1");
+                response.headers_mut().insert(header::RETRY_AFTER, one);
+            }
+            return Some(response);
+        }
+        None => {}
+    }
     {
         let mut state = shared.state();
         if state.dropped > 0 {

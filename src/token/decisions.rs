@@ -165,10 +165,37 @@ pub(crate) enum Unauthorized {
     /// [`Core::need`]) and replay; `discard` says whether the current token goes now.
     Renew { discard: bool },
     /// Settle it: check the token with a `GET` to this endpoint, which answered it with a 2xx,
-    /// at most once a second per token. A 401 to the check is a revocation
-    /// ([`Core::unauthorized`] for the endpoint then renews); any other answer makes the first
-    /// 401 the API's answer to its request, returned as it is.
+    /// at most once a second per token, and read the answer with [`Checked::read`].
     Check(Endpoint),
+}
+
+/// What the check of a token found ([`Unauthorized::Check`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Checked {
+    /// A 2xx: the token is good, so the 401 it settles is the API's answer to its request,
+    /// returned as it is.
+    Good,
+    /// A 401: the token was revoked ([`Core::unauthorized`] for the check's endpoint renews),
+    /// and the 401 it settles is renewed and replayed.
+    Revoked,
+    /// Anything else: a 429, a 5xx, a redirect, no answer within the login timeout, a transport
+    /// error. The check cannot tell, and the 401 it settles is taken as a revocation's (renewed
+    /// and replayed), so that no caller is handed one: a login at most per check, and a check
+    /// at most once a second per token.
+    CannotTell,
+}
+
+impl Checked {
+    /// How the check's answer reads.
+    pub(crate) fn read(status: StatusCode) -> Checked {
+        if status.is_success() {
+            Checked::Good
+        } else if status == StatusCode::UNAUTHORIZED {
+            Checked::Revoked
+        } else {
+            Checked::CannotTell
+        }
+    }
 }
 
 /// The end of a login, as the core takes it.
