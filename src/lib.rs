@@ -183,6 +183,7 @@ mod future;
 mod layer;
 mod login;
 mod metrics;
+mod oauth;
 #[cfg_attr(not(any(feature = "rustls", fuzzing)), allow(dead_code))]
 mod path;
 #[cfg(feature = "reqwest")]

@@ -8,6 +8,7 @@ use crate::{
     config::Config,
     credentials::{Form, Secret},
     error::{Error, Kind},
+    oauth::{oauth_error, percent},
     token::Obtained,
 };
 use base64::Engine as _;
@@ -176,25 +177,6 @@ fn basic_auth(client_id: &str, client_secret: &str) -> Option<HeaderValue> {
     Some(value)
 }
 
-/// `text` with every byte but RFC 3986's unreserved ones (`A-Z a-z 0-9 - . _ ~`) as `%XX`.
-///
-/// RFC 6749 §2.3.1 says to form-encode the client id and secret before Basic, which writes a
-/// space as `+`; a server that percent-decodes them (as many do) reads that `+` as a plus and
-/// refuses the client. With only unreserved bytes left bare, a form decoder and a percent
-/// decoder read the same text: a space is `%20`, a plus `%2B`, a colon `%3A`, a percent `%25`.
-fn percent(text: &str) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            let _ = write!(out, "%{byte:02X}");
-        }
-    }
-    out
-}
-
 /// Reads a login answer sent to `login_url`: its status, then at most [`MAX_ANSWER_BYTES`] of
 /// its body.
 ///
@@ -278,132 +260,6 @@ where
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<LengthLimitError>() => Err(too_large()),
         Err(err) => Err(Error::with_source(Kind::Transport, err)),
-    }
-}
-
-/// The longest `error_description` kept, in characters.
-const MAX_DESCRIPTION: usize = 200;
-/// The longest `error` code kept, in bytes (the codes RFC 6749 defines are under 30).
-const MAX_CODE: usize = 64;
-
-/// RFC 6749 §5.2's `error` and `error_description` of a failed token answer, and nothing else
-/// of it: the code if it is made of §5.2's characters (`%x20-21 / %x23-5B / %x5D-7E`) and short,
-/// the description printable and at most 200 characters. Every form of the client's secret
-/// that the layer sent is scrubbed from both first ([`Scrub`]).
-pub(crate) fn oauth_error(body: &[u8], client: (&str, &str)) -> (Option<String>, Option<String>) {
-    #[derive(Deserialize)]
-    struct OAuthError {
-        error: Option<serde_json::Value>,
-        error_description: Option<serde_json::Value>,
-    }
-    let Ok(answer) = serde_json::from_slice::<OAuthError>(body) else {
-        return (None, None);
-    };
-    let text = |value: Option<serde_json::Value>| match value {
-        Some(serde_json::Value::String(text)) => Some(text),
-        _ => None,
-    };
-    let scrub = Scrub::new(client);
-    // A code with a secret in it is no code.
-    let code = text(answer.error).filter(|code| {
-        scrub.apply(code) == *code
-            && !code.is_empty()
-            && code.len() <= MAX_CODE
-            && code
-                .bytes()
-                .all(|b| matches!(b, 0x20..=0x21 | 0x23..=0x5B | 0x5D..=0x7E))
-    });
-    let description = text(answer.error_description).map(|text| {
-        let text = scrub.apply(&text);
-        text.chars()
-            .filter(|c| !c.is_control())
-            .take(MAX_DESCRIPTION)
-            .collect()
-    });
-    (code, description)
-}
-
-/// Every form of a client's secret that the layer itself sends, to be cut out of what a token
-/// endpoint says back: the secret raw, form-encoded (the body), percent-encoded (Basic's
-/// parts), JSON-escaped (with `\/` and `\uXXXX` as some encoders write them), and the Basic
-/// value of the id and secret in each encoding (with and without padding). Matched without
-/// regard to ASCII case, so that `%2b` and `%2B` are both found.
-pub(crate) struct Scrub {
-    needles: Vec<String>,
-}
-
-impl Scrub {
-    pub(crate) fn new((id, secret): (&str, &str)) -> Scrub {
-        let mut needles = Vec::new();
-        if secret.is_empty() {
-            return Scrub { needles };
-        }
-        let form =
-            |text: &str| form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>();
-        let json = serde_json::to_string(secret).unwrap_or_default();
-        let json = json.trim_matches('"').to_owned();
-        let ascii_json: String = json
-            .chars()
-            .map(|c| match c {
-                ' '..='~' => c.to_string(),
-                c => c
-                    .encode_utf16(&mut [0; 2])
-                    .iter()
-                    .map(|unit| format!("\\u{unit:04x}"))
-                    .collect(),
-            })
-            .collect();
-        needles.extend([secret.to_owned(), form(secret), percent(secret)]);
-        for text in [json, ascii_json] {
-            needles.push(text.replace('/', "\\/"));
-            needles.push(text);
-        }
-        let engine = base64::engine::general_purpose::STANDARD;
-        for pair in [
-            format!("{}:{}", percent(id), percent(secret)),
-            format!("{}:{}", form(id), form(secret)),
-            format!("{id}:{secret}"),
-        ] {
-            let basic = engine.encode(pair);
-            let basic = basic.trim_end_matches('=');
-            needles.push(basic.replace('/', "\\/"));
-            needles.push(basic.to_owned());
-        }
-        needles.retain(|needle| !needle.is_empty());
-        needles.iter_mut().for_each(|n| n.make_ascii_lowercase());
-        needles.sort();
-        needles.dedup();
-        Scrub { needles }
-    }
-
-    /// `text` with every needle found in it (ASCII case ignored) replaced by `<redacted>`.
-    pub(crate) fn apply(&self, text: &str) -> String {
-        // ASCII lowercasing keeps every byte where it was, so positions carry over.
-        let lower = text.to_ascii_lowercase();
-        let mut cut = vec![false; text.len()];
-        for needle in &self.needles {
-            let mut from = 0;
-            while let Some(at) = lower
-                .get(from..)
-                .and_then(|rest| rest.find(needle.as_str()))
-            {
-                let start = from + at;
-                cut[start..start + needle.len()].fill(true);
-                // The next char boundary after `start`: a match starts on one.
-                from = start + lower[start..].chars().next().map_or(1, char::len_utf8);
-            }
-        }
-        let mut out = String::with_capacity(text.len());
-        let mut in_cut = false;
-        for (at, c) in text.char_indices() {
-            match (cut[at], in_cut) {
-                (true, false) => out.push_str("<redacted>"),
-                (true, true) => {}
-                (false, _) => out.push(c),
-            }
-            in_cut = cut[at];
-        }
-        out
     }
 }
 

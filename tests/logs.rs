@@ -30,17 +30,23 @@ impl std::io::Write for Captured {
     }
 }
 
-#[test]
-fn logs_tell_what_happened_and_never_a_secret() {
+/// A subscriber writing lines up to `level` into the [`Captured`] buffer it returns.
+fn capture(level: tracing::Level) -> (Captured, impl tracing::Subscriber + Send + Sync) {
     let captured = Captured::default();
     let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
+        .with_max_level(level)
         .with_ansi(false)
         .with_writer({
             let captured = captured.clone();
             move || captured.clone()
         })
         .finish();
+    (captured, subscriber)
+}
+
+#[test]
+fn logs_tell_what_happened_and_never_a_secret() {
+    let (captured, subscriber) = capture(tracing::Level::DEBUG);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -206,15 +212,7 @@ fn a_secret_echoed_back_in_any_encoding_stays_out_of_every_output() {
         r#"Qz9+kT/w \"q\\ é5%:x"#.to_owned(),
         r#"Qz9+kT\/w \"q\\ \u00e95%:x"#.to_owned(),
     ];
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer({
-            let captured = captured.clone();
-            move || captured.clone()
-        })
-        .finish();
+    let (captured, subscriber) = capture(tracing::Level::TRACE);
     let recorder = metrics_util::debugging::DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -391,15 +389,7 @@ fn every_input_that_can_be_wrong_is_logged_where_built_and_refused_unsent() {
             }),
         ),
     ];
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer({
-            let captured = captured.clone();
-            move || captured.clone()
-        })
-        .finish();
+    let (captured, subscriber) = capture(tracing::Level::DEBUG);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
