@@ -4,7 +4,7 @@ use crate::{
     bounds::BoxFuture,
     bounds::{HttpService, RequestBody, ResponseBody},
     cache::{Cache, Check, Current, Token},
-    future::{Ready, Replayer, ResponseFuture, Sender},
+    future::{Ready, Replayer, ResponseFuture},
     login,
     token::TokenState,
 };
@@ -293,15 +293,23 @@ where
         }) {
             Check::Send(token) => token,
             Check::Wait => return self.cold_or_budgeted(request),
-            Check::Join(_, renewal) if self.budgeted && !self.shared.cache.take_now() => {
+            Check::Join(_, renewal) if self.budgeted => {
+                // Its unit is taken when its token is, in the budgeted path.
                 let budgeted = self.budgeted(request);
                 return ResponseFuture::joined(budgeted, renewal);
             }
             Check::Join(_, renewal) => return self.joined(request, renewal),
         };
-        if self.budgeted && !self.shared.cache.take_now() {
-            return self.budgeted(request);
-        }
+        // Under a budget, a unit now or the budgeted path's wait for one; held by its guard,
+        // which gives it back if the request is dropped before it is sent.
+        let spent = if self.budgeted {
+            match self.shared.cache.take_now() {
+                Some(spent) => spent,
+                None => return self.budgeted(request),
+            }
+        } else {
+            crate::budget::Spent::none()
+        };
         let generation = token.generation;
         let own = match &mut self.own {
             Some(own) if own.generation == generation => own,
@@ -310,8 +318,8 @@ where
                 if self.shared_sends < OWN_AFTER {
                     self.shared.ready(&self.inner);
                     let (ready, replayer) = (Ready::Borrowed(&mut self.inner), self.shared.clone());
-                    let header = token.header.clone();
-                    return ResponseFuture::warm(ready, replayer, request, header, generation);
+                    let token = (token.header.clone(), generation);
+                    return ResponseFuture::warm(ready, replayer, request, token, spent);
                 }
                 self.shared_sends = 0;
                 stale.insert(Own {
@@ -322,7 +330,8 @@ where
             }
         };
         let (ready, replayer) = (Ready::Borrowed(&mut self.inner), own.replayer.clone());
-        ResponseFuture::warm(ready, replayer, request, own.header.clone(), generation)
+        let token = (own.header.clone(), generation);
+        ResponseFuture::warm(ready, replayer, request, token, spent)
     }
 }
 
@@ -342,14 +351,21 @@ impl<S: Clone> Auth<S> {
         ResBody: ResponseBody,
     {
         self.unreserve();
-        let mut auth = self.clone();
-        auth.budgeted = false; // its request has its unit
-        let login = login::login_fn(&auth.shared.cache.config, &auth.inner);
+        self.shared.ready(&self.inner);
+        let (mut inner, replayer) = (self.inner.clone(), self.shared.clone());
+        let login = login::login_fn(&replayer.cache.config, &inner);
         ResponseFuture::slow(Box::pin(async move {
-            // The token first (a login if one is needed), then the unit.
-            let cache = auth.shared.cache.clone();
-            let (_, after) = cache.acquire(login).await?;
-            let response = cache.send(&mut Sender::new(auth), request).await;
+            // The token first (a login if one is needed), then the unit, held by its guard
+            // until the request is handed to the service below, then the service made ready.
+            let cache = replayer.cache.clone();
+            let (token, after) = cache.acquire(login).await?;
+            let spent = cache.spend().await?;
+            tower::ServiceExt::<Request<ReqBody>>::ready(&mut inner)
+                .await
+                .map_err(Into::into)?;
+            let token = (token.header.clone(), token.generation);
+            let ready = Ready::Owned(inner);
+            let response = ResponseFuture::warm(ready, replayer, request, token, spent).await;
             if let Some(after) = after {
                 after.await;
             }

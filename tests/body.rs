@@ -180,3 +180,61 @@ async fn body_under_the_retry_policy_retries_bytes_and_sends_a_stream_once() {
     assert_eq!(fake.api_calls() - calls, 1, "not retried");
     assert_eq!(fake.logins(), 2, "one per client");
 }
+
+/// A body of a known size (so the layer reads it to keep it for a replay) that never arrives.
+struct Stalled;
+
+impl http_body::Body for Stalled {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Pending
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(10)
+    }
+}
+
+/// A request dropped while its body is read was never sent: its unit of the API budget goes
+/// back, on the warm path and on the budgeted one (a request that waited for its turn).
+#[tokio::test(start_paused = true)]
+async fn a_request_dropped_while_its_body_is_read_gives_its_unit_back() {
+    use patchworks_auth::{budget::Budget, test_util::hold_clock};
+    use std::time::Duration;
+    let fake = FakePatchworks::start().await.unwrap();
+    fake.set_token_lifetime(Duration::from_secs(3600));
+    // No wait for a turn: a request without a unit is refused at once.
+    let budget = Budget::new(3, Duration::from_secs(60)).max_wait(Duration::ZERO);
+    let client = AuthLayer::new(fake.credentials())
+        .login_url(fake.login_url())
+        .budget(budget)
+        .layer(Client::builder(TokioExecutor::new()).build_http::<Body>());
+    let get = || {
+        Request::get(fake.uri("/api/v1/flows"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    // The login's unit and a GET's: one left.
+    assert_eq!(
+        hold_clock(send(&client, get())).await.status(),
+        StatusCode::OK
+    );
+    for _ in 0..3 {
+        let stalled = Request::post(fake.uri("/api/v1/orders"))
+            .body(Body::new(Stalled))
+            .unwrap();
+        let dropped = tokio::time::timeout(Duration::from_millis(100), send(&client, stalled));
+        assert!(dropped.await.is_err(), "the body never came");
+    }
+    assert_eq!(
+        hold_clock(send(&client, get())).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(client.budget_state().refused, 0);
+    assert_eq!(fake.api_calls(), 2, "no POST was sent");
+}

@@ -5,8 +5,10 @@ use super::*;
 /// A unit taken for a request about to be sent, and when it was dated (at the latest), so
 /// that its answer times the margin ([`Gate::answered_after`]); none without a budget.
 ///
-/// Dropped before [`sending`](Self::sending) (the service below was not ready, or the caller
-/// gave up first), the unit goes back: the request was never sent.
+/// Dropped before [`sending`](Self::sending), whatever the request was doing (waiting for its
+/// turn, its body being read, the service below not ready yet, the caller gone), the unit goes
+/// back: the request was never handed to the service below. Every send holds one: a request
+/// on the warm path, a cold or budgeted one, a replay, a check and a login.
 #[must_use]
 pub(crate) struct Spent {
     unit: Option<(Arc<Gate>, Instant)>,
@@ -36,7 +38,7 @@ impl Spent {
     }
 
     /// The request's answer (any answer, or an error after it was sent) came.
-    pub(crate) fn answered(mut self) {
+    pub(crate) fn answered(&mut self) {
         self.sent = true;
         if let Some((gate, taken)) = self.unit.take() {
             gate.answered_after(taken);

@@ -346,8 +346,8 @@ impl Gate {
 
     /// A unit now, without waiting: only a budget kept in the process, with no request queued
     /// and a unit free. What lets a request under an in-process budget take the warm path.
-    pub(crate) fn take_now(&self) -> bool {
-        self.take_at().is_some()
+    pub(crate) fn take_now(self: &Arc<Self>) -> Option<Spent> {
+        self.take_at().map(|taken| Spent::new(self.clone(), taken))
     }
 
     /// [`take_now`](Self::take_now): the unit's date.

@@ -248,14 +248,15 @@ impl Cache {
         }
     }
 
-    /// A unit of the API budget now, without waiting (see [`Gate::take_now`]).
+    /// A unit of the API budget now, without waiting (see [`Gate::take_now`]), held by its
+    /// guard; none needed without a budget. `None` if the request must wait for one.
     ///
     /// [`Gate::take_now`]: crate::budget::Gate::take_now
-    pub(crate) fn take_now(&self) -> bool {
-        self.config
-            .gate
-            .as_ref()
-            .is_some_and(|gate| gate.take_now())
+    pub(crate) fn take_now(&self) -> Option<crate::budget::Spent> {
+        match &self.config.gate {
+            Some(gate) => gate.take_now(),
+            None => Some(crate::budget::Spent::none()),
+        }
     }
 
     /// What is known of the token, without the token.

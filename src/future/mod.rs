@@ -9,6 +9,7 @@
 use crate::{
     bounds::BoxFuture,
     bounds::{HttpService, RequestBody, ResponseBody},
+    budget::Spent,
     cache::{After, Cache, Token},
     error::{Error, Kind},
     login::login_fn,
@@ -36,7 +37,7 @@ mod recover;
 mod replay;
 
 use recover::recover;
-pub(crate) use recover::Sender;
+
 use replay::{BodyBuffer, Keep, Replay};
 
 pin_project! {
@@ -101,10 +102,12 @@ enum Event<Response> {
 const POLLED_AFTER_COMPLETION: &str = "ResponseFuture polled after completion";
 
 /// What a sent request needs to recover from a 401: a service to log in and replay with, the
-/// cache, and which token it carried.
+/// cache, and which token it carried; and its unit of the API budget, which goes back if the
+/// request is dropped before it is handed to the service below (its body still being read).
 struct Ctx<S> {
     replayer: Arc<Replayer<S>>,
     generation: u64,
+    spent: Spent,
 }
 
 /// What a request in flight keeps for a 401: the cache, and a clone of the inner service to
@@ -202,18 +205,19 @@ where
         Self::new(State::Failed { error })
     }
 
-    /// A request that has a token, sent by a ready service.
+    /// A request that has a token and its unit of the budget (if any), sent by a ready service.
     #[inline]
     pub(crate) fn warm(
         ready: Ready<'_, S>,
         replayer: Arc<Replayer<S>>,
         request: Request<ReqBody>,
-        header: HeaderValue,
-        generation: u64,
+        (header, generation): (HeaderValue, u64),
+        spent: Spent,
     ) -> Self {
         let ctx = Ctx {
             replayer,
             generation,
+            spent,
         };
         Self::new(warm(ready, ctx, request, header))
     }
@@ -312,6 +316,8 @@ where
         Ready::Owned(mut inner) => authorize(&mut inner, request, header),
         Ready::Borrowed(inner) => authorize(inner, request, header),
     };
+    let mut ctx = ctx;
+    ctx.spent.sending();
     State::Sent {
         future,
         ctx,
@@ -397,7 +403,9 @@ where
                 ctx,
                 replay,
             } => {
-                let response = end_on_error!(state, ready!(future.poll(cx)));
+                let response = ready!(future.poll(cx));
+                ctx.spent.answered();
+                let response = end_on_error!(state, response);
                 if response.status() != StatusCode::UNAUTHORIZED {
                     // Evidence that the token is good, and that this endpoint does not refuse.
                     // Read in place: moving the replay copy out costs a `memcpy` per request.
@@ -428,7 +436,7 @@ where
             (Event::Buffered(bytes), StateOwned::Buffering { pending, .. }) => {
                 let Pending {
                     mut sender,
-                    ctx,
+                    mut ctx,
                     parts,
                     header,
                     ..
@@ -436,6 +444,7 @@ where
                 let request = Request::from_parts(parts, ReqBody::from(bytes.clone()));
                 let replay = Replay::copy(&request, Some(bytes));
                 let future = authorize(&mut sender, request, header);
+                ctx.spent.sending();
                 State::Sent {
                     future,
                     ctx,
@@ -459,6 +468,7 @@ where
                 let ctx = Ctx {
                     replayer,
                     generation,
+                    spent: Spent::none(),
                 };
                 let warm = warm(Ready::Owned(inner), ctx, request, header);
                 match after {

@@ -71,6 +71,7 @@ where
     let Ctx {
         replayer,
         generation,
+        ..
     } = ctx;
     let Some(inner) = replayer.service() else {
         return Ok(unauthorized);
