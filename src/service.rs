@@ -358,15 +358,18 @@ impl<S: Clone> Auth<S> {
             // The token first (a login if one is needed), then the unit, held by its guard
             // until the request is handed to the service below, then the service made ready.
             let cache = replayer.cache.clone();
-            let (token, after) = cache.acquire(login).await?;
+            let (_, first) = cache.acquire(login.clone()).await?;
             let spent = cache.spend().await?;
+            // The token as it is when the unit came: the wait may have made it due (this
+            // request then starts its renewal) or replaced it.
+            let (token, after) = cache.acquire(login).await?;
             tower::ServiceExt::<Request<ReqBody>>::ready(&mut inner)
                 .await
                 .map_err(Into::into)?;
             let token = (token.header.clone(), token.generation);
             let ready = Ready::Owned(inner);
             let response = ResponseFuture::warm(ready, replayer, request, token, spent).await;
-            if let Some(after) = after {
+            for after in [first, after].into_iter().flatten() {
                 after.await;
             }
             response

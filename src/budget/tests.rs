@@ -97,12 +97,19 @@ async fn a_unit_never_sent_goes_back() {
     let gate = || Arc::new(Gate::new(Budget::new(1, Duration::from_secs(60)), None));
     let unsent = gate();
     drop(unsent.take(Purpose::Request).await.unwrap());
-    assert!(unsent.take_now(), "given back");
+    assert!(unsent.take_now().is_some(), "given back");
     let sent = gate();
     let mut spent = sent.take(Purpose::Request).await.unwrap();
     spent.sending();
     drop(spent);
-    assert!(!sent.take_now(), "sent: spent, though never answered");
+    assert!(
+        sent.take_now().is_none(),
+        "sent: spent, though never answered"
+    );
+    // The warm path's unit is held by the same guard.
+    let warm = gate();
+    drop(warm.take_now().unwrap());
+    assert!(warm.take_now().is_some(), "given back from the warm path");
 }
 
 /// A store that answers its first budget take only when told to.

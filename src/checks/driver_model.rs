@@ -35,6 +35,7 @@ fn cache() -> Arc<Cache> {
         credentials: Credentials::new("ops@example.com", "hunter2"),
         scope: Scope::new(&login_url),
         login_url,
+        login_url_given: true,
         refresh_before: Duration::from_secs(300),
         login_timeout: Duration::from_secs(30),
         replay_body_limit: 0,
