@@ -150,9 +150,9 @@ impl PatchworksClient {
     /// refused unsent with an [`Error`] for which [`is_config`](Error::is_config) is `true`.
     /// The query is sent as it is. An absolute URI is sent as it is.
     ///
-    /// Its origin must be one the layer trusts with the token (a
-    /// Patchworks host over `https`, or the login URL's): any other would get requests without
-    /// the token, and their 401s. Such a base makes every call and [`login`](Self::login) fail
+    /// Its origin must be one the layer trusts with the token (a Patchworks host over `https`,
+    /// the login URL's, or one given to [`AuthLayer::trust_origin`]): any other would get
+    /// requests without the token, and their 401s. Such a base makes every call and [`login`](Self::login) fail
     /// with an [`Error`] for which [`is_config`](Error::is_config) is `true`, saying to set
     /// [`AuthLayer::login_url`] to that origin.
     pub fn base_url(mut self, base: Uri) -> Self {
@@ -180,8 +180,9 @@ impl PatchworksClient {
             return Ok(());
         }
         Err(Error::config(format!(
-            "the base URL's origin ({}://{}) does not get the token; log in at that origin \
-             (AuthLayer::login_url) or use a Patchworks host over https",
+            "the base URL's origin ({}://{}) does not get the token; trust it \
+             (AuthLayer::trust_origin), log in at that origin (AuthLayer::login_url) or use a \
+             Patchworks host over https",
             base.scheme_str().unwrap_or("?"),
             base.authority().map_or("?", |authority| authority.host()),
         )))

@@ -17,6 +17,8 @@ pub(crate) struct Config {
     pub(crate) login_url: Uri,
     /// Whether the builder was given the login URL (OAuth 2 client credentials have no default).
     pub(crate) login_url_given: bool,
+    /// Origins trusted with the token besides the login URL's and Patchworks hosts.
+    pub(crate) trusted: Vec<Uri>,
     /// Which requests get the token; the configuration's error if any input is refused
     /// ([`Config::judge`]).
     pub(crate) scope: Result<Scope, Error>,
@@ -84,7 +86,7 @@ impl Config {
         if let Some(Some(budget)) = &self.budget {
             budget.check()?;
         }
-        Scope::new(&self.login_url)
+        Scope::new(&self.login_url, &self.trusted)
     }
 }
 
@@ -93,6 +95,10 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("credentials", &self.credentials)
             .field("login_url", &Redacted(&self.login_url))
+            .field(
+                "trusted",
+                &self.trusted.iter().map(Redacted).collect::<Vec<_>>(),
+            )
             .field("refresh_before", &self.refresh_before)
             .field("login_timeout", &self.login_timeout)
             .field("replay_body_limit", &self.replay_body_limit)

@@ -103,6 +103,7 @@ impl AuthLayer {
                 scope: Err(crate::Error::config("not judged yet")),
                 login_url,
                 login_url_given: false,
+                trusted: Vec::new(),
                 refresh_before: Self::DEFAULT_REFRESH_BEFORE,
                 login_timeout: Self::DEFAULT_LOGIN_TIMEOUT,
                 replay_body_limit: Self::DEFAULT_REPLAY_BODY_LIMIT,
@@ -194,8 +195,52 @@ impl AuthLayer {
     /// assert!(error.unwrap_err().is_config());
     /// ```
     pub fn try_login_url(self, login_url: Uri) -> Result<Self, crate::Error> {
-        Scope::new(&login_url)?;
+        Scope::new(&login_url, &[])?;
         Ok(self.login_url(login_url))
+    }
+
+    /// Sends the token (or the API key) to `origin` too, besides the login URL's origin and the
+    /// Patchworks hosts: the API of an OAuth 2 deployment whose token endpoint is on another
+    /// origin, or a gateway in front of the Patchworks API.
+    ///
+    /// `origin` is a scheme, a host and a port (`https://api.example.com`, `:443` implied), with
+    /// no path: `https`, or `http` to a loopback host, as for the
+    /// [login URL](Self::login_url). Any other is the layer's configuration error (logged at
+    /// ERROR here, every call failing with [`is_config`](crate::Error::is_config), unsent); to
+    /// refuse it here, use [`try_trust_origin`](Self::try_trust_origin). Call it once for each
+    /// origin. A request to an origin that is not trusted goes through untouched, and is said at
+    /// DEBUG (at most once a minute).
+    ///
+    /// ```
+    /// use patchworks_auth::{AuthLayer, Credentials};
+    ///
+    /// let layer = AuthLayer::new(Credentials::client_credentials("inbound-client", "s3cret"))
+    ///     .login_url("https://auth.example.com/oauth/token".parse().unwrap())
+    ///     .trust_origin("https://api.example.com".parse().unwrap());
+    /// assert!(layer.check_config().is_ok());
+    /// ```
+    pub fn trust_origin(self, origin: Uri) -> Self {
+        self.map_config(|config| config.trusted.push(origin))
+    }
+
+    /// [`trust_origin`](Self::trust_origin), refusing an origin the token may not go to.
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`](crate::Error) for which [`is_config`](crate::Error::is_config) is `true`
+    /// when `origin` is not an absolute `http(s)` origin, carries a user name or password or a
+    /// path, or is plain-text `http` to a host that is not loopback.
+    ///
+    /// ```
+    /// use patchworks_auth::{AuthLayer, Credentials};
+    ///
+    /// let layer = AuthLayer::new(Credentials::api_key("pk_live_4f9a"));
+    /// let error = layer.try_trust_origin("http://gateway.example.com".parse().unwrap());
+    /// assert!(error.unwrap_err().is_config());
+    /// ```
+    pub fn try_trust_origin(self, origin: Uri) -> Result<Self, crate::Error> {
+        crate::scope::trusted_origin(&origin)?;
+        Ok(self.trust_origin(origin))
     }
 
     /// How long before its expiry a token is renewed. Default: 5 minutes.

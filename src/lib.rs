@@ -51,7 +51,7 @@
 //! | Login slow but healthy | No attempt is cut before [`login_timeout`](AuthLayer::login_timeout): a login that answers within it gives its token to every caller. An attempt with no answer after a third of the timeout gets a second beside it (at most two in flight); the first good answer wins. After the timeout, the error says how many attempts ran and how long the slowest waited. |
 //! | Login rejects the credentials (401, 403, 422) or answers something unusable | Callers fail at once with the [`Error`]; for the next 5 s doubling to 5 min (with jitter) requests fail fast with it, then a request tries again. |
 //! | Login answered with a redirect, or fetched from another URI by a redirect-following service below | Refused: the password never follows a redirect, and a token from elsewhere is never used. |
-//! | Request to another origin, or a network-path reference (`//host/..`) or `*` | Passed through untouched; no login. |
+//! | Request to an origin not trusted with the token, or a network-path reference (`//host/..`) or `*` | Passed through untouched; no login; said at DEBUG, once a minute at most. |
 //! | Request that has its own `Authorization` | Passed through untouched; no login, no 401 handling. |
 //! | A [store] shared by several processes ([`AuthLayer::store`]) | A process with no usable token (first request, expiry, a 401, a renewal) takes a newer token from the store, or logs in under the store's lock and saves its token once the waiting requests have it; the others wait for it. One login for the fleet. After a 401, only a token saved by a process that logged in after the same token was refused, or obtained after the 401 arrived, is taken; a replay refused with a token from the store discards it and is replayed once more. A request with a fresh token never touches the store. |
 //! | The store down, slow (its operations for one login over [`store_timeout`](AuthLayer::store_timeout), 300 ms by default) or refusing | The process logs in by itself, as without a store, and warns once per outage; no request fails for it. Once the store answers, the fleet converges on one token without a login. |
@@ -59,8 +59,9 @@
 //! | `ResponseFuture` polled after it completed | Panics, "ResponseFuture polled after completion", in every state, as `async` blocks do. |
 //!
 //! The token goes only to requests whose URI is relative, whose origin is a Patchworks host
-//! over `https` (`*.wearepatchworks.com`, `*.pwks.co`), or whose origin is the
-//! [login URL](AuthLayer::login_url)'s.
+//! over `https` (`*.wearepatchworks.com`, `*.pwks.co`), the [login URL](AuthLayer::login_url)'s,
+//! or one given to [`trust_origin`](AuthLayer::trust_origin). A request to another origin goes
+//! through untouched, said at DEBUG (once a minute at most).
 //!
 //! Timing: a token's expiry is counted from the moment its login request was sent. Renewal
 //! starts [`refresh_before`](AuthLayer::refresh_before) ahead (5 minutes by default, at most
@@ -119,8 +120,9 @@
 //!
 //! One rule for a value that can be wrong, judged where the layer is built: an empty or
 //! unsendable API key ([`Credentials::api_key`]), an empty account or password, client
-//! credentials without a token URL, a login URL that is not absolute `https` (or `http` to
-//! loopback) or that carries a password ([`AuthLayer::login_url`]), a zero
+//! credentials without a token URL, a login URL or a trusted origin that is not absolute
+//! `https` (or `http` to loopback) or that carries a password ([`AuthLayer::login_url`],
+//! [`AuthLayer::trust_origin`]), a zero
 //! [`login_timeout`](AuthLayer::login_timeout), a zero
 //! [`store_timeout`](AuthLayer::store_timeout) with a store, a budget that could never send
 //! ([`Budget::new`](crate::budget::Budget::new)), and the ready client's
@@ -130,6 +132,7 @@
 //! sent: nothing panics, and nothing fails later in another way. For a program that would
 //! rather not start, [`AuthLayer::check_config`] returns that error at once, and so do the
 //! `try_` forms of the inputs that have one ([`AuthLayer::try_login_url`],
+//! [`AuthLayer::try_trust_origin`],
 //! `PatchworksClient::try_base_url`, [`Credentials::try_api_key`],
 //! [`Budget::try_new`](crate::budget::Budget::try_new)). A constructor that parses
 //! ([`Credentials::from_env`], `RedisStore::new`) returns its error as std's parsers do.

@@ -105,13 +105,16 @@ impl AuthMiddleware {
             Ok(scope) => scope,
             Err(error) => return Err(middleware_error(error.clone())),
         };
-        let in_scope = request
-            .url()
-            .as_str()
-            .parse::<Uri>()
-            .is_ok_and(|uri| scope.contains(&uri));
-        if request.headers().contains_key(AUTHORIZATION) || !in_scope {
-            // The caller's own credentials, or not a Patchworks origin: not ours to touch.
+        if request.headers().contains_key(AUTHORIZATION) {
+            // The caller's own credentials: not ours to touch.
+            return next.run(request, extensions).await;
+        }
+        let uri = request.url().as_str().parse::<Uri>();
+        if !uri.as_ref().is_ok_and(|uri| scope.contains(uri)) {
+            // Not an origin the token goes to.
+            if let Ok(uri) = &uri {
+                self.cache.untrusted(uri);
+            }
             return next.run(request, extensions).await;
         }
         // The token first (a login if one is needed), then the budget's unit, at the moment of

@@ -7,86 +7,85 @@ use std::{fmt, net::IpAddr};
 /// The host suffixes of the Patchworks API, trusted over `https` only.
 const PATCHWORKS_DOMAINS: [&str; 2] = [".wearepatchworks.com", ".pwks.co"];
 
-/// The documented Patchworks API hosts, matched byte for byte before the general rule: most
-/// requests go to one of them, and a comparison is cheaper than splitting the authority.
-const KNOWN_HOSTS: [&str; 4] = [
-    "core.wearepatchworks.com",
-    "start.wearepatchworks.com",
-    "app.wearepatchworks.com",
-    "svc-fabric.pwks.co",
-];
-
-/// The origins the token may be sent to: Patchworks hosts over `https`, and the login URL's
-/// origin.
+/// The origins the token may be sent to: Patchworks hosts over `https`, the login URL's origin,
+/// and the origins the layer was told to trust ([`AuthLayer::trust_origin`]).
+///
+/// [`AuthLayer::trust_origin`]: crate::AuthLayer::trust_origin
 #[derive(Clone, Debug)]
 pub(crate) struct Scope {
-    login: Origin,
+    /// The login URL's origin first.
+    origins: Vec<Origin>,
 }
 
 #[derive(Clone, Debug)]
 struct Origin {
     https: bool,
-    /// The authority as the login URL spells it (it carries no user information): a request
-    /// spelled the same way is matched by one comparison, before the host and port are parsed.
+    /// The authority as it was spelled (it carries no user information): a request spelled the
+    /// same way is matched by one comparison, before the host and port are parsed.
     authority: String,
     host: String,
     port: u16,
 }
 
 impl Origin {
-    fn of(uri: &Uri) -> Option<Origin> {
+    /// The origin of `uri` (`what`, in messages), if the token and the credentials may go
+    /// there: an absolute `https` URL, or `http` to a loopback host, without user information.
+    fn of(uri: &Uri, what: &str) -> Result<Origin, Error> {
+        let shown = Redacted(uri);
         let https = match uri.scheme() {
-            Some(scheme) if *scheme == Scheme::HTTPS => true,
-            Some(scheme) if *scheme == Scheme::HTTP => false,
-            _ => return None,
+            Some(scheme) if *scheme == Scheme::HTTPS => Some(true),
+            Some(scheme) if *scheme == Scheme::HTTP => Some(false),
+            _ => None,
         };
-        Some(Origin {
+        let (Some(https), Some(authority), Some(host)) = (https, uri.authority(), uri.host())
+        else {
+            return Err(Error::config(format!(
+                "{what} {shown} is not an absolute http(s) URL; use https://host/..."
+            )));
+        };
+        if authority.as_str().contains('@') {
+            return Err(Error::config(format!(
+                "{what} {shown} carries a user name or password; the layer sends the \
+                 credentials itself: remove them from the URL"
+            )));
+        }
+        let host = normalize(host).to_ascii_lowercase();
+        if !https && !is_loopback(&host) {
+            return Err(Error::config(format!(
+                "{what} {shown} is plain-text HTTP to a host that is not loopback, which would \
+                 send the credentials or the token unencrypted; use https://"
+            )));
+        }
+        Ok(Origin {
             https,
-            authority: uri.authority()?.as_str().to_owned(),
-            host: normalize(uri.host()?).to_ascii_lowercase(),
+            authority: authority.as_str().to_owned(),
+            host,
             port: uri.port_u16().unwrap_or(if https { 443 } else { 80 }),
         })
     }
 
     #[inline]
-    fn matches(&self, uri: &Uri, https: bool, host: &str) -> bool {
+    fn matches(&self, uri: &Uri, https: bool, authority: &str, host: &str) -> bool {
         self.https == https
-            && self.host.eq_ignore_ascii_case(host)
-            && self.port == uri.port_u16().unwrap_or(if https { 443 } else { 80 })
+            && (self.authority == authority
+                || (self.host.eq_ignore_ascii_case(host)
+                    && self.port == uri.port_u16().unwrap_or(if https { 443 } else { 80 })))
     }
 }
 
 impl Scope {
-    /// The scope for this login URL, if the URL is one the layer may send a password to: an
-    /// absolute `https` URL, or `http` to a loopback host.
-    pub(crate) fn new(login_url: &Uri) -> Result<Scope, Error> {
-        let shown = Redacted(login_url);
-        let login = Origin::of(login_url).ok_or_else(|| {
-            Error::config(format!(
-                "the login URL {shown} is not an absolute http(s) URL; use \
-                 https://host/api/v1/login"
-            ))
-        })?;
-        if login_url
-            .authority()
-            .is_some_and(|a| a.as_str().contains('@'))
-        {
-            return Err(Error::config(format!(
-                "the login URL {shown} carries a user name or password; the layer sends the \
-                 credentials in the login body: remove them from the URL"
-            )));
+    /// The scope for this login URL and these trusted origins, if each is one the layer may
+    /// send credentials or the token to (see [`Origin::of`]).
+    pub(crate) fn new(login_url: &Uri, trusted: &[Uri]) -> Result<Scope, Error> {
+        let mut origins = vec![Origin::of(login_url, "the login URL")?];
+        for origin in trusted {
+            origins.push(Origin::trusted(origin)?);
         }
-        if !login.https && !is_loopback(&login.host) {
-            return Err(Error::config(format!(
-                "the login URL {shown} is plain-text HTTP to a host that is not loopback, \
-                 which would send the password unencrypted; use https://"
-            )));
-        }
-        Ok(Scope { login })
+        Ok(Scope { origins })
     }
 
     /// Whether a request to `uri` gets the token: a relative URI, a Patchworks host over
-    /// `https`, or the login URL's origin.
+    /// `https`, the login URL's origin or a trusted one.
     #[inline]
     pub(crate) fn contains(&self, uri: &Uri) -> bool {
         let Some(authority) = uri.authority() else {
@@ -101,20 +100,39 @@ impl Scope {
             Some(scheme) if *scheme == Scheme::HTTP => false,
             _ => return false,
         };
-        // Byte for byte first: a documented host, or the login URL's origin spelled as the login
-        // URL spells it (a staging host, a proxy, a fake on loopback). The general rule below
-        // splits the authority and parses its port: some 600 instructions a request.
-        if (https && KNOWN_HOSTS.contains(&authority.as_str()))
-            || (https == self.login.https && authority.as_str() == self.login.authority)
-        {
-            return true;
-        }
-        let host = normalize(host(authority.as_str()));
+        let (authority, host) = (authority.as_str(), normalize(host(authority.as_str())));
         (https
             && PATCHWORKS_DOMAINS
                 .iter()
                 .any(|domain| ends_with_ignore_case(host, domain)))
-            || self.login.matches(uri, https, host)
+            || self
+                .origins
+                .iter()
+                .any(|origin| origin.matches(uri, https, authority, host))
+    }
+}
+
+/// Whether `origin` may be trusted ([`AuthLayer::trust_origin`]), and if not, why.
+///
+/// [`AuthLayer::trust_origin`]: crate::AuthLayer::trust_origin
+pub(crate) fn trusted_origin(origin: &Uri) -> Result<(), Error> {
+    Origin::trusted(origin).map(drop)
+}
+
+impl Origin {
+    /// A trusted origin: as the login URL's, and nothing after the authority but `/`.
+    fn trusted(origin: &Uri) -> Result<Origin, Error> {
+        let checked = Origin::of(origin, "the trusted origin")?;
+        if origin.path_and_query().is_some_and(|p| p.as_str() != "/") {
+            return Err(Error::config(format!(
+                "the trusted origin {} has a path; an origin is a scheme, a host and a port: \
+                 use {}://{}",
+                Redacted(origin),
+                if checked.https { "https" } else { "http" },
+                checked.authority
+            )));
+        }
+        Ok(checked)
     }
 }
 
@@ -191,7 +209,7 @@ mod tests {
     use super::*;
 
     fn scope(login: &str) -> Result<Scope, Error> {
-        Scope::new(&login.parse().unwrap())
+        Scope::new(&login.parse().unwrap(), &[])
     }
 
     fn contains(scope: &Scope, uri: &str) -> bool {

@@ -280,8 +280,13 @@ where
             Ok(scope) => scope,
             Err(error) => return ResponseFuture::failed(error.clone()),
         };
-        if request.headers().contains_key(AUTHORIZATION) || !scope.contains(request.uri()) {
-            // The caller's own credentials, or not a Patchworks origin: not ours to touch.
+        if request.headers().contains_key(AUTHORIZATION) {
+            // The caller's own credentials: not ours to touch.
+            return ResponseFuture::passthrough(self.inner.call(request));
+        }
+        if !scope.contains(request.uri()) {
+            // Not an origin the token goes to.
+            self.shared.cache.untrusted(request.uri());
             return ResponseFuture::passthrough(self.inner.call(request));
         }
         // Under an API budget the token comes first, then the unit, at the moment of sending:

@@ -427,3 +427,33 @@ fn every_input_that_can_be_wrong_is_logged_where_built_and_refused_unsent() {
         })
     });
 }
+
+/// A request that goes through untouched because its origin is not trusted is said at DEBUG,
+/// once a minute at most, naming the origin and what would trust it.
+#[test]
+fn a_request_to_an_untrusted_origin_is_said_at_debug_once() {
+    let (captured, subscriber) = capture(tracing::Level::DEBUG);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tracing::subscriber::with_default(subscriber, || {
+        runtime.block_on(async {
+            let fake = FakePatchworks::start().await.unwrap();
+            let elsewhere = FakePatchworks::start().await.unwrap();
+            let client = client(&fake);
+            for _ in 0..3 {
+                let response = send(&client, get(elsewhere.uri("/api/v1/flows"))).await;
+                assert_eq!(response.unwrap().status(), StatusCode::UNAUTHORIZED);
+            }
+        })
+    });
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let told = logs
+        .lines()
+        .filter(|line| line.contains("origin is not trusted"))
+        .count();
+    assert_eq!(told, 1, "once in\n{logs}");
+    assert!(logs.contains("origin=http://127.0.0.1"), "{logs}");
+    assert!(logs.contains("AuthLayer::trust_origin"), "{logs}");
+}

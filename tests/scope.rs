@@ -95,3 +95,90 @@ async fn the_token_header_is_marked_sensitive_and_debug_hides_every_secret() {
         assert!(shown.contains("<redacted>"), "{shown}");
     }
 }
+
+/// The fake's address under another origin: `localhost` instead of `127.0.0.1`. The same
+/// server, so the token it issued is good there.
+fn other_origin(fake: &FakePatchworks) -> String {
+    format!("http://localhost:{}", fake.addr().port())
+}
+
+/// An OAuth 2 API on another origin than its token endpoint gets the token once that origin
+/// is trusted (`AuthLayer::trust_origin`), and not before; so does the ready client's base URL
+/// there, and an API key behind a gateway.
+#[tokio::test]
+async fn a_trusted_origin_gets_the_token() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let api = other_origin(&fake);
+    let orders = format!("{api}/v1/acme/orders")
+        .parse::<http::Uri>()
+        .unwrap();
+    let layer = || AuthLayer::new(fake.client_credentials()).login_url(fake.token_url());
+
+    let untrusted = layer().layer(fake.client());
+    let response = send(&untrusted, get(orders.clone())).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(fake.logins(), 0, "no token asked for");
+
+    let trusted = layer()
+        .trust_origin(api.parse().unwrap())
+        .layer(fake.client());
+    let response = send(&trusted, get(orders.clone())).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(fake.logins(), 1);
+    let seen = fake.seen().into_iter().last().unwrap();
+    assert!(seen.authorization.unwrap().starts_with("Bearer "));
+
+    // The ready client on that origin.
+    let client = layer()
+        .trust_origin(api.parse().unwrap())
+        .https_client()
+        .try_base_url(format!("{api}/v1/").parse().unwrap())
+        .unwrap();
+    let request = Request::get("/acme/orders")
+        .body(patchworks_auth::body::Body::empty())
+        .unwrap();
+    assert_eq!(
+        client.oneshot(request).await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    // An API key behind a gateway: no login URL it never uses.
+    fake.accept_api_key("pk_live_4f9a");
+    let key = AuthLayer::new(Credentials::api_key("pk_live_4f9a"))
+        .trust_origin(api.parse().unwrap())
+        .layer(fake.client());
+    let response = send(&key, get(orders)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen = fake.seen().into_iter().last().unwrap();
+    assert_eq!(seen.authorization.as_deref(), Some("pk_live_4f9a"));
+}
+
+#[test]
+fn a_trusted_origin_is_an_origin_the_token_may_go_to() {
+    let layer = || AuthLayer::new(Credentials::api_key("pk_live_4f9a"));
+    for good in [
+        "https://api.example.com",
+        "https://api.example.com:8443/",
+        "http://127.0.0.1:9",
+    ] {
+        assert!(
+            layer().try_trust_origin(good.parse().unwrap()).is_ok(),
+            "{good}"
+        );
+    }
+    for bad in [
+        "http://api.example.com",
+        "https://api.example.com/v1",
+        "https://ops:pw@api.example.com",
+        "/v1",
+    ] {
+        let error = layer().try_trust_origin(bad.parse().unwrap()).unwrap_err();
+        assert!(error.is_config(), "{bad}");
+        let built = layer().trust_origin(bad.parse().unwrap());
+        assert_eq!(
+            built.check_config().unwrap_err().to_string(),
+            error.to_string()
+        );
+        assert!(!error.to_string().contains(":pw@"), "{error}");
+    }
+}

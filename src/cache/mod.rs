@@ -139,6 +139,9 @@ pub(crate) struct Cache {
     store: Option<Shared>,
     /// The last check that settled a bare 401, shared by the 401s waiting for it.
     check: std::sync::Mutex<Option<Checking>>,
+    /// When a request last went through untouched for its untrusted origin, and was said at
+    /// DEBUG (seconds since the Unix epoch; 0 for never).
+    untrusted_told: AtomicU64,
 }
 
 impl Cache {
@@ -198,6 +201,7 @@ impl Cache {
             waiting: AtomicUsize::new(0),
             store,
             check: std::sync::Mutex::new(None),
+            untrusted_told: AtomicU64::new(0),
         })
     }
 
@@ -236,6 +240,36 @@ impl Cache {
         match &self.config.gate {
             Some(gate) => gate.take(Purpose::Request).await,
             None => Ok(crate::budget::Spent::none()),
+        }
+    }
+
+    /// A request to `uri` goes through untouched, its origin not trusted with the token: said
+    /// at DEBUG, at most once a minute, so that a silent 401 from an API on another origin has
+    /// an explanation (`AuthLayer::trust_origin`).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn untrusted(&self, uri: &http::Uri) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |since| since.as_secs().max(1));
+        let told = self.untrusted_told.load(Ordering::Relaxed);
+        let due = told == 0 || now >= told + 60;
+        if due
+            && self
+                .untrusted_told
+                .compare_exchange(told, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::debug!(
+                target: "patchworks_auth",
+                origin = %format_args!(
+                    "{}://{}",
+                    uri.scheme_str().unwrap_or("?"),
+                    uri.host().unwrap_or("?")
+                ),
+                "request sent without the token: its origin is not trusted \
+                 (AuthLayer::login_url's, a Patchworks host, or AuthLayer::trust_origin)"
+            );
         }
     }
 

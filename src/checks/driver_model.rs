@@ -33,7 +33,8 @@ fn cache() -> Arc<Cache> {
     let login_url = Uri::from_static("https://svc-fabric.pwks.co/api/v1/login");
     Cache::new(Config {
         credentials: Credentials::new("ops@example.com", "hunter2"),
-        scope: Scope::new(&login_url),
+        scope: Scope::new(&login_url, &[]),
+        trusted: Vec::new(),
         login_url,
         login_url_given: true,
         refresh_before: Duration::from_secs(300),
