@@ -21,7 +21,10 @@ use tower::{
 ///
 /// - Only idempotent requests: `GET`, `HEAD`, `PUT`, `DELETE`, `OPTIONS`. A `POST` or `PATCH`
 ///   is retried only when it was never sent (refused by the API [budget](crate::budget)): any
-///   other attempt may have been applied.
+///   other attempt may have been applied. [`retry_429_for_any_method`] opts in to retrying a
+///   429 whatever the method.
+///
+/// [`retry_429_for_any_method`]: RetryPolicy::retry_429_for_any_method
 /// - Only transient failures: a connection that could not be made or broke before the answer
 ///   (refused, reset, aborted, closed), a request the API [budget](crate::budget) did not send
 ///   within its `max_wait`, and the answers `429`, `502`, `503` and `504`.
@@ -64,6 +67,8 @@ pub struct RetryPolicy {
     backoff: ExponentialBackoff,
     max_retry_after: Duration,
     retry_budget: Option<Arc<TpsBudget>>,
+    /// Whether a 429 is retried whatever the request's method.
+    throttled_any_method: bool,
 }
 
 impl Default for RetryPolicy {
@@ -84,6 +89,7 @@ impl RetryPolicy {
             backoff: backoff(Duration::from_millis(100), Duration::from_secs(10)),
             max_retry_after: Duration::from_secs(60),
             retry_budget: None,
+            throttled_any_method: false,
         }
     }
 
@@ -119,6 +125,29 @@ impl RetryPolicy {
         self
     }
 
+    /// Retries a `429 Too Many Requests` whatever the request's method (`POST` and `PATCH`
+    /// too), after its `Retry-After` (up to [`max_retry_after`](Self::max_retry_after)) or the
+    /// back-off. Off by default. For a client that only writes (an Inbound API pusher sends
+    /// `POST`s), a 429 is otherwise always the caller's to handle.
+    ///
+    /// The trade-off: a 429 says the server would not serve the request now (RFC 6585 §4), and
+    /// Patchworks, like most rate limiters, refuses it before doing anything with it. A server
+    /// or a proxy that answered 429 after applying the request would have it applied twice.
+    /// Turn it on where a write is idempotent by its content (an upsert by a key of yours) or
+    /// where that cannot happen. Other failures of a `POST` are still not retried: a broken
+    /// connection or a 503 may come after the write was applied.
+    ///
+    /// ```
+    /// use patchworks_auth::retry::RetryPolicy;
+    ///
+    /// let policy = RetryPolicy::new().retry_429_for_any_method();
+    /// # let _ = policy;
+    /// ```
+    pub fn retry_429_for_any_method(mut self) -> Self {
+        self.throttled_any_method = true;
+        self
+    }
+
     /// The delay before retrying after `result`, if it is worth retrying at all, and whether
     /// the request was never sent (so that any method may be retried).
     fn delay<ResBody>(
@@ -126,17 +155,21 @@ impl RetryPolicy {
         result: &Result<Response<ResBody>, BoxError>,
     ) -> Option<(Delay, Sent)> {
         match result {
-            Ok(response) => match response.status() {
-                StatusCode::TOO_MANY_REQUESTS
-                | StatusCode::BAD_GATEWAY
-                | StatusCode::SERVICE_UNAVAILABLE
-                | StatusCode::GATEWAY_TIMEOUT => match retry_after(response) {
+            Ok(response) => {
+                let sent = match response.status() {
+                    StatusCode::TOO_MANY_REQUESTS if self.throttled_any_method => Sent::Never,
+                    StatusCode::TOO_MANY_REQUESTS
+                    | StatusCode::BAD_GATEWAY
+                    | StatusCode::SERVICE_UNAVAILABLE
+                    | StatusCode::GATEWAY_TIMEOUT => Sent::Maybe,
+                    _ => return None,
+                };
+                match retry_after(response) {
                     Some(wait) if wait > self.max_retry_after => None,
-                    Some(wait) => Some((Delay::Exactly(wait), Sent::Maybe)),
-                    None => Some((Delay::Backoff, Sent::Maybe)),
-                },
-                _ => None,
-            },
+                    Some(wait) => Some((Delay::Exactly(wait), sent)),
+                    None => Some((Delay::Backoff, sent)),
+                }
+            }
             Err(error) if is_connection_error(error.as_ref()) => {
                 Some((Delay::Backoff, Sent::Maybe))
             }
@@ -158,8 +191,8 @@ enum Delay {
     Exactly(Duration),
 }
 
-/// Whether a failed attempt may have reached Patchworks: one that never did is safe to retry
-/// whatever its method.
+/// Whether a failed attempt may have reached Patchworks: one that never did (or a 429, with
+/// [`RetryPolicy::retry_429_for_any_method`]) is retried whatever its method.
 #[derive(PartialEq)]
 enum Sent {
     Maybe,
@@ -323,6 +356,33 @@ mod tests {
             let retry = Policy::retry(&mut policy, &mut request, &mut result);
             assert_eq!(retry.is_some(), retried, "{method} {status}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_429_is_retried_for_any_method_only_when_asked() {
+        for (policy, retried) in [
+            (RetryPolicy::new(), false),
+            (RetryPolicy::new().retry_429_for_any_method(), true),
+        ] {
+            for method in [Method::POST, Method::PATCH] {
+                let mut request = Request::builder().method(method.clone()).body(()).unwrap();
+                let mut policy = policy.clone();
+                let retry = Policy::retry(&mut policy, &mut request, &mut answer(429, Some("1")));
+                assert_eq!(retry.is_some(), retried, "{method}");
+                // Other failures of a POST are never retried.
+                let retry = Policy::retry(&mut policy, &mut request, &mut answer(503, None));
+                assert!(retry.is_none(), "{method} 503");
+            }
+        }
+        // Its `Retry-After` is honoured, and one too long is not waited for.
+        let mut policy = RetryPolicy::new()
+            .retry_429_for_any_method()
+            .max_retry_after(Duration::from_secs(5));
+        assert!(matches!(
+            policy.delay(&answer(429, Some("2"))),
+            Some((Delay::Exactly(d), Sent::Never)) if d == Duration::from_secs(2)
+        ));
+        assert!(policy.delay(&answer(429, Some("60"))).is_none());
     }
 
     #[tokio::test]

@@ -219,3 +219,54 @@ async fn a_concurrency_limit_below_the_layer_does_not_deadlock_the_login() {
     }
     assert_eq!(fake.logins(), 1);
 }
+
+/// An Inbound pusher sends only `POST`s: with `RetryPolicy::retry_429_for_any_method`, a 429 is
+/// retried after its `Retry-After`; without it, the caller gets the 429.
+#[tokio::test(start_paused = true)]
+async fn a_post_answered_429_is_retried_only_when_the_policy_says_so() {
+    use patchworks_auth::{retry::RetryPolicy, test_util::hold_clock};
+    for (policy, retried) in [
+        (RetryPolicy::new(), false),
+        (RetryPolicy::new().retry_429_for_any_method(), true),
+    ] {
+        let fake = FakePatchworks::start().await.unwrap();
+        // Set when the 429 reaches the retry policy (which then sleeps its `Retry-After`).
+        let throttled = Arc::new(AtomicUsize::new(0));
+        let seen = throttled.clone();
+        let client = ServiceBuilder::new()
+            .retry(policy)
+            .map_response(move |response: Response<hyper::body::Incoming>| {
+                if response.status() == StatusCode::TOO_MANY_REQUESTS {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+                response
+            })
+            .layer(layer(&fake))
+            .service(fake.client());
+        hold_clock(client.clone().oneshot(get(fake.uri("/api/v1/flows"))))
+            .await
+            .unwrap();
+        fake.fail_api_calls(1, StatusCode::TOO_MANY_REQUESTS, Some(1));
+        let post = Request::post(fake.uri("/api/v1/orders"))
+            .body(Full::from("{\"sku\":\"A1\"}"))
+            .unwrap();
+        let sent = tokio::spawn(client.oneshot(post));
+        // The 429 answered (I/O, the clock held), then its second of `Retry-After`.
+        hold_clock(until("the 429 is answered", || {
+            throttled.load(Ordering::SeqCst) == 1
+        }))
+        .await;
+        let response = hold_clock(async {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            sent.await.unwrap().unwrap()
+        })
+        .await;
+        let expected = if retried {
+            StatusCode::OK
+        } else {
+            StatusCode::TOO_MANY_REQUESTS
+        };
+        assert_eq!(response.status(), expected);
+        assert_eq!(fake.api_calls(), if retried { 3 } else { 2 });
+    }
+}
