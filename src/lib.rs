@@ -298,4 +298,4 @@ pub use error::Error;
 pub use future::ResponseFuture;
 pub use layer::{AuthLayer, DEFAULT_LOGIN_URL, DEFAULT_USERNAME_LOGIN_URL};
 pub use service::Auth;
-pub use token::TokenState;
+pub use token::{LoginReason, TokenState};

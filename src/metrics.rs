@@ -47,12 +47,7 @@ fn documented(metric: &str, label: &str, value: &str) -> bool {
 pub(crate) fn login(form: &'static str, reason: Reason, outcome: &'static str, took: Duration) {
     #[cfg(feature = "metrics")]
     {
-        let reason = match reason {
-            Reason::FirstUse => "first_use",
-            Reason::Expired => "expired",
-            Reason::Renewal => "renewal",
-            Reason::Unauthorized => "unauthorized",
-        };
+        let reason = reason.as_str();
         let labels = [("form", form), ("reason", reason), ("outcome", outcome)];
         debug_assert!(labels.iter().all(|(l, v)| documented(LOGINS, l, v)));
         ::metrics::counter!(LOGINS, &labels).increment(1);

@@ -133,10 +133,10 @@ fn logs_tell_what_happened_and_never_a_secret() {
     );
     for expected in [
         "patchworks_login",
-        "reason=\"first use\"",
+        "reason=\"first_use\"",
         "logged in to Patchworks",
         "API answered 401: token discarded",
-        "reason=\"API answered 401\"",
+        "reason=\"unauthorized\"",
         "replaying the request",
         "Patchworks login failed",
     ] {

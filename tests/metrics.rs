@@ -297,3 +297,26 @@ async fn the_budget_records_its_waits_pauses_and_refusals() {
     let waits = recorded.get("patchworks_auth_budget_wait_seconds", &[]);
     assert_eq!(waits, None, "no request waited and went");
 }
+
+/// `TokenState::last_reason` says why the last login ran, by the names of the logs and the
+/// metrics: a subscriber tells a first login from a login after a 401.
+#[tokio::test(flavor = "current_thread")]
+async fn the_state_says_why_the_last_login_ran() {
+    use patchworks_auth::LoginReason;
+    let fake = FakePatchworks::start().await.unwrap();
+    let client = layer(&fake).layer(fake.client());
+    assert_eq!(client.state().last_reason, None);
+    flows_ok(&client, &fake).await;
+    let reason = client.state().last_reason.unwrap();
+    assert_eq!(
+        (reason, reason.as_str()),
+        (LoginReason::FirstUse, "first_use")
+    );
+    fake.revoke_tokens();
+    flows_ok(&client, &fake).await;
+    let reason = client.state().last_reason.unwrap();
+    assert_eq!(
+        (reason, reason.as_str()),
+        (LoginReason::Unauthorized, "unauthorized")
+    );
+}

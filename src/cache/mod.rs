@@ -318,6 +318,7 @@ impl Cache {
             most_waiting: self.most_waiting.load(Ordering::Relaxed),
             waiting: self.waiting.load(Ordering::Relaxed),
             last_error: core.last_error().cloned(),
+            last_reason: core.last_reason(),
             store_outages: self.store.as_ref().map_or(0, Shared::outages),
         }
     }

@@ -3,26 +3,30 @@
 
 use super::*;
 
-/// Why a login runs; said in its log line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Reason {
-    /// No token yet.
+/// Why a login ran: one name in its log line (`reason=`), its metric's `reason` label and
+/// [`TokenState::last_reason`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LoginReason {
+    /// No token yet: `first_use`.
     FirstUse,
-    /// The token expired (or was never renewed in time).
+    /// The token expired, or was never renewed in time: `expired`.
     Expired,
-    /// The token entered its refresh window; it stays in use meanwhile.
+    /// The token entered its refresh window, and stayed in use meanwhile: `renewal`.
     Renewal,
-    /// The API answered 401 to the token.
+    /// The API answered 401 to the token (a revocation): `unauthorized`.
     Unauthorized,
 }
 
-impl Reason {
-    pub(crate) fn as_str(self) -> &'static str {
+impl LoginReason {
+    /// The reason's name in logs and metrics: `first_use`, `expired`, `renewal` or
+    /// `unauthorized`.
+    pub fn as_str(self) -> &'static str {
         match self {
-            Reason::FirstUse => "first use",
-            Reason::Expired => "token expired",
-            Reason::Renewal => "background renewal",
-            Reason::Unauthorized => "API answered 401",
+            LoginReason::FirstUse => "first_use",
+            LoginReason::Expired => "expired",
+            LoginReason::Renewal => "renewal",
+            LoginReason::Unauthorized => "unauthorized",
         }
     }
 }

@@ -37,6 +37,9 @@ mod decisions;
 mod state;
 
 pub(crate) use attempts::{Attempts, Step};
+/// The core's name for [`LoginReason`].
+pub(crate) use decisions::LoginReason as Reason;
+pub use decisions::LoginReason;
 pub(crate) use decisions::*;
 pub use state::TokenState;
 
@@ -127,6 +130,8 @@ pub(crate) struct Core {
     last_failed: Option<(u64, Error)>,
     /// A renewal was abandoned with its runtime: the next is waited for by its request.
     renewal_abandoned: bool,
+    /// Why the last login started ran.
+    last_reason: Option<Reason>,
     /// Consecutive replays refused with a fresh token, with no other answer between.
     streak: u32,
     refused: HashMap<Endpoint, Refused>,
@@ -153,6 +158,7 @@ impl Core {
             next_id: 1,
             last_failed: None,
             renewal_abandoned: false,
+            last_reason: None,
             streak: 0,
             refused: HashMap::new(),
             cooldown: None,
@@ -174,6 +180,11 @@ impl Core {
             Login::Running { after, .. } => after.as_ref().map(|failure| &failure.error),
             Login::Idle => None,
         }
+    }
+
+    /// Why the last login (running or ended) ran.
+    pub(crate) fn last_reason(&self) -> Option<Reason> {
+        self.last_reason
     }
 
     /// The login in flight, if any.
@@ -233,6 +244,7 @@ impl Core {
             Login::Idle => None,
         };
         let taken_up = reason == Reason::Renewal && std::mem::take(&mut self.renewal_abandoned);
+        self.last_reason = Some(reason);
         self.login = Login::Running {
             id,
             reason,

@@ -28,6 +28,10 @@ pub struct TokenState {
     pub waiting: usize,
     /// The last login's error, until a login succeeds.
     pub last_error: Option<Error>,
+    /// Why the last login ran (it may still be running): a first use, an expiry, a renewal or a
+    /// 401, by the names logs and metrics use. `None` before the first login and for an API
+    /// key.
+    pub last_reason: Option<super::LoginReason>,
     /// How many times the shared [store](crate::store) stopped answering (each outage counted
     /// once, however long it lasted). Always `0` without a store.
     pub store_outages: u64,
@@ -54,6 +58,7 @@ impl fmt::Debug for TokenState {
             .field("most_waiting", &self.most_waiting)
             .field("waiting", &self.waiting)
             .field("last_error", &self.last_error)
+            .field("last_reason", &self.last_reason)
             .field("store_outages", &self.store_outages)
             .finish()
     }
