@@ -35,6 +35,8 @@ pub(crate) struct Config {
     pub(crate) budget: Option<Option<Budget>>,
     /// The budget as the layer keeps it, made by `Cache::new` (with the store's key).
     pub(crate) gate: Option<Arc<Gate>>,
+    /// Whether a scope narrower than asked was told (once for a layer's logins).
+    pub(crate) narrowed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Config {

@@ -97,35 +97,31 @@ impl AuthLayer {
         } else {
             DEFAULT_LOGIN_URL
         });
-        AuthLayer::from_config(
-            Config {
-                credentials,
-                scope: Err(crate::Error::config("not judged yet")),
-                login_url,
-                login_url_given: false,
-                trusted: Vec::new(),
-                refresh_before: Self::DEFAULT_REFRESH_BEFORE,
-                login_timeout: Self::DEFAULT_LOGIN_TIMEOUT,
-                replay_body_limit: Self::DEFAULT_REPLAY_BODY_LIMIT,
-                store: None,
-                store_key: None,
-                store_timeout: crate::store::STORE_TIMEOUT,
-                budget: None,
-                gate: None,
-            },
-            None,
-        )
+        AuthLayer::from_config(Config {
+            credentials,
+            scope: Err(crate::Error::config("not judged yet")),
+            login_url,
+            login_url_given: false,
+            trusted: Vec::new(),
+            refresh_before: Self::DEFAULT_REFRESH_BEFORE,
+            login_timeout: Self::DEFAULT_LOGIN_TIMEOUT,
+            replay_body_limit: Self::DEFAULT_REPLAY_BODY_LIMIT,
+            store: None,
+            store_key: None,
+            store_timeout: crate::store::STORE_TIMEOUT,
+            budget: None,
+            gate: None,
+            narrowed: Arc::default(),
+        })
     }
 
     /// The layer for `config`, judged by the one configuration rule ([`Config::judge`]). Its
-    /// error is logged at ERROR unless the layer it was built from (`before`) had the same.
-    fn from_config(mut config: Config, before: Option<&crate::Error>) -> Self {
+    /// error is logged when the layer is put to use ([`Cache::tell_config`]): a builder chain
+    /// passes through states that are not wrong (client credentials before their
+    /// `login_url`).
+    fn from_config(mut config: Config) -> Self {
         config.scope = config.judge();
-        if let Err(error) = &config.scope {
-            if before.is_none_or(|before| before.to_string() != error.to_string()) {
-                tracing::error!(target: "patchworks_auth", %error, "invalid configuration");
-            }
-        }
+        config.narrowed = Arc::default();
         AuthLayer {
             cache: Cache::new(config),
         }
@@ -158,7 +154,7 @@ impl AuthLayer {
     fn map_config(self, f: impl FnOnce(&mut Config)) -> Self {
         let mut config = self.cache.config.clone();
         f(&mut config);
-        AuthLayer::from_config(config, self.cache.config.scope.as_ref().err())
+        AuthLayer::from_config(config)
     }
 
     /// Logs in at another endpoint: staging, a self-hosted gateway, a local test server.
@@ -167,7 +163,7 @@ impl AuthLayer {
     ///
     /// The URL must be absolute and `https`, or `http` to a loopback host (`127.0.0.0/8`, `::1`,
     /// `localhost`) for tests and local development, so that the password never crosses a
-    /// network unencrypted. Any other URL is logged as an error here, where the layer is built,
+    /// network unencrypted. Any other URL is logged as an error where the layer is put to use,
     /// and makes [`Auth::login`](crate::Auth::login) and every request fail with an
     /// [`Error`](crate::Error) for which [`is_config`](crate::Error::is_config) is `true`, without
     /// a byte sent. To refuse it where the layer is built, use
@@ -206,7 +202,7 @@ impl AuthLayer {
     /// `origin` is a scheme, a host and a port (`https://api.example.com`, `:443` implied), with
     /// no path: `https`, or `http` to a loopback host, as for the
     /// [login URL](Self::login_url). Any other is the layer's configuration error (logged at
-    /// ERROR here, every call failing with [`is_config`](crate::Error::is_config), unsent); to
+    /// ERROR where the layer is put to use, every call failing with [`is_config`](crate::Error::is_config), unsent); to
     /// refuse it here, use [`try_trust_origin`](Self::try_trust_origin). Call it once for each
     /// origin. A request to an origin that is not trusted goes through untouched, and is said at
     /// DEBUG (at most once a minute).
@@ -355,6 +351,7 @@ impl AuthLayer {
     /// The token cache every service (and middleware) made from this layer shares.
     #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
     pub(crate) fn cache(&self) -> Arc<Cache> {
+        self.cache.tell_config();
         self.cache.clone()
     }
 
@@ -383,6 +380,7 @@ impl<S> Layer<S> for AuthLayer {
     type Service = Auth<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        self.cache.tell_config();
         Auth::new(inner, self.cache.clone())
     }
 }

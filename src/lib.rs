@@ -127,9 +127,10 @@
 //! [`store_timeout`](AuthLayer::store_timeout) with a store, a budget that could never send
 //! ([`Budget::new`](crate::budget::Budget::new)), and the ready client's
 //! `PatchworksClient::base_url` (feature `rustls`). The layer keeps the value, logs what is
-//! wrong at ERROR once where the layer is built, and then makes `login()` and every request
-//! fail with an [`Error`] for which [`is_config`](Error::is_config) is `true`, without a byte
-//! sent: nothing panics, and nothing fails later in another way. For a program that would
+//! wrong at ERROR once where it is put to use (the first service made with it, the reqwest
+//! middleware, the ready client: not at a builder step on the way, such as client credentials
+//! before their `login_url`), and then makes `login()` and every request fail with an
+//! [`Error`] for which [`is_config`](Error::is_config) is `true`, without a byte sent: nothing panics, and nothing fails later in another way. For a program that would
 //! rather not start, [`AuthLayer::check_config`] returns that error at once, and so do the
 //! `try_` forms of the inputs that have one ([`AuthLayer::try_login_url`],
 //! [`AuthLayer::try_trust_origin`],

@@ -47,6 +47,8 @@ pub(crate) struct Issued {
     pub(crate) header: HeaderValue,
     /// How long the token lives, counted from when the login request was sent.
     pub(crate) lifetime: Duration,
+    /// The OAuth 2 `scope` the answer says was granted, if it says.
+    pub(crate) scope: Option<String>,
 }
 
 /// The function the login driver logs in with: one attempt through a clone of `inner`.
@@ -80,11 +82,12 @@ where
     RB: ResponseBody,
 {
     let (login_url, credentials) = (config.login_url.clone(), config.credentials.clone());
-    let shared = Arc::new((login_url, credentials, config.gate.clone()));
+    let narrowed = config.narrowed.clone();
+    let shared = Arc::new((login_url, credentials, config.gate.clone(), narrowed));
     Arc::new(move || {
         let (shared, send) = (shared.clone(), make());
         Box::pin(async move {
-            let (login_url, credentials, gate) = &*shared;
+            let (login_url, credentials, gate, narrowed) = &*shared;
             let Secret::Login {
                 account,
                 password,
@@ -114,14 +117,44 @@ where
             }
             let answer = read_answer(login_url, *form, (account, password), response).await;
             let issued = answer.map_err(|error| error.with_env_hint(*from_env))?;
+            let granted = match (form, issued.scope) {
+                (Form::Client { .. }, Some(granted)) => {
+                    warn_if_narrower(scope.as_deref(), &granted, narrowed);
+                    Some(Arc::from(granted))
+                }
+                // RFC 6749 §5.1: no `scope` in the answer is the scope asked for.
+                (Form::Client { .. }, None) => scope.as_deref().map(Arc::from),
+                _ => None,
+            };
             Ok(Obtained {
                 header: issued.header,
                 obtained_at: sent_at,
                 lifetime: issued.lifetime,
                 shared: false,
+                scope: granted,
             })
         })
     })
+}
+
+/// Warns, once for the layer, when the token endpoint granted less than the `asked` scope: the
+/// narrowing would otherwise show only later, as refusals from the API.
+fn warn_if_narrower(asked: Option<&str>, granted: &str, warned: &std::sync::atomic::AtomicBool) {
+    let granted: Vec<&str> = granted.split_ascii_whitespace().collect();
+    let missing: Vec<&str> = asked
+        .unwrap_or_default()
+        .split_ascii_whitespace()
+        .filter(|scope| !granted.contains(scope))
+        .collect();
+    if !missing.is_empty() && !warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            target: "patchworks_auth",
+            missing = %missing.join(" "),
+            granted = %granted.join(" "),
+            "the token endpoint granted a narrower scope than asked: requests that need the rest \
+             will be refused; check the client's grants"
+        );
+    }
 }
 
 /// The login request: `POST <url>` with `{"email", "password"}`, or `{"username", "password"}`
@@ -279,6 +312,8 @@ struct Answer<'a> {
     token_type: Option<&'a RawValue>,
     #[serde(borrow, default)]
     expires_in: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    scope: Option<&'a RawValue>,
 }
 
 /// Parses the body of a `200` login answer. `now` is the wall clock, for a JWT's `exp`.
@@ -331,7 +366,13 @@ pub(crate) fn parse_answer_as(body: &[u8], now: SystemTime, oauth: bool) -> Resu
         },
         Some(raw) => lifetime_from_secs(expires_in(raw)?)?,
     };
-    Ok(Issued { header, lifetime })
+    // A scope that is not a string is no scope said (RFC 6749 §5.1 makes it one).
+    let scope = if oauth { string(answer.scope) } else { None };
+    Ok(Issued {
+        header,
+        lifetime,
+        scope,
+    })
 }
 
 /// `expires_in` as seconds: a JSON number, or a string holding one (`"86400"`), as some

@@ -284,7 +284,8 @@ fn a_secret_echoed_back_in_any_encoding_stays_out_of_every_output() {
 }
 
 /// The one configuration rule (crate docs, "Configuration errors"), for every builder input
-/// that can be wrong: an ERROR line where the layer is built, `is_config()` from `login()` and
+/// that can be wrong: one ERROR line where the layer is put to use (however many services it
+/// makes, and none for the builder's steps on the way), `is_config()` from `login()` and
 /// from a request with nothing sent, and the same error from the `try_` form
 /// (`AuthLayer::check_config` where the input has none of its own).
 #[test]
@@ -400,13 +401,14 @@ fn every_input_that_can_be_wrong_is_logged_where_built_and_refused_unsent() {
                 let fake = FakePatchworks::start().await.unwrap();
                 captured.0.lock().unwrap().clear();
                 let layer = build(&fake);
+                let client = layer.layer(fake.client());
+                let _another = layer.layer(fake.client());
                 let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
                 assert_eq!(
                     logs.matches(" ERROR ").count(),
                     1,
-                    "{what}: one ERROR line where the layer is built:\n{logs}"
+                    "{what}: one ERROR line where the layer is put to use:\n{logs}"
                 );
-                let client = layer.layer(fake.client());
                 let login = client.login::<http_body_util::Full<bytes::Bytes>>().await;
                 let login = login.unwrap_err();
                 assert!(login.is_config(), "{what}: {login}");
@@ -456,4 +458,40 @@ fn a_request_to_an_untrusted_origin_is_said_at_debug_once() {
     assert_eq!(told, 1, "once in\n{logs}");
     assert!(logs.contains("origin=http://127.0.0.1"), "{logs}");
     assert!(logs.contains("AuthLayer::trust_origin"), "{logs}");
+}
+
+/// A scope granted narrower than the one asked for is told at WARN, once for the layer, naming
+/// what is missing.
+#[test]
+fn a_narrower_scope_is_told_once() {
+    let (captured, subscriber) = capture(tracing::Level::DEBUG);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tracing::subscriber::with_default(subscriber, || {
+        runtime.block_on(async {
+            let fake = FakePatchworks::start().await.unwrap();
+            let body = r#"{"access_token":"abc","token_type":"Bearer","expires_in":3600,"scope":"flows:read"}"#;
+            let url = echoing_endpoint("200 OK", body.to_owned()).await;
+            let credentials = Credentials::client_credentials(CLIENT_ID, "s3cret")
+                .scope("flows:read flows:write");
+            // An API that refuses the token ("abc" is not the fake's): a 401 renews it.
+            let origin = format!("http://{}", fake.addr()).parse().unwrap();
+            let client = AuthLayer::new(credentials)
+                .login_url(url)
+                .trust_origin(origin)
+                .layer(fake.client());
+            let response = send(&client, get(fake.uri("/api/v1/flows"))).await.unwrap();
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+            assert!(client.state().logins >= 2, "{:?}", client.state());
+        })
+    });
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let told = logs
+        .lines()
+        .filter(|line| line.contains("narrower scope"))
+        .count();
+    assert_eq!(told, 1, "once in\n{logs}");
+    assert!(logs.contains("missing=flows:write"), "{logs}");
 }

@@ -457,3 +457,36 @@ async fn client_ids_that_differ_in_case_keep_two_entries_and_two_budgets() {
     assert_eq!(fake.logins(), 2, "each took its own entry");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The scope the token endpoint granted is in `TokenState`: what its answer says, or the scope
+/// asked for when it says nothing (RFC 6749 §5.1).
+#[tokio::test]
+async fn the_granted_scope_is_in_the_state() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let asked = "flows:read flows:write";
+    for (body, granted) in [
+        (
+            r#"{"access_token":"abc","token_type":"Bearer","expires_in":3600,"scope":"flows:read"}"#,
+            "flows:read",
+        ),
+        (
+            r#"{"access_token":"abc","token_type":"Bearer","expires_in":3600}"#,
+            asked,
+        ),
+    ] {
+        let client =
+            AuthLayer::new(Credentials::client_credentials(CLIENT_ID, "s3cret").scope(asked))
+                .login_url(token_endpoint(http_answer("200 OK", body)).await)
+                .layer(fake.client());
+        client.login().await.unwrap();
+        assert_eq!(
+            client.state().granted_scope.as_deref(),
+            Some(granted),
+            "{body}"
+        );
+    }
+    // The other forms have none.
+    let client = client(&fake);
+    flows_ok(&client, &fake).await;
+    assert_eq!(client.state().granted_scope, None);
+}

@@ -142,6 +142,8 @@ pub(crate) struct Cache {
     /// When a request last went through untouched for its untrusted origin, and was said at
     /// DEBUG (seconds since the Unix epoch; 0 for never).
     untrusted_told: AtomicU64,
+    /// Whether the configuration's error was logged.
+    config_told: AtomicBool,
 }
 
 impl Cache {
@@ -186,6 +188,7 @@ impl Cache {
                 obtained_at: now,
                 lifetime: Duration::ZERO,
                 shared: false,
+                scope: None,
             };
             Arc::new(Token::new(&obtained, 0, None))
         });
@@ -202,6 +205,7 @@ impl Cache {
             store,
             check: std::sync::Mutex::new(None),
             untrusted_told: AtomicU64::new(0),
+            config_told: AtomicBool::new(false),
         })
     }
 
@@ -240,6 +244,16 @@ impl Cache {
         match &self.config.gate {
             Some(gate) => gate.take(Purpose::Request).await,
             None => Ok(crate::budget::Spent::none()),
+        }
+    }
+
+    /// Logs the configuration's error at ERROR, once, where the layer is put to use: a service
+    /// made with it, a middleware, the ready client.
+    pub(crate) fn tell_config(&self) {
+        if let Err(error) = &self.config.scope {
+            if !self.config_told.swap(true, Ordering::Relaxed) {
+                tracing::error!(target: "patchworks_auth", %error, "invalid configuration");
+            }
         }
     }
 
@@ -313,12 +327,17 @@ impl Cache {
             expires_at: login
                 .and_then(|token| token.expires_at)
                 .map(Instant::into_std),
-            usable: current.is_some_and(|token| token.phase() != Phase::Expired),
+            usable: current
+                .as_ref()
+                .is_some_and(|token| token.phase() != Phase::Expired),
             logins: self.logins.load(Ordering::Relaxed),
             most_waiting: self.most_waiting.load(Ordering::Relaxed),
             waiting: self.waiting.load(Ordering::Relaxed),
             last_error: core.last_error().cloned(),
             last_reason: core.last_reason(),
+            granted_scope: current
+                .as_ref()
+                .and_then(|token| token.scope.as_deref().map(str::to_owned)),
             store_outages: self.store.as_ref().map_or(0, Shared::outages),
         }
     }

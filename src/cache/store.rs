@@ -145,6 +145,7 @@ impl Cache {
                             obtained_at: mine.obtained_at,
                             lifetime,
                             shared: false,
+                            scope: None,
                         };
                         cache.settle(None, owner, Ok(obtained)).await;
                         tracing::info!(

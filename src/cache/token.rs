@@ -39,6 +39,8 @@ pub(crate) struct Token {
     pub(super) retry_by: AtomicU64,
     /// The timer task that ages this token; aborted when the token is dropped.
     pub(super) timer: OnceLock<AbortHandle>,
+    /// The OAuth 2 scope it was granted, if known.
+    pub(super) scope: Option<Arc<str>>,
 }
 
 impl Token {
@@ -59,6 +61,7 @@ impl Token {
             send_by: deadlines.map_or(Coarse::NEVER, |(_, send)| at(send)),
             retry_by: AtomicU64::new(u64::MAX),
             timer: OnceLock::new(),
+            scope: obtained.scope.clone(),
         }
     }
 

@@ -434,6 +434,7 @@ impl Harness {
                         obtained_at: now,
                         lifetime: Duration::from_secs(lifetime_secs),
                         shared: false,
+                        scope: None,
                     }),
                     LoginOutcome::Rejected => failure(
                         Error::new(Kind::Rejected(StatusCode::UNAUTHORIZED, false)),
@@ -570,6 +571,7 @@ proptest! {
                 obtained_at: now,
                 lifetime: Duration::from_secs(86_400),
                 shared: false,
+                scope: None,
             };
             match core.login_ended(start.id, now, Ok(obtained)) {
                 Ended::Installed { generation, .. } => Some(generation),

@@ -45,6 +45,7 @@ fn cache() -> Arc<Cache> {
         store_timeout: Duration::from_millis(300),
         budget: None,
         gate: None,
+        narrowed: Arc::default(),
     })
 }
 
@@ -82,6 +83,7 @@ fn runner(
                 obtained_at: Instant::now(),
                 lifetime: Duration::from_secs(86_400),
                 shared: false,
+                scope: None,
             };
             claim.finish(start.reason, Ok(obtained));
         });

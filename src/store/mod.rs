@@ -303,6 +303,7 @@ impl Shared {
             obtained_at: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
             lifetime: entry.lifetime,
             shared: true,
+            scope: None,
         };
         let successor =
             refused.is_some_and(|refused| entry.replaces == Some(seal::fingerprint(refused)));

@@ -76,6 +76,9 @@ pub(crate) struct Obtained {
     pub(crate) lifetime: Duration,
     /// Whether it came from a shared store rather than a login of this process.
     pub(crate) shared: bool,
+    /// The OAuth 2 scope it was granted (RFC 6749 §5.1: the scope asked for when the answer
+    /// does not say); `None` for the other forms and a token from a store.
+    pub(crate) scope: Option<std::sync::Arc<str>>,
 }
 
 impl fmt::Debug for Obtained {

@@ -32,6 +32,11 @@ pub struct TokenState {
     /// 401, by the names logs and metrics use. `None` before the first login and for an API
     /// key.
     pub last_reason: Option<super::LoginReason>,
+    /// The OAuth 2 scope the current token was granted, as the token endpoint said (the scope
+    /// asked for when it did not say, as RFC 6749 §5.1 has it). `None` for the other forms,
+    /// without a token, and for a token taken from a shared store. A scope narrower than the one
+    /// asked for is also logged at WARN, once.
+    pub granted_scope: Option<String>,
     /// How many times the shared [store](crate::store) stopped answering (each outage counted
     /// once, however long it lasted). Always `0` without a store.
     pub store_outages: u64,
@@ -59,6 +64,7 @@ impl fmt::Debug for TokenState {
             .field("waiting", &self.waiting)
             .field("last_error", &self.last_error)
             .field("last_reason", &self.last_reason)
+            .field("granted_scope", &self.granted_scope)
             .field("store_outages", &self.store_outages)
             .finish()
     }
