@@ -48,8 +48,9 @@ pub(crate) enum Form {
     /// `{"username", "password"}` to the Fabric login.
     Username,
     /// OAuth 2 client credentials (RFC 6749 §4.4): the client id and secret in HTTP Basic, or
-    /// in the form's body when `basic` is `false`.
-    Client { basic: bool },
+    /// in the form's body when `basic` is `false`; asked for with a `GET` (the form in the
+    /// query, the client in Basic) when `get`, as Patchworks' Inbound API documents.
+    Client { basic: bool, get: bool },
 }
 
 impl Form {
@@ -137,7 +138,10 @@ impl Credentials {
         client_id: impl Into<String>,
         client_secret: impl Into<String>,
     ) -> Self {
-        let form = Form::Client { basic: true };
+        let form = Form::Client {
+            basic: true,
+            get: false,
+        };
         Credentials::login(client_id.into(), client_secret.into(), form, false)
     }
 
@@ -162,11 +166,39 @@ impl Credentials {
     /// forms.
     pub fn client_secret_in_body(mut self) -> Self {
         if let Secret::Login {
-            form: Form::Client { basic },
+            form: Form::Client { basic, get },
             ..
         } = &mut self.secret
         {
             *basic = false;
+            *get = false;
+        }
+        self
+    }
+
+    /// Asks for the token with a `GET`, as the Patchworks Inbound API documents it ("send a GET
+    /// request to the Patchworks token endpoint, with your OAuth client credentials":
+    /// [Implementing API requests](https://doc.wearepatchworks.com/product-documentation/patchworks-services/inbound-api/using-the-inbound-api-connector-with-patchworks-services/implementing-api-requests)),
+    /// for [client credentials](Self::client_credentials); ignored for the other forms. The
+    /// client id and secret go in HTTP Basic, never in the URL; `grant_type` and the
+    /// [`scope`](Self::scope) go in the query. The default is RFC 6749 §3.2's `POST`, which
+    /// any other OAuth 2 server expects. Turns [`client_secret_in_body`](Self::client_secret_in_body)
+    /// off: a `GET` has no body.
+    ///
+    /// ```
+    /// use patchworks_auth::Credentials;
+    ///
+    /// let creds = Credentials::client_credentials("inbound-client", "s3cret").inbound_get();
+    /// # let _ = creds;
+    /// ```
+    pub fn inbound_get(mut self) -> Self {
+        if let Secret::Login {
+            form: Form::Client { basic, get },
+            ..
+        } = &mut self.secret
+        {
+            *basic = true;
+            *get = true;
         }
         self
     }

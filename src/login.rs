@@ -174,7 +174,7 @@ pub(crate) fn request<B: From<Bytes>>(
             let json = serde_json::to_vec(&body).unwrap_or_default();
             (json, "application/json", None)
         }
-        Form::Client { basic } => {
+        Form::Client { basic, get } => {
             let mut body = form_urlencoded::Serializer::new(String::new());
             body.append_pair("grant_type", "client_credentials");
             if let Some(scope) = scope {
@@ -185,6 +185,17 @@ pub(crate) fn request<B: From<Bytes>>(
                 body.append_pair("client_secret", password);
             }
             let basic = basic.then(|| basic_auth(account, password));
+            if get {
+                // The form in the query (the client is in Basic, never in the URL).
+                let mut request = Request::new(B::from(Bytes::new()));
+                *request.uri_mut() = with_query(url, &body.finish());
+                let headers = request.headers_mut();
+                headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+                if let Some(basic) = basic.flatten() {
+                    headers.insert(header::AUTHORIZATION, basic);
+                }
+                return request;
+            }
             let body = body.finish().into_bytes();
             (body, "application/x-www-form-urlencoded", basic)
         }
@@ -199,6 +210,18 @@ pub(crate) fn request<B: From<Bytes>>(
         headers.insert(header::AUTHORIZATION, basic);
     }
     request
+}
+
+/// `url` with `query` added to its own query, if any.
+fn with_query(url: &Uri, query: &str) -> Uri {
+    let mut parts = url.clone().into_parts();
+    let joined = match url.query() {
+        Some(own) if !own.is_empty() => format!("{}?{own}&{query}", url.path()),
+        _ => format!("{}?{query}", url.path()),
+    };
+    // A path and a form-encoded query make a valid path and query.
+    parts.path_and_query = joined.parse().ok().or(parts.path_and_query);
+    Uri::from_parts(parts).unwrap_or_else(|_| url.clone())
 }
 
 /// `Basic <base64(id:secret)>`, each percent-encoded first (RFC 6749 §2.3.1), marked sensitive.

@@ -490,3 +490,32 @@ async fn the_granted_scope_is_in_the_state() {
     flows_ok(&client, &fake).await;
     assert_eq!(client.state().granted_scope, None);
 }
+
+/// The Inbound API's token request, as Patchworks documents it: a `GET`, `grant_type` and the
+/// scope in the query, the client in HTTP Basic, never in the URL.
+#[tokio::test]
+async fn the_inbound_get_puts_the_form_in_the_query_and_the_client_in_basic() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let credentials = fake
+        .client_credentials()
+        .scope("orders:write")
+        .inbound_get();
+    let client = oauth_client(&fake, credentials);
+    expect_status(&client, &fake, "/v1/acme/orders", StatusCode::OK).await;
+    let token = &fake.seen()[0];
+    assert_eq!(token.method, http::Method::GET);
+    assert_eq!(token.path, TOKEN_PATH);
+    assert_eq!(token.authorization.as_deref(), Some(basic().as_str()));
+    assert!(token.body.is_empty());
+    let query = token.query.as_deref();
+    assert_eq!(
+        query,
+        Some("grant_type=client_credentials&scope=orders%3Awrite")
+    );
+    assert_eq!(fake.logins(), 1);
+    // What the request line carried: no secret in it.
+    let line = format!("{:?}", fake.seen()[0]);
+    for secret in [CLIENT_SECRET, SECRET_FORM_ENCODED, SECRET_PERCENT_ENCODED] {
+        assert!(!line.contains(secret), "{line}");
+    }
+}

@@ -370,7 +370,10 @@ mod tests {
             "a username spelled as an email has an entry of its own"
         );
         let client = |scope| {
-            let form = Form::Client { basic: true };
+            let form = Form::Client {
+                basic: true,
+                get: false,
+            };
             entry_key("https://svc-fabric.pwks.co", form, "ops@example.com", scope)
         };
         assert_ne!(client(None), key, "an OAuth client apart from an email");
@@ -379,7 +382,10 @@ mod tests {
 
         // A client id and a username are compared byte for byte, as a server compares them, in
         // a key of their own version (`v1` folded them).
-        let form = Form::Client { basic: true };
+        let form = Form::Client {
+            basic: true,
+            get: false,
+        };
         let origin = "https://svc-fabric.pwks.co";
         let exact = entry_key(origin, form, "Acme-Inbound-7f3K", None);
         assert!(exact.starts_with("patchworks-auth:v2:"));

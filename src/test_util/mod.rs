@@ -125,6 +125,8 @@ pub struct Seen {
     pub method: Method,
     /// The request path.
     pub path: String,
+    /// The query, if any.
+    pub query: Option<String>,
     /// The `Authorization` header, if any.
     pub authorization: Option<String>,
     /// The `Content-Type` header, if any.

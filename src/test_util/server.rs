@@ -53,6 +53,7 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Option<Response<
             state.seen.push(Seen {
                 method: parts.method.clone(),
                 path: path.clone(),
+                query: parts.uri.query().map(str::to_owned),
                 authorization: authorization.clone(),
                 content_type,
                 body: body.clone(),
@@ -66,8 +67,15 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Option<Response<
         TOKEN_PATH => Some(Form::Client(authorization.clone())),
         _ => None,
     };
-    if let (Some(form), &Method::POST) = (form, &parts.method) {
-        return login(shared, &body, form).await;
+    match (form, &parts.method) {
+        (Some(form), &Method::POST) => return login(shared, &body, form).await,
+        // The token endpoint as Patchworks' Inbound API documents it: a `GET`, the form in the
+        // query and the client in Basic.
+        (Some(form @ Form::Client(_)), &Method::GET) => {
+            let query = parts.uri.query().unwrap_or_default().as_bytes().to_vec();
+            return login(shared, &query, form).await;
+        }
+        _ => {}
     }
     let gateway = shared.state().gateway.get(&path).copied();
     match gateway {
