@@ -457,3 +457,62 @@ async fn a_lock_holder_killed_mid_login_delays_the_others_by_at_most_the_lock_li
     // 15 processes on a busy machine still tells the two apart.
     assert!(took < lifetime + Duration::from_secs(4), "took {took:?}");
 }
+
+/// The fake as a process of its own (`fake-patchworks`, the crate's binary): four member
+/// processes on one file log in once at it, as against the in-process fake. It stops when its
+/// standard input closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standalone_fake_serves_a_fleet_of_processes() {
+    use std::io::{BufRead, Read, Write};
+    let _one = one_at_a_time().await;
+    let mut fake = std::process::Command::new(env!("CARGO_BIN_EXE_fake-patchworks"))
+        .args(["--port", "0"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut stdout = std::io::BufReader::new(fake.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
+    let base = line.trim().to_owned();
+    assert!(base.starts_with("http://127.0.0.1:"), "{base}");
+    let dir = TempDir::new("standalone");
+    let spec = Spec {
+        login_url: format!("{base}{}", patchworks_auth::test_util::LOGIN_PATH),
+        api_url: format!("{base}/api/v1/flows"),
+        store: format!("file:{}", dir.0.join("token").display()),
+        requests: Some(5),
+        interval_ms: 50,
+        login_timeout_ms: LOGIN_TIMEOUT.as_millis() as u64,
+        budget: None,
+    };
+    let members = spawn(&spec, 4);
+    let reports = tokio::task::spawn_blocking(|| finish(members))
+        .await
+        .unwrap();
+    let sum = total(&reports);
+    assert_eq!((sum.requests, sum.failures), (20, 0), "{reports:?}");
+    assert_eq!(sum.logins, 1, "one login for the fleet");
+
+    // Its counts, from its stats path.
+    let authority = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(authority).unwrap();
+    write!(
+        stream,
+        "GET /fake/stats HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let stats: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(stats["logins"], 1, "{stats}");
+    assert_eq!(stats["api_calls"], 20, "{stats}");
+
+    drop(fake.stdin.take());
+    let status = fake.wait().unwrap();
+    assert!(
+        status.success(),
+        "it stops when its standard input closes: {status}"
+    );
+}

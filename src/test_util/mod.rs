@@ -210,7 +210,21 @@ impl FakePatchworks {
     ///
     /// Outside a Tokio runtime.
     pub async fn start() -> io::Result<Self> {
-        let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+        FakePatchworks::start_on(0).await
+    }
+
+    /// Starts a fake Patchworks on `127.0.0.1:<port>` (`0`: a port the system picks), as the
+    /// `fake-patchworks` binary does for another process or language.
+    ///
+    /// # Errors
+    ///
+    /// If the listener cannot be bound (the port is taken).
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime.
+    pub async fn start_on(port: u16) -> io::Result<Self> {
+        let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             state: Mutex::new(FakeState {

@@ -29,6 +29,15 @@ pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 async fn handle(shared: &Shared, request: Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    if request.uri().path() == STATS_PATH {
+        let state = shared.state();
+        let stats = serde_json::json!({
+            "logins": state.logins,
+            "api_calls": state.api_calls,
+            "unauthorized": state.unauthorized,
+        });
+        return Some(json(StatusCode::OK, stats));
+    }
     if let Some(refused) = over_rate(&mut shared.state()) {
         return Some(refused);
     }
@@ -146,6 +155,10 @@ struct LoginBody {
     username: Option<String>,
     password: String,
 }
+
+/// Where the fake tells its counts (logins, API calls, 401s), for a test in another process:
+/// not recorded, not counted, no token needed.
+pub(super) const STATS_PATH: &str = "/fake/stats";
 
 /// Which login a request is: by its path, and for the token endpoint its `Authorization`.
 enum Form {
