@@ -8,7 +8,7 @@ use crate::{
     config::Config,
     credentials::{Form, Secret},
     error::{Error, Kind},
-    oauth::{oauth_error, percent},
+    oauth::{basic_auth, oauth_error, warn_if_narrower, with_query},
     token::Obtained,
 };
 use base64::Engine as _;
@@ -137,26 +137,6 @@ where
     })
 }
 
-/// Warns, once for the layer, when the token endpoint granted less than the `asked` scope: the
-/// narrowing would otherwise show only later, as refusals from the API.
-fn warn_if_narrower(asked: Option<&str>, granted: &str, warned: &std::sync::atomic::AtomicBool) {
-    let granted: Vec<&str> = granted.split_ascii_whitespace().collect();
-    let missing: Vec<&str> = asked
-        .unwrap_or_default()
-        .split_ascii_whitespace()
-        .filter(|scope| !granted.contains(scope))
-        .collect();
-    if !missing.is_empty() && !warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
-        tracing::warn!(
-            target: "patchworks_auth",
-            missing = %missing.join(" "),
-            granted = %granted.join(" "),
-            "the token endpoint granted a narrower scope than asked: requests that need the rest \
-             will be refused; check the client's grants"
-        );
-    }
-}
-
 /// The login request: `POST <url>` with `{"email", "password"}`, or `{"username", "password"}`
 /// for that form; for OAuth 2 client credentials, RFC 6749 §4.4's form, the client in HTTP
 /// Basic (or in the body) and `scope` if there is one.
@@ -210,27 +190,6 @@ pub(crate) fn request<B: From<Bytes>>(
         headers.insert(header::AUTHORIZATION, basic);
     }
     request
-}
-
-/// `url` with `query` added to its own query, if any.
-fn with_query(url: &Uri, query: &str) -> Uri {
-    let mut parts = url.clone().into_parts();
-    let joined = match url.query() {
-        Some(own) if !own.is_empty() => format!("{}?{own}&{query}", url.path()),
-        _ => format!("{}?{query}", url.path()),
-    };
-    // A path and a form-encoded query make a valid path and query.
-    parts.path_and_query = joined.parse().ok().or(parts.path_and_query);
-    Uri::from_parts(parts).unwrap_or_else(|_| url.clone())
-}
-
-/// `Basic <base64(id:secret)>`, each percent-encoded first (RFC 6749 §2.3.1), marked sensitive.
-fn basic_auth(client_id: &str, client_secret: &str) -> Option<HeaderValue> {
-    let pair = format!("{}:{}", percent(client_id), percent(client_secret));
-    let engine = base64::engine::general_purpose::STANDARD;
-    let mut value = HeaderValue::try_from(format!("Basic {}", engine.encode(pair))).ok()?;
-    value.set_sensitive(true);
-    Some(value)
 }
 
 /// Reads a login answer sent to `login_url`: its status, then at most [`MAX_ANSWER_BYTES`] of

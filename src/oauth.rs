@@ -1,9 +1,11 @@
-//! What the layer reads of an OAuth 2 token endpoint's error answer (RFC 6749 §5.2), and the
-//! forms of a client's secret it sends, to be scrubbed from what a server says back.
+//! What is OAuth 2's own in a login: the client's Basic credentials and the `GET` form's query
+//! (RFC 6749 §2.3.1, Patchworks' Inbound API), what the layer reads of a token endpoint's error
+//! answer (§5.2) and the forms of the secret it scrubs from it, and the granted scope's warning.
 //!
 //! Everything here handles bytes the network sent, so nothing here may panic.
 
 use base64::Engine as _;
+use http::{HeaderValue, Uri};
 use serde::Deserialize;
 
 /// `text` with every byte but RFC 3986's unreserved ones (`A-Z a-z 0-9 - . _ ~`) as `%XX`.
@@ -149,4 +151,49 @@ impl Scrub {
         }
         out
     }
+}
+
+/// Warns, once for the layer, when the token endpoint granted less than the `asked` scope: the
+/// narrowing would otherwise show only later, as refusals from the API.
+pub(crate) fn warn_if_narrower(
+    asked: Option<&str>,
+    granted: &str,
+    warned: &std::sync::atomic::AtomicBool,
+) {
+    let granted: Vec<&str> = granted.split_ascii_whitespace().collect();
+    let missing: Vec<&str> = asked
+        .unwrap_or_default()
+        .split_ascii_whitespace()
+        .filter(|scope| !granted.contains(scope))
+        .collect();
+    if !missing.is_empty() && !warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            target: "patchworks_auth",
+            missing = %missing.join(" "),
+            granted = %granted.join(" "),
+            "the token endpoint granted a narrower scope than asked: requests that need the rest \
+             will be refused; check the client's grants"
+        );
+    }
+}
+
+/// `url` with `query` added to its own query, if any.
+pub(crate) fn with_query(url: &Uri, query: &str) -> Uri {
+    let mut parts = url.clone().into_parts();
+    let joined = match url.query() {
+        Some(own) if !own.is_empty() => format!("{}?{own}&{query}", url.path()),
+        _ => format!("{}?{query}", url.path()),
+    };
+    // A path and a form-encoded query make a valid path and query.
+    parts.path_and_query = joined.parse().ok().or(parts.path_and_query);
+    Uri::from_parts(parts).unwrap_or_else(|_| url.clone())
+}
+
+/// `Basic <base64(id:secret)>`, each percent-encoded first (RFC 6749 §2.3.1), marked sensitive.
+pub(crate) fn basic_auth(client_id: &str, client_secret: &str) -> Option<HeaderValue> {
+    let pair = format!("{}:{}", percent(client_id), percent(client_secret));
+    let engine = base64::engine::general_purpose::STANDARD;
+    let mut value = HeaderValue::try_from(format!("Basic {}", engine.encode(pair))).ok()?;
+    value.set_sensitive(true);
+    Some(value)
 }
