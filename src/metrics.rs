@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Every label value the layer records, by metric and label. The README's "Operating it" table
 /// lists the same (a unit test holds the two together), and a value recorded that is not here
 /// fails the test that recorded it.
+#[cfg(any(test, feature = "metrics"))]
 pub(crate) const VOCABULARY: &[(&str, &str, &[&str])] = &[
     (LOGINS, "form", &["email", "username", "client_credentials"]),
     (
@@ -29,13 +30,19 @@ pub(crate) const VOCABULARY: &[(&str, &str, &[&str])] = &[
     (STORE, "outcome", &["ok", "miss", "error", "timeout"]),
 ];
 
+#[cfg(any(test, feature = "metrics"))]
 const LOGINS: &str = "patchworks_auth_logins_total";
+#[cfg(any(test, feature = "metrics"))]
 const LOGIN_DURATION: &str = "patchworks_auth_login_duration_seconds";
+#[cfg(any(test, feature = "metrics"))]
 const UNAUTHORIZED: &str = "patchworks_auth_unauthorized_total";
+#[cfg(any(test, feature = "metrics"))]
 const REPLAYS: &str = "patchworks_auth_replays_total";
+#[cfg(any(test, feature = "metrics"))]
 const STORE: &str = "patchworks_auth_store_operations_total";
 
 /// Whether `value` is one of [`VOCABULARY`]'s for `metric`'s `label`.
+#[cfg(feature = "metrics")]
 fn documented(metric: &str, label: &str, value: &str) -> bool {
     VOCABULARY
         .iter()
