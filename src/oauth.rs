@@ -197,3 +197,70 @@ pub(crate) fn basic_auth(client_id: &str, client_secret: &str) -> Option<HeaderV
     value.set_sensitive(true);
     Some(value)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a percent decoder (RFC 3986, as many servers read Basic's parts) makes of `text`.
+    fn percent_decoded(text: &str) -> Vec<u8> {
+        let bytes = text.as_bytes();
+        let (mut out, mut i) = (Vec::new(), 0);
+        while i < bytes.len() {
+            let hex = |at: usize| {
+                let digit = bytes.get(at).and_then(|b| char::from(*b).to_digit(16))?;
+                u8::try_from(digit).ok()
+            };
+            match (bytes[i], hex(i + 1), hex(i + 2)) {
+                (b'%', Some(high), Some(low)) => {
+                    out.push(high * 16 + low);
+                    i += 3;
+                }
+                (byte, ..) => {
+                    out.push(byte);
+                    i += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// Basic's parts read the same under both decoder families: a form decoder (`+` is a
+    /// space) and a percent decoder (`+` is a plus), whatever reserved character they hold.
+    #[test]
+    fn basic_parts_read_the_same_under_form_and_percent_decoders() {
+        let reserved = " :+%&=/?#[]@!$'()*,;\"\\<>^`{|}~é\u{1F511}";
+        for c in reserved.chars() {
+            let text = format!("a{c}b{c}");
+            let encoded = percent(&text);
+            let form: String = form_urlencoded::parse(format!("x={encoded}").as_bytes())
+                .next()
+                .map(|(_, value)| value.into_owned())
+                .unwrap_or_default();
+            assert_eq!(form, text, "form decoder, {c:?}: {encoded}");
+            assert_eq!(
+                percent_decoded(&encoded),
+                text.as_bytes(),
+                "{c:?}: {encoded}"
+            );
+        }
+        assert_eq!(percent("se cret:+%"), "se%20cret%3A%2B%25");
+    }
+
+    /// Every form the layer sends a secret in is cut out, in any ASCII case, and nothing else.
+    #[test]
+    fn scrub_cuts_each_form_and_keeps_the_rest() {
+        let scrub = Scrub::new(("id", "s3 cr+t/é"));
+        for form in [
+            "s3 cr+t/é",
+            "s3+cr%2Bt%2F%C3%A9",
+            "s3%20cr%2bt%2f%c3%a9",
+            "s3 cr+t\\/é",
+        ] {
+            let text = format!("before {form} after");
+            assert_eq!(scrub.apply(&text), "before <redacted> after", "{form}");
+        }
+        assert_eq!(scrub.apply("nothing secret"), "nothing secret");
+        assert_eq!(Scrub::new(("id", "")).apply("id:"), "id:");
+    }
+}
