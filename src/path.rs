@@ -118,25 +118,31 @@ fn decode_unreserved(path: &str) -> String {
 fn decoded_fully(segment: &str) -> Vec<u8> {
     let mut bytes = segment.as_bytes().to_vec();
     loop {
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            match (bytes[i], hex(&bytes, i + 1), hex(&bytes, i + 2)) {
-                (b'%', Some(high), Some(low)) => {
-                    out.push(high * 16 + low);
-                    i += 3;
-                }
-                (byte, ..) => {
-                    out.push(byte);
-                    i += 1;
-                }
+        let decoded = percent_decode(&bytes);
+        if decoded == bytes {
+            return decoded;
+        }
+        bytes = decoded;
+    }
+}
+
+/// `bytes` with every `%XX` decoded; a `%` not followed by two hex digits is kept.
+pub(crate) fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], hex(bytes, i + 1), hex(bytes, i + 2)) {
+            (b'%', Some(high), Some(low)) => {
+                out.push(high * 16 + low);
+                i += 3;
+            }
+            (byte, ..) => {
+                out.push(byte);
+                i += 1;
             }
         }
-        if out == bytes {
-            return out;
-        }
-        bytes = out;
     }
+    out
 }
 
 /// The value of the hex digit at `at`, if there is one.

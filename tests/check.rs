@@ -25,6 +25,14 @@ async fn in_the_cool_down(fake: &FakePatchworks) -> Client {
     client
 }
 
+/// Requests to the path a check uses (`GET /api/v1/flows`), the checks among them.
+fn checks(fake: &FakePatchworks) -> usize {
+    fake.seen()
+        .iter()
+        .filter(|s| s.path == "/api/v1/flows")
+        .count()
+}
+
 /// A revocation within the cool-down, while the check's path answers 429 or a 5xx (a gateway
 /// in front of the API): the check cannot tell, so the 401 is taken as a revocation's, renewed
 /// and replayed, never handed to the caller. The check's 429 pauses the budget.
@@ -38,12 +46,7 @@ async fn a_check_that_cannot_tell_hands_no_caller_a_revocations_401() {
     ] {
         let fake = FakePatchworks::start().await.unwrap();
         let client = in_the_cool_down(&fake).await;
-        let checks = || {
-            fake.seen()
-                .iter()
-                .filter(|s| s.path == "/api/v1/flows")
-                .count()
-        };
+        let checks = || checks(&fake);
         let before = checks();
         fake.revoke_tokens();
         fake.gateway("/api/v1/flows", Some(status));
@@ -80,12 +83,7 @@ async fn a_check_that_never_answers_ends_at_its_deadline() {
     fake.gateway("/api/v1/flows", None);
     let first = tokio::spawn(client.clone().oneshot(get(fake.uri("/api/v1/orders/1"))));
     let second = tokio::spawn(client.clone().oneshot(get(fake.uri("/api/v1/orders/2"))));
-    let checks = || {
-        fake.seen()
-            .iter()
-            .filter(|s| s.path == "/api/v1/flows")
-            .count()
-    };
+    let checks = || checks(&fake);
     let before = checks();
     hold_clock(until("the check is sent", || checks() == before + 1)).await;
     let answers = hold_clock(async {

@@ -44,6 +44,19 @@ fn capture(level: tracing::Level) -> (Captured, impl tracing::Subscriber + Send 
     (captured, subscriber)
 }
 
+/// Runs `test` on a current-thread runtime with its logs up to `level` captured: its output,
+/// and the logs.
+fn logged<F: std::future::Future>(level: tracing::Level, test: F) -> (F::Output, String) {
+    let (captured, subscriber) = capture(level);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let output = tracing::subscriber::with_default(subscriber, || runtime.block_on(test));
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    (output, logs)
+}
+
 #[test]
 fn logs_tell_what_happened_and_never_a_secret() {
     let (captured, subscriber) = capture(tracing::Level::DEBUG);
@@ -434,13 +447,8 @@ fn every_input_that_can_be_wrong_is_logged_where_built_and_refused_unsent() {
 /// once a minute at most, naming the origin and what would trust it.
 #[test]
 fn a_request_to_an_untrusted_origin_is_said_at_debug_once() {
-    let (captured, subscriber) = capture(tracing::Level::DEBUG);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    tracing::subscriber::with_default(subscriber, || {
-        runtime.block_on(async {
+    let ((), logs) = logged(tracing::Level::DEBUG, async {
+        {
             let fake = FakePatchworks::start().await.unwrap();
             let elsewhere = FakePatchworks::start().await.unwrap();
             let client = client(&fake);
@@ -448,9 +456,8 @@ fn a_request_to_an_untrusted_origin_is_said_at_debug_once() {
                 let response = send(&client, get(elsewhere.uri("/api/v1/flows"))).await;
                 assert_eq!(response.unwrap().status(), StatusCode::UNAUTHORIZED);
             }
-        })
+        }
     });
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let told = logs
         .lines()
         .filter(|line| line.contains("origin is not trusted"))
@@ -464,13 +471,8 @@ fn a_request_to_an_untrusted_origin_is_said_at_debug_once() {
 /// what is missing.
 #[test]
 fn a_narrower_scope_is_told_once() {
-    let (captured, subscriber) = capture(tracing::Level::DEBUG);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    tracing::subscriber::with_default(subscriber, || {
-        runtime.block_on(async {
+    let ((), logs) = logged(tracing::Level::DEBUG, async {
+        {
             let fake = FakePatchworks::start().await.unwrap();
             let body = r#"{"access_token":"abc","token_type":"Bearer","expires_in":3600,"scope":"flows:read"}"#;
             let url = echoing_endpoint("200 OK", body.to_owned()).await;
@@ -485,9 +487,8 @@ fn a_narrower_scope_is_told_once() {
             let response = send(&client, get(fake.uri("/api/v1/flows"))).await.unwrap();
             assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
             assert!(client.state().logins >= 2, "{:?}", client.state());
-        })
+        }
     });
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let told = logs
         .lines()
         .filter(|line| line.contains("narrower scope"))
