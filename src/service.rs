@@ -3,12 +3,12 @@
 use crate::{
     bounds::BoxFuture,
     bounds::{HttpService, RequestBody, ResponseBody},
-    cache::{Cache, Check, Current, Token},
+    cache::{Cache, Check},
     future::{Ready, Replayer, ResponseFuture},
     login,
     token::TokenState,
 };
-use http::{header::AUTHORIZATION, HeaderValue, Request, Response};
+use http::{header::AUTHORIZATION, Request, Response};
 use std::{
     fmt,
     sync::Arc,
@@ -38,54 +38,24 @@ use tower_service::Service;
 /// can be replayed after a 401.
 ///
 /// The inner service is not cloned per request: a replay after a 401 goes through a clone of it
-/// that the first request keeps for all clones. Clones share the cache. A clone kept for many
-/// requests (one per thread or task) makes, after a few of them, its own copy of the token
-/// header and of that handle: from then on its requests write no memory that another clone's
-/// requests write. A clone made for one request (`oneshot`) uses the shared ones, as a static
-/// header would.
+/// that the first request keeps for all clones. Clones share the cache.
 pub struct Auth<S> {
     inner: S,
     /// What the clones of this service share for their requests' 401s: the cache, and a clone
     /// of the inner service.
     shared: Arc<Replayer<S>>,
-    /// This service's view of the current token: a pointer comparison on the request path.
-    token: arc_swap::Cache<Current, Option<Arc<Token>>>,
-    /// This service's own copy for the current token, once it has sent [`OWN_AFTER`] warm
-    /// requests with it; `None` in a new clone.
-    own: Option<Own<S>>,
-    /// Warm requests sent without `own` since it was last made or found out of date.
-    shared_sends: u32,
     /// Whether this service's requests wait for the API budget: the layer has one, and this is
     /// not the clone a request that has its unit is sent with. A field, so that a layer without
     /// a budget pays one test of it on the request path.
     budgeted: bool,
 }
 
-/// What a long-lived [`Auth`] keeps of its own for one token, so that its warm requests write
-/// no memory that another service's requests write: its own copy of the token header (whose
-/// reference count each request bumps) and its own [`Replayer`] (whose reference count each
-/// request in flight holds). Shared, those two lines would bounce between threads' caches.
-struct Own<S> {
-    generation: u64,
-    header: HeaderValue,
-    replayer: Arc<Replayer<S>>,
-}
-
-/// How many warm requests a service sends through the shared state before it makes its own
-/// copy ([`Own`]): a clone made for one request (`oneshot`) never pays for a copy, and a
-/// long-lived one (a clone per thread or task) soon stops writing memory other clones write.
-const OWN_AFTER: u32 = 16;
-
 impl<S> Auth<S> {
     pub(crate) fn new(inner: S, cache: Arc<Cache>) -> Self {
-        let token = arc_swap::Cache::new(Current(cache.clone()));
         Auth {
             budgeted: cache.config.gate.is_some(),
             shared: Replayer::new(cache),
             inner,
-            token,
-            own: None,
-            shared_sends: 0,
         }
     }
 
@@ -99,8 +69,7 @@ impl<S> Auth<S> {
     /// Replays after a 401 then go through a clone of the service as it is at this service's
     /// next request, not of the one the clones share.
     pub fn get_mut(&mut self) -> &mut S {
-        // The copies kept for replays may no longer be what the caller makes of the service.
-        self.own = None;
+        // The copy kept for replays may no longer be what the caller makes of the service.
         self.shared = Replayer::new(self.shared.cache.clone());
         &mut self.inner
     }
@@ -244,9 +213,6 @@ impl<S: Clone> Clone for Auth<S> {
         Auth {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
-            token: self.token.clone(),
-            own: None,
-            shared_sends: 0,
             budgeted: self.budgeted,
         }
     }
@@ -293,9 +259,8 @@ where
         // a request waiting for a login holds no unit (the login's own is never behind it),
         // and what is counted is what is sent.
         let (cache, inner) = (&self.shared.cache, &self.inner);
-        let token = match cache.check(self.token.load().as_ref(), || {
-            login::login_fn(&cache.config, inner)
-        }) {
+        let current = cache.current();
+        let token = match cache.check(current.as_ref(), || login::login_fn(&cache.config, inner)) {
             Check::Send(token) => token,
             Check::Wait => return self.cold_or_budgeted(request),
             Check::Join(_, renewal) if self.budgeted => {
@@ -315,27 +280,10 @@ where
         } else {
             crate::budget::Spent::none()
         };
-        let generation = token.generation;
-        let own = match &mut self.own {
-            Some(own) if own.generation == generation => own,
-            stale => {
-                self.shared_sends += 1;
-                if self.shared_sends < OWN_AFTER {
-                    self.shared.ready(&self.inner);
-                    let (ready, replayer) = (Ready::Borrowed(&mut self.inner), self.shared.clone());
-                    let token = (token.header.clone(), generation);
-                    return ResponseFuture::warm(ready, replayer, request, token, spent);
-                }
-                self.shared_sends = 0;
-                stale.insert(Own {
-                    generation,
-                    header: token.private_header(),
-                    replayer: Replayer::with(self.shared.cache.clone(), self.inner.clone()),
-                })
-            }
-        };
-        let (ready, replayer) = (Ready::Borrowed(&mut self.inner), own.replayer.clone());
-        let token = (own.header.clone(), generation);
+        self.shared.ready(&self.inner);
+        let token = (token.header.clone(), token.generation);
+        drop(current);
+        let (ready, replayer) = (Ready::Borrowed(&mut self.inner), self.shared.clone());
         ResponseFuture::warm(ready, replayer, request, token, spent)
     }
 }

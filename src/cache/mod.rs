@@ -217,10 +217,11 @@ impl Cache {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The current token.
-    #[cfg(all(test, shuttle))]
-    pub(crate) fn current(&self) -> &ArcSwapOption<Token> {
-        &self.current
+    /// The current token, as requests read it: a guard, held for one request's decision and
+    /// never across an await.
+    #[inline]
+    pub(crate) fn current(&self) -> arc_swap::Guard<Option<Arc<Token>>> {
+        self.current.load()
     }
 
     /// Announces a change of the core to the requests waiting on one, and to watchers.
@@ -474,19 +475,6 @@ impl Cache {
                 })
             }
         }
-    }
-}
-
-/// The current token of a cache, for [`arc_swap::Cache`]: each service keeps its own handle, so
-/// that a request with a fresh token reads one pointer instead of doing a full `ArcSwap` load.
-#[derive(Clone)]
-pub(crate) struct Current(pub(crate) Arc<Cache>);
-
-impl std::ops::Deref for Current {
-    type Target = ArcSwapOption<Token>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.0.current
     }
 }
 

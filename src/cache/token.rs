@@ -125,19 +125,6 @@ impl Token {
         tracing::debug!(target: "patchworks_auth", generation = self.generation, "{what}");
         headers.insert(http::header::AUTHORIZATION, self.header.clone());
     }
-
-    /// A copy of the header whose bytes are its own, for one service's requests: their clones
-    /// bump a reference count that no other service's requests touch. Shared once here, so that
-    /// its clones allocate nothing.
-    pub(crate) fn private_header(&self) -> HeaderValue {
-        let Ok(mut header) = HeaderValue::from_bytes(self.header.as_bytes()) else {
-            // Not seen: the bytes of a header value make a header value.
-            return self.header.clone();
-        };
-        header.set_sensitive(true);
-        drop(header.clone());
-        header
-    }
 }
 
 impl Drop for Token {

@@ -138,11 +138,7 @@ fn one_login_at_a_time_every_waiter_answered_and_a_stale_401_discards_nothing() 
                 assert!(next > refused, "got back the token refused: {results:?}");
             }
             let newest = results.iter().map(|(_, _, next)| *next).max();
-            let current = cache
-                .current()
-                .load()
-                .as_ref()
-                .map(|token| token.generation);
+            let current = cache.current().as_ref().map(|token| token.generation);
             assert_eq!(
                 current, newest,
                 "the newest token was discarded: {results:?}"

@@ -143,14 +143,6 @@ impl<S> Replayer<S> {
         })
     }
 
-    /// A replayer with its service.
-    pub(crate) fn with(cache: Arc<Cache>, inner: S) -> Arc<Self> {
-        Arc::new(Replayer {
-            cache,
-            inner: std::sync::OnceLock::from(std::sync::Mutex::new(inner)),
-        })
-    }
-
     /// Gives the replayer a clone of `inner` unless it has one: called before a request that
     /// it may have to replay is sent.
     #[inline]
