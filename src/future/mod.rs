@@ -15,7 +15,6 @@ use crate::{
     login::login_fn,
     token::Endpoint,
 };
-use arrayvec::ArrayString;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{
     header::AUTHORIZATION, Extensions, HeaderMap, HeaderValue, Method, Request, Response,
