@@ -102,17 +102,13 @@ impl<S> Auth<S> {
         self.shared.cache.state()
     }
 
-    /// Follows what the layer knows of its token: the receiver is marked changed after every
-    /// login outcome and every token discarded, so a service can await its first token at
-    /// start-up, alert when a background renewal fails (`last_error`), or log each renewal,
-    /// without polling [`state`](Self::state).
+    /// Follows what the layer knows of its token: see [`AuthLayer::watch`](crate::AuthLayer::watch).
     pub fn watch(&self) -> tokio::sync::watch::Receiver<TokenState> {
         self.shared.cache.watch()
     }
 
-    /// What the API [budget](crate::budget) counted in this process: requests that waited for
-    /// their turn, the longest wait, 429 pauses, refusals, and the requests waiting now. All
-    /// zero without a budget.
+    /// What the API budget counted in this process: see
+    /// [`AuthLayer::budget_state`](crate::AuthLayer::budget_state).
     pub fn budget_state(&self) -> crate::budget::BudgetState {
         self.shared.cache.budget_state()
     }
