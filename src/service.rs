@@ -44,9 +44,8 @@ pub struct Auth<S> {
     /// What the clones of this service share for their requests' 401s: the cache, and a clone
     /// of the inner service.
     shared: Arc<Replayer<S>>,
-    /// Whether this service's requests wait for the API budget: the layer has one, and this is
-    /// not the clone a request that has its unit is sent with. A field, so that a layer without
-    /// a budget pays one test of it on the request path.
+    /// Whether this service's requests take a unit of the API budget: the layer has one. A
+    /// field, so that a layer without a budget pays one test of it on the request path.
     budgeted: bool,
 }
 
@@ -285,9 +284,9 @@ where
 }
 
 impl<S: Clone> Auth<S> {
-    /// A request under an API budget that must wait for its turn (or ask the store for it):
-    /// then it is sent as any other, by a clone driven ready. Let go of `self.inner`'s reservation as in
-    /// [`Auth::cold`].
+    /// A request under an API budget that must wait for its token or its turn (or ask the store
+    /// for it): its token, then its unit (held by its guard), then a clone driven ready sends it
+    /// as the warm path does. Lets go of `self.inner`'s reservation as [`Auth::cold`] does.
     #[cold]
     #[inline(never)]
     fn budgeted<ReqBody, ResBody>(
