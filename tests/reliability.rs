@@ -516,6 +516,9 @@ async fn completes_then_panics_when_polled_again<F: std::future::Future>(future:
     );
 }
 
+/// Every state a `ResponseFuture` passes through or ends in: passed through, waiting for a
+/// login and readying (cold), sent (warm), buffering a body, slow (budgeted), failed; each then
+/// `Done`, where a poll panics.
 #[tokio::test]
 async fn a_response_future_polled_after_completion_panics_the_same_way_in_every_state() {
     let get = |uri: &str| Request::get(uri).body(Full::<Bytes>::default()).unwrap();
@@ -531,6 +534,19 @@ async fn a_response_future_polled_after_completion_panics_the_same_way_in_every_
     // Warm.
     completes_then_panics_when_polled_again(
         client.call(get("https://core.wearepatchworks.com/api/v1/flows")),
+    )
+    .await;
+    // Buffering a body kept for a replay, then sent.
+    let post = Request::post("https://core.wearepatchworks.com/api/v1/orders")
+        .body(Full::from("{}"))
+        .unwrap();
+    completes_then_panics_when_polled_again(client.call(post)).await;
+    // Slow: a request under an API budget that waits for its token, then its unit.
+    let mut budgeted = AuthLayer::new(Credentials::new("ops@example.com", "pw"))
+        .budget(patchworks_auth::budget::Budget::per_minute(240))
+        .layer(Recorder::default());
+    completes_then_panics_when_polled_again(
+        budgeted.call(get("https://core.wearepatchworks.com/api/v1/flows")),
     )
     .await;
     // Failed: a refused configuration.

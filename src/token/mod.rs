@@ -35,6 +35,8 @@ use tokio::time::Instant;
 mod attempts;
 mod decisions;
 mod state;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use attempts::{Attempts, Step};
 /// The core's name for [`LoginReason`].
