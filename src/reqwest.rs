@@ -37,7 +37,7 @@
 //! `anyhow::Error` downcasts to [`Error`].
 
 use crate::{
-    cache::{Cache, Token, Transport},
+    cache::{Cache, Route, Token, Transport},
     error::{Error, Kind},
     login,
     login::LoginFn,
@@ -97,21 +97,11 @@ impl AuthMiddleware {
         extensions: &mut http::Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
-        let scope = match &self.cache.config.scope {
-            Ok(scope) => scope,
-            Err(error) => return Err(middleware_error(error.clone())),
-        };
-        if request.headers().contains_key(AUTHORIZATION) {
-            // The caller's own credentials: not ours to touch.
-            return next.run(request, extensions).await;
-        }
-        let uri = request.url().as_str().parse::<Uri>();
-        if !uri.as_ref().is_ok_and(|uri| scope.contains(uri)) {
-            // Not an origin the token goes to.
-            if let Ok(uri) = &uri {
-                self.cache.untrusted(uri);
-            }
-            return next.run(request, extensions).await;
+        let uri = request.url().as_str().parse::<Uri>().ok();
+        match self.cache.route(request.headers(), uri.as_ref()) {
+            Route::Authorize => {}
+            Route::Untouched => return next.run(request, extensions).await,
+            Route::Refused(error) => return Err(middleware_error(error)),
         }
         // The token first (a login if one is needed), then the budget's unit, at the moment of
         // sending: a request waiting for a login holds no unit.

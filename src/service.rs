@@ -3,12 +3,12 @@
 use crate::{
     bounds::BoxFuture,
     bounds::{HttpService, RequestBody, ResponseBody},
-    cache::{Cache, Check},
+    cache::{Cache, Check, Route},
     future::{Ready, Replayer, ResponseFuture},
     login,
     token::TokenState,
 };
-use http::{header::AUTHORIZATION, Request, Response};
+use http::{Request, Response};
 use std::{
     fmt,
     sync::Arc,
@@ -237,18 +237,14 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let scope = match &self.shared.cache.config.scope {
-            Ok(scope) => scope,
-            Err(error) => return ResponseFuture::failed(error.clone()),
-        };
-        if request.headers().contains_key(AUTHORIZATION) {
-            // The caller's own credentials: not ours to touch.
-            return ResponseFuture::passthrough(self.inner.call(request));
-        }
-        if !scope.contains(request.uri()) {
-            // Not an origin the token goes to.
-            self.shared.cache.untrusted(request.uri());
-            return ResponseFuture::passthrough(self.inner.call(request));
+        match self
+            .shared
+            .cache
+            .route(request.headers(), Some(request.uri()))
+        {
+            Route::Authorize => {}
+            Route::Untouched => return ResponseFuture::passthrough(self.inner.call(request)),
+            Route::Refused(error) => return ResponseFuture::failed(error),
         }
         // Under an API budget the token comes first, then the unit, at the moment of sending:
         // a request waiting for a login holds no unit (the login's own is never behind it),

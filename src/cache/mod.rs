@@ -106,6 +106,17 @@ fn switch() {
 /// login obtained ([`Cache::token`]).
 pub(crate) type After = Option<BoxFuture<()>>;
 
+/// Where a request goes, as [`Cache::route`] decides for every adapter.
+pub(crate) enum Route {
+    /// The layer's configuration is refused: the request fails with this, unsent.
+    Refused(Error),
+    /// Sent as it is, without the token: it has its own `Authorization`, or its origin is not
+    /// trusted.
+    Untouched,
+    /// Sent with the token.
+    Authorize,
+}
+
 /// What a request does with the token it read; see [`Cache::check`].
 pub(crate) enum Check<'a> {
     Send(&'a Arc<Token>),
@@ -255,6 +266,28 @@ impl Cache {
             if !self.config_told.swap(true, Ordering::Relaxed) {
                 tracing::error!(target: "patchworks_auth", %error, "invalid configuration");
             }
+        }
+    }
+
+    /// Where a request with `headers` to `uri` (`None`: not a URI) goes: the one origin check
+    /// and pass-through rule of both adapters.
+    #[inline]
+    pub(crate) fn route(&self, headers: &HeaderMap, uri: Option<&http::Uri>) -> Route {
+        let scope = match &self.config.scope {
+            Ok(scope) => scope,
+            Err(error) => return Route::Refused(error.clone()),
+        };
+        if headers.contains_key(http::header::AUTHORIZATION) {
+            // The caller's own credentials: not ours to touch.
+            return Route::Untouched;
+        }
+        match uri {
+            Some(uri) if scope.contains(uri) => Route::Authorize,
+            Some(uri) => {
+                self.untrusted(uri);
+                Route::Untouched
+            }
+            None => Route::Untouched,
         }
     }
 

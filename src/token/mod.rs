@@ -35,8 +35,6 @@ use tokio::time::Instant;
 mod attempts;
 mod decisions;
 mod state;
-#[cfg(test)]
-mod tests;
 
 pub(crate) use attempts::{Attempts, Step};
 /// The core's name for [`LoginReason`].
@@ -557,3 +555,6 @@ fn refusal_grace(times: u32) -> Duration {
         n => Duration::from_secs(1 << (n - 1).min(9)).min(MAX_REFUSAL_GRACE),
     }
 }
+
+#[cfg(test)]
+mod tests;
