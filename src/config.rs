@@ -41,8 +41,9 @@ pub(crate) struct Config {
 
 impl Config {
     /// The one configuration rule: which requests get the token, or what is wrong with the
-    /// first input that is (credentials, login URL, timeouts, budget). Every call of a layer so
-    /// built fails with that error, unsent, and it is logged at ERROR where the layer is built.
+    /// first input that is (credentials, login URL, trusted origins, timeouts, budget). Every
+    /// call of a layer so built fails with that error, unsent, and it is logged at ERROR once
+    /// where the layer is put to use ([`Cache::tell_config`](crate::cache::Cache::tell_config)).
     pub(crate) fn judge(&self) -> Result<Scope, Error> {
         match &self.credentials.secret {
             Secret::ApiKey(key) if api_key_header(key).is_none() => {

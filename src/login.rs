@@ -147,12 +147,14 @@ pub(crate) fn request<B: From<Bytes>>(
     password: &str,
     scope: Option<&str>,
 ) -> Request<B> {
-    let (body, content_type, basic) = match form {
+    // What differs between the forms: the body (and its type, or none for a `GET`), the URI,
+    // and the client's Basic credentials.
+    let (body, content_type, uri, basic) = match form {
         Form::Email | Form::Username => {
             let body = serde_json::json!({ form.field(): account, "password": password });
             // Serializing two strings into a Vec cannot fail.
             let json = serde_json::to_vec(&body).unwrap_or_default();
-            (json, "application/json", None)
+            (json, Some("application/json"), url.clone(), None)
         }
         Form::Client { basic, get } => {
             let mut body = form_urlencoded::Serializer::new(String::new());
@@ -164,29 +166,28 @@ pub(crate) fn request<B: From<Bytes>>(
                 body.append_pair("client_id", account);
                 body.append_pair("client_secret", password);
             }
-            let basic = basic.then(|| basic_auth(account, password));
+            let basic = basic.then(|| basic_auth(account, password)).flatten();
+            let form = body.finish();
             if get {
                 // The form in the query (the client is in Basic, never in the URL).
-                let mut request = Request::new(B::from(Bytes::new()));
-                *request.uri_mut() = with_query(url, &body.finish());
-                let headers = request.headers_mut();
-                headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-                if let Some(basic) = basic.flatten() {
-                    headers.insert(header::AUTHORIZATION, basic);
-                }
-                return request;
+                (Vec::new(), None, with_query(url, &form), basic)
+            } else {
+                let form_type = "application/x-www-form-urlencoded";
+                (form.into_bytes(), Some(form_type), url.clone(), basic)
             }
-            let body = body.finish().into_bytes();
-            (body, "application/x-www-form-urlencoded", basic)
         }
     };
     let mut request = Request::new(B::from(Bytes::from(body)));
-    *request.method_mut() = Method::POST;
-    *request.uri_mut() = url.clone();
+    if content_type.is_some() {
+        *request.method_mut() = Method::POST;
+    }
+    *request.uri_mut() = uri;
     let headers = request.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Some(content_type) = content_type {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    }
     headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-    if let Some(basic) = basic.flatten() {
+    if let Some(basic) = basic {
         headers.insert(header::AUTHORIZATION, basic);
     }
     request
