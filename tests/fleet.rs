@@ -116,7 +116,9 @@ async fn sixteen_processes_cold_started_on_one_redis_log_in_once() {
     let dump = redis.dump();
     assert_eq!(dump.len(), 1, "one entry (the lock was let go)");
     let (key, value) = &dump[0];
-    assert!(key.starts_with(b"patchworks-auth:v1:"), "{key:?}");
+    // The account's keys share a hash tag (one cluster slot), and end in what they hold.
+    assert!(key.starts_with(b"patchworks-auth:{v1:"), "{key:?}");
+    assert!(key.ends_with(b"}:token"), "{key:?}");
     assert_nothing_in_the_clear(&fake, &[key.as_slice(), value.as_slice()].concat());
 }
 

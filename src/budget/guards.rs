@@ -11,14 +11,14 @@ use super::*;
 /// on the warm path, a cold or budgeted one, a replay, a check and a login.
 #[must_use]
 pub(crate) struct Spent {
-    unit: Option<(Arc<Gate>, Instant)>,
+    unit: Option<(Arc<Gate>, Unit)>,
     sent: bool,
 }
 
 impl Spent {
-    pub(super) fn new(gate: Arc<Gate>, taken: Instant) -> Spent {
+    pub(super) fn new(gate: Arc<Gate>, unit: Unit) -> Spent {
         Spent {
-            unit: Some((gate, taken)),
+            unit: Some((gate, unit)),
             sent: false,
         }
     }
@@ -40,16 +40,16 @@ impl Spent {
     /// The request's answer (any answer, or an error after it was sent) came.
     pub(crate) fn answered(&mut self) {
         self.sent = true;
-        if let Some((gate, taken)) = self.unit.take() {
-            gate.answered_after(taken);
+        if let Some((gate, unit)) = self.unit.take() {
+            gate.answered_after(unit);
         }
     }
 }
 
 impl Drop for Spent {
     fn drop(&mut self) {
-        if let (false, Some((gate, taken))) = (self.sent, self.unit.take()) {
-            gate.give_back(taken);
+        if let (false, Some((gate, unit))) = (self.sent, self.unit.take()) {
+            gate.give_back(unit);
         }
     }
 }

@@ -20,8 +20,8 @@
 //!   so that neither a sliding nor a fixed count on the server's side sees more. A unit is
 //!   kept a [`margin`](Budget::margin) longer than `per` for its request's transit: the time
 //!   its answer took, once it has one; a twentieth of `per` (at least 250 ms) before that, and
-//!   for a budget shared through a store. So a long run goes at nearly `limit / per` in one
-//!   process, and at about 95% of it across a fleet. Up to `limit`
+//!   for a budget shared through a [`FileStore`](crate::store::FileStore). So a long run goes
+//!   at nearly `limit / per`, in one process as across a fleet on Redis. Up to `limit`
 //!   requests go at once; a request over the budget waits for the oldest of the window to age
 //!   out.
 //! - **When.** A request takes its unit when it is sent, after any wait for its token: a
@@ -32,12 +32,12 @@
 //!   [`Error`] for which [`is_budget_exhausted`](Error::is_budget_exhausted) is `true`, which
 //!   [`RetryPolicy`](crate::retry::RetryPolicy) retries. A caller that gives up while waiting
 //!   gives its turn back, and a unit whose request is then never sent (the service below
-//!   failed to get ready, or the caller gave up first) goes back to a budget kept in the
-//!   process.
+//!   failed to get ready, or the caller gave up first) goes back, to a budget kept in the
+//!   process or to Redis.
 //! - **Shared.** With a [store](crate::store), the budget is the account's, across every
-//!   process that uses the store: in Redis, one atomic script on a key per account (hashed as
-//!   the token's key), timed by the Redis server's clock so that hosts with skewed clocks
-//!   agree; in a [`FileStore`](crate::store::FileStore), a file beside the token's under an OS
+//!   process that uses the store: in Redis, a sorted set of units per account (beside the
+//!   token's key, in its hash slot), each scored by when it ages out, taken by one atomic script
+//!   timed by the Redis server's clock so that hosts with skewed clocks agree; in a [`FileStore`](crate::store::FileStore), a file beside the token's under an OS
 //!   lock. With an [API key](crate::Credentials::api_key), which is never stored, the budget
 //!   is shared under the key's hash. A unit is taken before its request is sent, so a process
 //!   that crashes mid-request has spent it. If the store fails or takes more than 250 ms to
@@ -209,8 +209,9 @@ impl Budget {
     /// then only as long as the answer took (from the unit's take), plus a tenth and 1 ms. The
     /// answer comes after the request reached Patchworks, so that bounds its transit, on a busy
     /// machine as on a quiet one: a unit whose request was answered in 5 ms ages out about 6 ms
-    /// after `per`. Not measured (the twentieth kept): a budget shared through a store (its
-    /// units are the store's), and a request sent at once without waiting (a clock reading on
+    /// after `per`; in Redis too, where each unit is re-dated on the server. Not measured (the
+    /// twentieth kept): a budget shared through a [`FileStore`](crate::store::FileStore), and
+    /// a request sent at once without waiting (a clock reading on
     /// every warm request would cost more than it wins; a full window waits on the others). A
     /// margin given here is kept for every unit.
     pub fn margin(mut self, margin: Duration) -> Self {
@@ -292,15 +293,15 @@ impl Gate {
     ///
     /// [`Error::is_budget_exhausted`] after `max_wait` (never for a login).
     pub(crate) async fn take(self: &Arc<Self>, purpose: Purpose) -> Result<Spent, Error> {
-        let taken = self.take_unit(purpose).await?;
-        Ok(Spent::new(self.clone(), taken))
+        let unit = self.take_unit(purpose).await?;
+        Ok(Spent::new(self.clone(), unit))
     }
 
     /// [`take`](Self::take): when the unit was dated, at the latest (the start of the try that
     /// had it).
-    async fn take_unit(self: &Arc<Self>, purpose: Purpose) -> Result<Instant, Error> {
-        if let Some(now) = self.take_at() {
-            return Ok(now);
+    async fn take_unit(self: &Arc<Self>, purpose: Purpose) -> Result<Unit, Error> {
+        if let Some(at) = self.take_at() {
+            return Ok(Unit { at, name: None });
         }
         let (started, full) = (Instant::now(), self.lock().full());
         let wait = async {
@@ -347,7 +348,8 @@ impl Gate {
     /// A unit now, without waiting: only a budget kept in the process, with no request queued
     /// and a unit free. What lets a request under an in-process budget take the warm path.
     pub(crate) fn take_now(self: &Arc<Self>) -> Option<Spent> {
-        self.take_at().map(|taken| Spent::new(self.clone(), taken))
+        self.take_at()
+            .map(|at| Spent::new(self.clone(), Unit { at, name: None }))
     }
 
     /// [`take_now`](Self::take_now): the unit's date.
@@ -378,13 +380,13 @@ impl Gate {
     /// One try, dated now: the unit's date, or `None` after waiting until one may be had (a
     /// unit ages out or the pause ends, a unit is dated earlier, or the login a request waits
     /// behind is served).
-    async fn try_or_wait(&self, purpose: Purpose) -> Option<Instant> {
+    async fn try_or_wait(&self, purpose: Purpose) -> Option<Unit> {
         // Made before the decision: a `Notified` has every `notify_waiters` from its making on.
         let (redated, served) = (self.redated.notified(), self.login_served.notified());
         let (mut redated, mut served) = (std::pin::pin!(redated), std::pin::pin!(served));
-        let (turn, now) = self.try_take(purpose).await;
+        let ((turn, now), name) = self.try_take(purpose).await;
         let until = match turn {
-            Turn::Unit => return Some(now),
+            Turn::Unit => return Some(Unit { at: now, name }),
             Turn::Until(until) => Some(self.epoch + Duration::from_micros(until)),
             Turn::AfterLogin => None,
         };
@@ -408,33 +410,34 @@ impl Gate {
     }
 
     /// One try, as the rules decide: from the store when they say to ask it (the process's own
-    /// log when it fails), else from the process's own log. The turn, and its date.
-    async fn try_take(&self, purpose: Purpose) -> (Turn, Instant) {
+    /// log when it fails), else from the process's own log. The turn and its date, and the
+    /// name of a unit the store gave.
+    async fn try_take(&self, purpose: Purpose) -> ((Turn, Instant), Option<u64>) {
         let (turn, asked) = self.decide(|rules, now| rules.take(now, purpose));
         if let Some(turn) = turn {
-            return (turn, asked);
+            return ((turn, asked), None);
         }
         // Only a shared budget is told to ask the store.
         let Some((store, key)) = &self.shared else {
-            return self.decide(|rules, now| rules.own(now));
+            return (self.decide(|rules, now| rules.own(now)), None);
         };
-        let name = format!(
-            "{}-{}",
-            self.owner,
-            self.names.fetch_add(1, Ordering::Relaxed)
-        );
-        let taken = store.take_budget(key, self.budget.limit, self.window, &name);
+        let name = self.names.fetch_add(1, Ordering::Relaxed);
+        let named = self.name(name);
+        let taken = store.take_budget(key, self.budget.limit, self.window, &named);
         match self.run("take", timeout(STORE_DEADLINE, taken).await) {
             Some(wait) => {
                 let at = self.at(asked);
-                (
-                    self.decide(|rules, now| rules.stored(at, now, wait)).0,
-                    asked,
-                )
+                let turn = self.decide(|rules, now| rules.stored(at, now, wait)).0;
+                ((turn, asked), Some(name))
             }
             // Dated now: other tries may have taken units from the log since this one asked.
-            None => self.decide(|rules, now| rules.own(now)),
+            None => (self.decide(|rules, now| rules.own(now)), None),
         }
+    }
+
+    /// What the store knows unit `n` of this process by.
+    fn name(&self, n: u64) -> String {
+        format!("{}-{n}", self.owner)
     }
 
     /// A store operation's outcome, or `None` (after one warning per outage) to go on alone.
@@ -504,25 +507,49 @@ impl Gate {
         }
     }
 
-    /// A request (or login) whose unit was dated `taken` has its answer: unless the margin was
-    /// given, or the unit came from a store, its unit ages out that much sooner, a margin of the
-    /// time it took to be answered (plus a tenth and 1 ms) instead of the default one. A unit
-    /// never answered keeps the default margin.
-    pub(crate) fn answered_after(&self, taken: Instant) {
-        if self
-            .lock()
-            .answered(self.at(taken), self.at(Instant::now()))
-        {
+    /// A request (or login) whose unit was taken has its answer: unless the margin was given,
+    /// its unit ages out that much sooner, a margin of the time it took to be answered (plus a
+    /// tenth and 1 ms) instead of the default one, in the process's log or in the store (on a
+    /// task of its own). A unit never answered keeps the default margin.
+    pub(crate) fn answered_after(self: &Arc<Self>, unit: Unit) {
+        let now = self.at(Instant::now());
+        if let Some(name) = unit.name {
+            let took = now.saturating_sub(self.at(unit.at));
+            if self.budget.margin.is_none() {
+                let sooner = self.lock().sooner(took);
+                self.redate(name, sooner);
+            }
+        } else if self.lock().answered(self.at(unit.at), now) {
             self.redated.notify_waiters();
         }
     }
 
-    /// A unit dated `taken` was not used: its request was never sent. It goes back to a budget
-    /// kept in the process (a store's unit stays spent: the store has no way to give it back).
-    fn give_back(&self, taken: Instant) {
-        if self.lock().give_back(self.at(taken)) {
-            self.redated.notify_waiters();
+    /// A unit was not used: its request was never sent. It goes back, to the process's log or
+    /// to the store.
+    fn give_back(self: &Arc<Self>, unit: Unit) {
+        match unit.name {
+            Some(name) => self.redate(name, Some(Duration::MAX)),
+            None if self.lock().give_back(self.at(unit.at)) => self.redated.notify_waiters(),
+            None => {}
         }
+    }
+
+    /// Ages the store's unit `name` out `sooner`, on a task of its own; best effort (a unit
+    /// not re-dated keeps the default margin).
+    fn redate(self: &Arc<Self>, name: u64, sooner: Option<Duration>) {
+        let (Some(sooner), Some((store, key))) = (sooner, self.shared.clone()) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (gate, name) = (self.clone(), self.name(name));
+        runtime.spawn(async move {
+            let redated = timeout(STORE_DEADLINE, store.redate_budget(&key, &name, sooner));
+            if gate.run("redate", redated.await).is_some() {
+                gate.redated.notify_waiters();
+            }
+        });
     }
 
     /// `instant` on the process's log's clock.
@@ -533,6 +560,14 @@ impl Gate {
     fn lock(&self) -> MutexGuard<'_, Rules> {
         self.rules.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// A unit taken: when it was dated (at the latest: the start of the try that had it), and the
+/// name of one the store gave.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Unit {
+    at: Instant,
+    name: Option<u64>,
 }
 
 /// Whether an answer pauses the budget.

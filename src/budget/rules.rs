@@ -173,12 +173,19 @@ impl Rules {
         if !self.measured {
             return false;
         }
-        let took = now.saturating_sub(dated);
-        let measured = took + took / 10 + 1000;
-        let Some(sooner) = (self.window - self.per).checked_sub(measured) else {
+        let Some(sooner) = self.sooner(now.saturating_sub(dated)) else {
             return false;
         };
-        self.log.redate(dated, dated.saturating_sub(sooner))
+        self.log.redate(dated, dated.saturating_sub(micros(sooner)))
+    }
+
+    /// How much sooner than the window a unit whose request was answered `took` µs after it
+    /// was dated ages out: its margin is that time, plus a tenth and 1 ms, if that is shorter
+    /// than the default one.
+    pub(crate) fn sooner(&self, took: u64) -> Option<Duration> {
+        let measured = took + took / 10 + 1000;
+        let sooner = (self.window - self.per).checked_sub(measured)?;
+        Some(Duration::from_micros(sooner))
     }
 
     /// How many tries found no unit so far.

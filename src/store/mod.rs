@@ -92,7 +92,7 @@ pub use file::FileStore;
 
 use crate::{
     credentials::Form,
-    token::{Obtained, Timings},
+    token::{send_margin, Obtained, Timings},
 };
 use http::{HeaderValue, Uri};
 use seal::Sealer;
@@ -122,6 +122,17 @@ pub trait TokenStore: fmt::Debug + Send + Sync + 'static {
     /// The entry under `key`, if there is one that has not expired.
     fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>>;
 
+    /// [`load`](Self::load), and how much longer the store keeps the entry, if it can say:
+    /// then the token's expiry is read on the store's clock, not this host's.
+    ///
+    /// The default says nothing of the time left: the host's clock dates the entry.
+    fn load_expiring<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> StoreFuture<'a, Option<(Vec<u8>, Option<Duration>)>> {
+        Box::pin(async move { Ok(self.load(key).await?.map(|entry| (entry, None))) })
+    }
+
     /// Keeps `entry` under `key` for `ttl`, replacing what was there.
     fn save<'a>(&'a self, key: &'a str, entry: &'a [u8], ttl: Duration) -> StoreFuture<'a, ()>;
 
@@ -145,6 +156,22 @@ pub trait TokenStore: fmt::Debug + Send + Sync + 'static {
         name: &'a str,
     ) -> StoreFuture<'a, Option<Duration>> {
         let _ = (key, limit, window, name);
+        Box::pin(std::future::ready(Err(Unsupported.into())))
+    }
+
+    /// Unit `name` of `key`'s account ages out `sooner` than the `window` it was taken for: its
+    /// request was answered, and its measured margin is shorter than the default one. A unit
+    /// that would then have aged out already is gone: a unit never sent goes back this way, with
+    /// `sooner` the whole window.
+    ///
+    /// The default keeps every unit for its window.
+    fn redate_budget<'a>(
+        &'a self,
+        key: &'a str,
+        name: &'a str,
+        sooner: Duration,
+    ) -> StoreFuture<'a, ()> {
+        let _ = (key, name, sooner);
         Box::pin(std::future::ready(Err(Unsupported.into())))
     }
 
@@ -282,9 +309,10 @@ impl Shared {
         refused: Option<&HeaderValue>,
         budget: &mut Duration,
     ) -> Result<Option<(Obtained, bool)>, ()> {
-        let bytes = self.run("load", self.store.load(&self.key), budget).await?;
-        crate::metrics::store("load", if bytes.is_some() { "ok" } else { "miss" });
-        let Some(bytes) = bytes else {
+        let loaded = self.store.load_expiring(&self.key);
+        let loaded = self.run("load", loaded, budget).await?;
+        crate::metrics::store("load", if loaded.is_some() { "ok" } else { "miss" });
+        let Some((bytes, kept_for)) = loaded else {
             return Ok(None);
         };
         let Some(entry) = self.sealer.open(&self.key, &bytes).await else {
@@ -294,10 +322,16 @@ impl Shared {
             );
             return Ok(None);
         };
-        // From the wall clock the fleet shares to this process's monotonic clock.
-        let age = SystemTime::now()
-            .duration_since(entry.obtained_at)
-            .unwrap_or_default();
+        // To this process's monotonic clock: from the store's, which keeps the entry for as
+        // long as the token may be sent; else from the wall clock the fleet shares.
+        let age = match kept_for {
+            Some(kept_for) => {
+                (entry.lifetime - send_margin(entry.lifetime)).saturating_sub(kept_for)
+            }
+            None => SystemTime::now()
+                .duration_since(entry.obtained_at)
+                .unwrap_or_default(),
+        };
         let obtained = Obtained {
             header: entry.header,
             obtained_at: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),

@@ -56,13 +56,19 @@ impl Timings {
     /// sent a tenth of its lifetime (at most 5 s) before it expires, to cover the clock's
     /// resolution and the request's time in flight.
     pub(crate) fn schedule(&self, obtained_at: Instant, lifetime: Duration) -> (Instant, Instant) {
-        let margin = (lifetime / 10).min(Duration::from_secs(5));
+        let margin = send_margin(lifetime);
         let window = self.refresh_before.min(lifetime / 2);
         (
             obtained_at + (lifetime - window),
             obtained_at + (lifetime - margin),
         )
     }
+}
+
+/// How long before it expires a token of `lifetime` stops being sent: a tenth of its
+/// lifetime, at most 5 s ([`Timings::schedule`]).
+pub(crate) fn send_margin(lifetime: Duration) -> Duration {
+    (lifetime / 10).min(Duration::from_secs(5))
 }
 
 /// A token a login (or a shared store) gave, before the core makes it current.
