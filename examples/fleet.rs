@@ -54,6 +54,8 @@ async fn coordinate() {
         interval_ms: 50,
         login_timeout_ms: 2_000,
         budget: None,
+        ca: None,
+        clock_offset_s: 0,
     };
     println!(
         "fleet: {FLEET} processes on {}",
@@ -115,6 +117,8 @@ async fn coordinate() {
             interval_ms: 0,
             login_timeout_ms: 10_000,
             budget,
+            ca: None,
+            clock_offset_s: 0,
         };
         let members: Vec<Member> = (0..8).map(|_| Member::spawn(&exe(), &[], &spec)).collect();
         let reports: Vec<Report> =

@@ -316,6 +316,8 @@ fn spec(fake: &FakePatchworks, store: String, requests: Option<u64>) -> Spec {
         interval_ms: 0,
         login_timeout_ms: 10_000,
         budget: Some((100, 2_000)),
+        ca: None,
+        clock_offset_s: 0,
     }
 }
 

@@ -50,6 +50,8 @@ fn spec(fake: &FakePatchworks, store: String, requests: Option<u64>) -> Spec {
         interval_ms: 50,
         login_timeout_ms: LOGIN_TIMEOUT.as_millis() as u64,
         budget: None,
+        ca: None,
+        clock_offset_s: 0,
     }
 }
 
@@ -486,6 +488,8 @@ async fn the_standalone_fake_serves_a_fleet_of_processes() {
         interval_ms: 50,
         login_timeout_ms: LOGIN_TIMEOUT.as_millis() as u64,
         budget: None,
+        ca: None,
+        clock_offset_s: 0,
     };
     let members = spawn(&spec, 4);
     let reports = tokio::task::spawn_blocking(|| finish(members))

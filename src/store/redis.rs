@@ -113,8 +113,6 @@ pub struct RedisStore {
 
 struct Inner {
     target: Target,
-    /// Where it goes, without a password: for `Debug`.
-    addr: String,
     connection: OnceCell<Connection>,
     unlock: Script,
     load: Script,
@@ -123,7 +121,8 @@ struct Inner {
     pause: Script,
 }
 
-#[derive(Clone)]
+// One per store, behind its `Arc`.
+#[allow(clippy::large_enum_variant)]
 enum Target {
     Server(Client),
     /// The client, and the seed nodes' URLs it was made from.
@@ -145,8 +144,7 @@ impl RedisStore {
     /// URL, or is a `rediss://` URL and the crate was built without the `redis-tls` feature.
     pub fn new(url: &str) -> Result<Self, Error> {
         let client = Client::open(check(url)?).map_err(invalid)?;
-        let addr = client.get_connection_info().addr().to_string();
-        Ok(Self::with(Target::Server(client), addr))
+        Ok(Self::with(Target::Server(client)))
     }
 
     /// A store on the Redis Cluster that `urls` (some of its nodes: one is enough, more survive
@@ -161,8 +159,7 @@ impl RedisStore {
         }
         let urls: Arc<[String]> = urls.iter().map(|url| url.to_string()).collect();
         let client = cluster(&urls).build().map_err(invalid)?;
-        let addr = urls.first().map_or_else(String::new, |url| redact(url));
-        Ok(Self::with(Target::Cluster(client, urls), addr))
+        Ok(Self::with(Target::Cluster(client, urls)))
     }
 
     /// Trusts the certificate authorities in `pem` (PEM) for `rediss://`, instead of the public
@@ -189,14 +186,13 @@ impl RedisStore {
                 Target::Cluster(client, urls.clone())
             }
         };
-        Ok(Self::with(target, self.inner.addr.clone()))
+        Ok(Self::with(target))
     }
 
-    fn with(target: Target, addr: String) -> Self {
+    fn with(target: Target) -> Self {
         RedisStore {
             inner: Arc::new(Inner {
                 target,
-                addr,
                 connection: OnceCell::new(),
                 unlock: Script::new(UNLOCK),
                 load: Script::new(LOAD),
@@ -412,8 +408,11 @@ impl TokenStore for RedisStore {
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The connection info may hold a password: only where it goes is shown.
-        let addr = redact(&self.inner.addr);
-        let cluster = matches!(self.inner.target, Target::Cluster(..));
+        let (addr, cluster) = match &self.inner.target {
+            Target::Server(client) => (client.get_connection_info().addr().to_string(), false),
+            Target::Cluster(_, urls) => (urls.first().cloned().unwrap_or_default(), true),
+        };
+        let addr = redact(&addr);
         f.debug_struct("RedisStore")
             .field("addr", &addr)
             .field("cluster", &cluster)
@@ -444,13 +443,18 @@ mod tests {
         assert!(!format!("{store:?}").contains("hunter2"), "{store:?}");
     }
 
-    #[cfg(not(feature = "redis-tls"))]
     #[test]
-    fn rediss_without_the_feature_says_which_feature() {
-        let error = RedisStore::new("rediss://cache:6380/").unwrap_err();
-        assert!(
-            error.is_config() && error.to_string().contains("redis-tls"),
-            "{error}"
-        );
+    fn rediss_needs_the_tls_feature_and_says_so() {
+        let made = RedisStore::new("rediss://cache:6380/");
+        match made {
+            Ok(_) => assert!(cfg!(feature = "redis-tls")),
+            Err(error) => {
+                assert!(cfg!(not(feature = "redis-tls")));
+                assert!(
+                    error.is_config() && error.to_string().contains("`redis-tls`"),
+                    "{error}"
+                );
+            }
+        }
     }
 }

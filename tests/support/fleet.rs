@@ -47,6 +47,13 @@ pub struct Spec {
     /// An API budget: `(limit, per in ms)`.
     #[serde(default)]
     pub budget: Option<(u32, u64)>,
+    /// A PEM file of the certificate authority a `rediss://` store is trusted by.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// How far ahead of the host's the member's wall clock is, in seconds (libfaketime): a
+    /// host whose clock is off.
+    #[serde(default)]
+    pub clock_offset_s: i64,
 }
 
 /// What a member reports when it exits.
@@ -56,6 +63,8 @@ pub struct Report {
     pub failures: u64,
     pub logins: u64,
     pub outages: u64,
+    /// How long the member's token had to live when it reported, in ms (0 without one).
+    pub expires_in_ms: u64,
 }
 
 /// Runs this process as a member if [`MEMBER_VAR`] says so; `false` if it does not.
@@ -82,7 +91,11 @@ async fn member(spec: Spec) {
     };
     let layer = match spec.store.split_once(':') {
         Some(("file", path)) => layer.store(FileStore::new(path)),
-        Some(("redis", url)) => layer.store(RedisStore::new(url).unwrap()),
+        Some(("redis", url)) => layer.store(trusting(RedisStore::new(url).unwrap(), &spec)),
+        Some(("redis-cluster", urls)) => {
+            let urls: Vec<&str> = urls.split(',').collect();
+            layer.store(trusting(RedisStore::cluster(&urls).unwrap(), &spec))
+        }
         _ => panic!("unknown store {}", spec.store),
     };
     let client = layer.layer(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
@@ -122,10 +135,27 @@ async fn member(spec: Spec) {
         tokio::time::sleep(Duration::from_millis(spec.interval_ms)).await;
     }
     let state = client.state();
+    let expires_in = state.expires_at.map_or(Duration::ZERO, |at| {
+        at.saturating_duration_since(Instant::now())
+    });
     say(&format!(
-        "report requests={} failures={} logins={} outages={}",
-        report.requests, report.failures, state.logins, state.store_outages
+        "report requests={} failures={} logins={} outages={} expires_in_ms={}",
+        report.requests,
+        report.failures,
+        state.logins,
+        state.store_outages,
+        expires_in.as_millis()
     ));
+}
+
+/// `store`, trusting the spec's certificate authority if it has one.
+fn trusting(store: RedisStore, spec: &Spec) -> RedisStore {
+    match &spec.ca {
+        Some(ca) => store
+            .root_certificates(&std::fs::read(ca).unwrap())
+            .unwrap(),
+        None => store,
+    }
 }
 
 fn say(line: &str) {
@@ -144,7 +174,14 @@ pub struct Member {
 impl Member {
     /// Starts the executable at `exe` (with `args`) as a member doing `spec`.
     pub fn spawn(exe: &Path, args: &[&str], spec: &Spec) -> Member {
-        let mut child = Command::new(exe)
+        let mut command = Command::new(exe);
+        if spec.clock_offset_s != 0 {
+            command
+                .env("LD_PRELOAD", FAKETIME)
+                .env("FAKETIME", format!("{:+}", spec.clock_offset_s))
+                .env("DONT_FAKE_MONOTONIC", "1");
+        }
+        let mut child = command
             .args(args)
             .env(MEMBER_VAR, serde_json::to_string(spec).unwrap())
             .env_remove("RUST_LOG")
@@ -226,6 +263,7 @@ fn parse_report(line: &str) -> Option<Report> {
             "failures" => report.failures = value,
             "logins" => report.logins = value,
             "outages" => report.outages = value,
+            "expires_in_ms" => report.expires_in_ms = value,
             _ => {}
         }
     }
@@ -239,6 +277,7 @@ pub fn total(reports: &[Report]) -> Report {
         failures: sum.failures + r.failures,
         logins: sum.logins + r.logins,
         outages: sum.outages + r.outages,
+        expires_in_ms: sum.expires_in_ms.max(r.expires_in_ms),
     })
 }
 
@@ -395,6 +434,331 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// libfaketime, which `.ci/run` installs (Debian's `faketime`): a member's wall clock off by
+/// [`Spec::clock_offset_s`], its monotonic clock untouched.
+pub const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+fn installed(program: &str) -> bool {
+    let installed = Command::new(program)
+        .arg(if program == "openssl" {
+            "version"
+        } else {
+            "--version"
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !installed {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{program} is not installed; .ci/run installs it"
+        );
+        eprintln!("SKIPPED: {program} is not installed");
+    }
+    installed
+}
+
+/// A free port on loopback (and its cluster bus port, 10000 above it, when `bus`).
+fn free_port(bus: bool) -> u16 {
+    let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+    loop {
+        let port = fastrand::u16(20_000..50_000);
+        if free(port) && (!bus || free(port + 10_000)) {
+            return port;
+        }
+    }
+}
+
+/// `redis-cli` with `args`: its output, or `None` if it failed.
+fn cli(args: &[&str]) -> Option<String> {
+    let output = Command::new("redis-cli")
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Waits (in real time, at most `within`) until `condition` holds, for what other processes do.
+fn wait_for(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !condition() {
+        assert!(Instant::now() < deadline, "not {what} within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn redis_server(dir: &Path, port: u16, args: &[&str]) -> Child {
+    Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start redis-server")
+}
+
+/// A real Redis Cluster on loopback: three masters, each with a replica when asked, made with
+/// `redis-cli --cluster create`; every node stopped when dropped.
+pub struct RedisCluster {
+    dir: TempDir,
+    nodes: Vec<(u16, Option<Child>)>,
+}
+
+impl RedisCluster {
+    /// Starts one and waits until it serves every slot, or `None` if `redis-server` is not
+    /// installed (outside CI only).
+    pub fn start(replicas: bool) -> Option<RedisCluster> {
+        if !installed("redis-server") {
+            return None;
+        }
+        let dir = TempDir::new("cluster");
+        let nodes: Vec<(u16, Option<Child>)> = (0..if replicas { 6 } else { 3 })
+            .map(|_| {
+                let port = free_port(true);
+                let conf = format!("nodes-{port}.conf");
+                let args = ["--cluster-enabled", "yes", "--cluster-config-file", &conf];
+                let child = redis_server(
+                    &dir.0,
+                    port,
+                    &[
+                        &args[..],
+                        &[
+                            "--cluster-node-timeout",
+                            "1000",
+                            "--repl-diskless-sync-delay",
+                            "0",
+                        ],
+                    ]
+                    .concat(),
+                );
+                (port, Some(child))
+            })
+            .collect();
+        for (port, _) in &nodes {
+            let port = port.to_string();
+            wait_for("a node answering", Duration::from_secs(10), || {
+                cli(&["-p", &port, "ping"]).is_some_and(|out| out.contains("PONG"))
+            });
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|(port, _)| format!("127.0.0.1:{port}"))
+            .collect();
+        let mut args = vec!["--cluster", "create"];
+        args.extend(addrs.iter().map(String::as_str));
+        args.extend([
+            "--cluster-replicas",
+            if replicas { "1" } else { "0" },
+            "--cluster-yes",
+        ]);
+        cli(&args).expect("redis-cli --cluster create");
+        let cluster = RedisCluster { dir, nodes };
+        cluster.wait_until_ok();
+        Some(cluster)
+    }
+
+    /// The seed URLs, comma-separated: every node's.
+    pub fn urls(&self) -> String {
+        let urls: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|(port, _)| format!("redis://127.0.0.1:{port}/"))
+            .collect();
+        urls.join(",")
+    }
+
+    /// Waits until every running node says the cluster is up, each slot served by a master,
+    /// and every running replica is in sync with its master (so that it can take over).
+    pub fn wait_until_ok(&self) {
+        for (port, child) in &self.nodes {
+            if child.is_some() {
+                let port = port.to_string();
+                wait_for("the cluster up", Duration::from_secs(30), || {
+                    let ok = cli(&["-p", &port, "cluster", "info"])
+                        .is_some_and(|info| info.contains("cluster_state:ok"));
+                    let synced = cli(&["-p", &port, "info", "replication"]).is_some_and(|info| {
+                        info.contains("role:master") || info.contains("master_link_status:up")
+                    });
+                    ok && synced
+                });
+            }
+        }
+    }
+
+    /// Kills (SIGKILL) the master that holds the account's keys; its port.
+    pub fn kill_the_accounts_master(&mut self) -> u16 {
+        let holds = |port: &u16| {
+            let port = port.to_string();
+            let role = cli(&["-p", &port, "role"]).unwrap_or_default();
+            let keys = cli(&["-p", &port, "--scan", "--pattern", "patchworks-auth:*"]);
+            role.starts_with("master") && keys.is_some_and(|keys| !keys.trim().is_empty())
+        };
+        let (port, child) = self
+            .nodes
+            .iter_mut()
+            .find(|(port, child)| child.is_some() && holds(port))
+            .expect("a master holding the account's keys");
+        let mut child = child.take().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        *port
+    }
+
+    /// The master of the account's keys now, by the cluster's own account of it.
+    pub fn the_accounts_master(&self) -> Option<u16> {
+        self.nodes
+            .iter()
+            .filter(|(_, child)| child.is_some())
+            .find_map(|(port, _)| {
+                let port_s = port.to_string();
+                let role = cli(&["-p", &port_s, "role"])?;
+                let keys = cli(&["-p", &port_s, "--scan", "--pattern", "patchworks-auth:*"])?;
+                (role.starts_with("master") && !keys.trim().is_empty()).then_some(*port)
+            })
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.nodes {
+            if let Some(mut child) = child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        let _ = &self.dir;
+    }
+}
+
+/// A real `redis-server` that speaks only TLS, on loopback, with a certificate from a
+/// certificate authority of its own (made with `openssl`); stopped when dropped.
+pub struct RedisTls {
+    dir: TempDir,
+    port: u16,
+    child: Child,
+}
+
+impl RedisTls {
+    /// Starts one, or `None` if `redis-server` or `openssl` is not installed (outside CI only).
+    pub fn start() -> Option<RedisTls> {
+        if !installed("redis-server") || !installed("openssl") {
+            return None;
+        }
+        let dir = TempDir::new("tls");
+        let openssl = |args: &[&str]| {
+            let status = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir.0)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success(), "openssl {args:?}");
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=patchworks-auth test CA",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "key.pem",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ],
+            ]
+            .concat(),
+        );
+        std::fs::write(dir.0.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "cert.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+        ]);
+        let port = free_port(false);
+        let file = |name: &str| dir.0.join(name).display().to_string();
+        let (cert, key, ca) = (file("cert.pem"), file("key.pem"), file("ca.pem"));
+        let tls = [
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+        ];
+        let child = redis_server(&dir.0, 0, &tls);
+        wait_for("redis-server on TLS", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Some(RedisTls { dir, port, child })
+    }
+
+    pub fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/", self.port)
+    }
+
+    /// The PEM of the certificate authority that signed the server's certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.0.join("ca.pem")
+    }
+}
+
+impl Drop for RedisTls {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

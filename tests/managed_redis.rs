@@ -1,0 +1,236 @@
+//! A fleet on managed Redis: real OS processes (copies of this test binary) sharing a real Redis
+//! Cluster (three masters, three replicas) or a real `redis-server` that speaks only TLS, on
+//! loopback, against one fake Patchworks; and hosts whose clocks differ.
+//!
+//! Each scenario runs alone (they share the machine's two cores with 8 processes each).
+
+#[path = "support/fleet.rs"]
+mod fleet;
+
+use fleet::{total, Member, Redis, RedisCluster, RedisTls, Report, Spec};
+use patchworks_auth::test_util::FakePatchworks;
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+const FLEET: usize = 8;
+const WITHIN: Duration = Duration::from_secs(60);
+
+/// What a member runs: this binary, its one ignored test.
+#[test]
+#[ignore = "run by the managed Redis tests as a member process"]
+fn managed_redis_member() {
+    assert!(
+        fleet::run_member_if_asked(),
+        "run by the managed Redis tests, with {} set",
+        fleet::MEMBER_VAR
+    );
+}
+
+const MEMBER_ARGS: &[&str] = &[
+    "--ignored",
+    "--exact",
+    "managed_redis_member",
+    "--nocapture",
+    "-q",
+];
+
+/// One scenario at a time.
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+fn spec(fake: &FakePatchworks, store: String, requests: Option<u64>) -> Spec {
+    Spec {
+        login_url: fake.login_url().to_string(),
+        api_url: fake.uri("/api/v1/flows").to_string(),
+        store,
+        requests,
+        interval_ms: 0,
+        login_timeout_ms: 2_000,
+        budget: None,
+        ca: None,
+        clock_offset_s: 0,
+    }
+}
+
+fn spawn(spec: &Spec, n: usize) -> Vec<Member> {
+    let exe: PathBuf = std::env::current_exe().unwrap();
+    (0..n)
+        .map(|_| Member::spawn(&exe, MEMBER_ARGS, spec))
+        .collect()
+}
+
+async fn finish(members: Vec<Member>) -> Vec<Report> {
+    tokio::task::spawn_blocking(|| members.into_iter().map(|m| m.finish(WITHIN)).collect())
+        .await
+        .unwrap()
+}
+
+/// The share of the budget used: the time the requests the fake saw would take at best under
+/// `limit` a window of `per`, over the time from the first to the last.
+fn share(fake: &FakePatchworks, limit: usize, per: Duration) -> f64 {
+    let seen = fake.seen();
+    let first = seen.iter().map(|s| s.received_at).min().unwrap();
+    let last = seen.iter().map(|s| s.received_at).max().unwrap();
+    let best = per * ((seen.len() - 1) / limit) as u32;
+    best.as_secs_f64() / last.duration_since(first).as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_processes_cold_on_a_cluster_log_in_once() {
+    let _one = one_at_a_time().await;
+    let Some(cluster) = tokio::task::spawn_blocking(|| RedisCluster::start(true))
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let fake = FakePatchworks::start().await.unwrap();
+    let store = format!("redis-cluster:{}", cluster.urls());
+    let reports = finish(spawn(&spec(&fake, store, Some(5)), FLEET)).await;
+    let sum = total(&reports);
+    assert_eq!(
+        (sum.requests, sum.failures),
+        (5 * FLEET as u64, 0),
+        "{reports:?}"
+    );
+    assert_eq!(fake.logins(), 1, "one login for {FLEET} processes");
+    assert_eq!(sum.outages, 0, "the cluster answered every operation");
+}
+
+/// 8 processes × 50 requests under `Budget::new(100, 2 s)` against a fake allowing 100 in any
+/// 2 s: no 429. The share of the budget used is a figure (BENCHMARKS.md), not an assertion.
+async fn a_fleet_keeps_within_the_budget(store: String, ca: Option<PathBuf>) -> f64 {
+    let fake = FakePatchworks::start().await.unwrap();
+    fake.limit_rate(100, Duration::from_secs(2));
+    let mut spec = spec(&fake, store, Some(50));
+    (spec.budget, spec.ca) = (Some((100, 2_000)), ca);
+    let reports = finish(spawn(&spec, FLEET)).await;
+    let sum = total(&reports);
+    assert_eq!((sum.requests, sum.failures), (400, 0), "{reports:?}");
+    assert_eq!(fake.too_many(), 0, "no 429");
+    let share = share(&fake, 100, Duration::from_secs(2));
+    eprintln!("{:.0}% of the budget used", share * 100.0);
+    share
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_on_a_cluster_keeps_within_the_budget() {
+    let _one = one_at_a_time().await;
+    let Some(cluster) = tokio::task::spawn_blocking(|| RedisCluster::start(false))
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    a_fleet_keeps_within_the_budget(format!("redis-cluster:{}", cluster.urls()), None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_over_tls_keeps_within_the_budget_and_logs_in_once() {
+    let _one = one_at_a_time().await;
+    let Some(redis) = RedisTls::start() else {
+        return;
+    };
+    let fake = FakePatchworks::start().await.unwrap();
+    let mut cold = spec(&fake, format!("redis:{}", redis.url()), Some(5));
+    cold.ca = Some(redis.ca());
+    let reports = finish(spawn(&cold, FLEET)).await;
+    let sum = total(&reports);
+    assert_eq!((sum.failures, sum.outages), (0, 0), "{reports:?}");
+    assert_eq!(fake.logins(), 1, "one login for {FLEET} processes over TLS");
+
+    a_fleet_keeps_within_the_budget(format!("redis:{}", redis.url()), Some(redis.ca())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_accounts_master_killed_mid_run_fails_no_request_and_logins_stay_single() {
+    let _one = one_at_a_time().await;
+    let Some(mut cluster) = tokio::task::spawn_blocking(|| RedisCluster::start(true))
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let fake = FakePatchworks::start().await.unwrap();
+    let mut spec = spec(&fake, format!("redis-cluster:{}", cluster.urls()), None);
+    // A budget: every request asks the cluster for a unit, through the failover.
+    (spec.budget, spec.interval_ms) = (Some((1_000, 2_000)), 20);
+    let members = spawn(&spec, FLEET);
+    let (members, cluster) = tokio::task::spawn_blocking(move || {
+        let mut members = members;
+        members.iter_mut().for_each(|m| m.wait_ready(WITHIN));
+        let killed = cluster.kill_the_accounts_master();
+        // A replica takes over (the cluster's node timeout is 1 s).
+        let deadline = Instant::now() + WITHIN;
+        while cluster
+            .the_accounts_master()
+            .is_none_or(|port| port == killed)
+        {
+            assert!(Instant::now() < deadline, "no replica took over");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster.wait_until_ok();
+        (members, cluster)
+    })
+    .await
+    .unwrap();
+    assert_eq!(fake.logins(), 1);
+
+    // Every process sees a revocation once the replica took over: one login for the fleet.
+    let refused_before = fake.unauthorized();
+    fake.revoke_tokens();
+    fleet::until_within("every member saw the revocation", WITHIN, || {
+        fake.unauthorized() - refused_before >= FLEET
+    })
+    .await;
+    let reports = finish(members).await;
+    let sum = total(&reports);
+    assert_eq!(sum.failures, 0, "{reports:?}");
+    assert_eq!(
+        fake.logins(),
+        2,
+        "one more login for the fleet, on the new master"
+    );
+    drop(cluster);
+}
+
+/// Hosts whose wall clocks are 30 s apart (libfaketime in the members) agree on when the
+/// token they share expires: its expiry is read on the store's clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_whose_clocks_differ_by_30_s_agree_on_when_the_stored_token_expires() {
+    let _one = one_at_a_time().await;
+    if !std::path::Path::new(fleet::FAKETIME).exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "libfaketime is missing; .ci/run installs it"
+        );
+        eprintln!("SKIPPED: libfaketime is not installed (apt-get install faketime)");
+        return;
+    }
+    let Some(redis) = Redis::start() else { return };
+    let fake = FakePatchworks::start().await.unwrap();
+    fake.set_token_lifetime(Duration::from_secs(3600));
+    // When each host says the token expires, on this process's clock.
+    let mut expiries = Vec::new();
+    for offset in [0, 30, -30] {
+        let mut spec = spec(&fake, format!("redis:{}", redis.url()), Some(1));
+        spec.clock_offset_s = offset;
+        let report = finish(spawn(&spec, 1)).await[0];
+        assert_eq!(report.failures, 0);
+        expiries.push(Instant::now() + Duration::from_millis(report.expires_in_ms));
+    }
+    assert_eq!(fake.logins(), 1, "the later hosts took the stored token");
+    let (earliest, latest) = (
+        expiries.iter().min().unwrap(),
+        expiries.iter().max().unwrap(),
+    );
+    assert!(
+        latest.duration_since(*earliest) < Duration::from_secs(5),
+        "hosts 30 s apart disagree on the token's expiry by {:?}",
+        latest.duration_since(*earliest)
+    );
+}
