@@ -149,8 +149,9 @@
 //! # Feature flags
 //!
 //! - `test-util`: `test_util::FakePatchworks`, a fake Patchworks on loopback for your tests.
-//! - `redis`: `store::RedisStore`, a token store on a Redis server, for a fleet on several
-//!   hosts. ([`store::FileStore`] needs no feature.)
+//! - `redis`: `store::RedisStore`, a token store on a Redis server or a Redis Cluster, for a
+//!   fleet on several hosts. ([`store::FileStore`] needs no feature.)
+//! - `redis-tls`: `rediss://` (TLS) for `RedisStore`, over rustls with the webpki roots.
 //! - `rustls`: `AuthLayer::https_client()`, a ready `PatchworksClient` (hyper-util over rustls,
 //!   redirects, retries, the layer, a timeout on each send), over HTTP/1.1.
 //! - `http2`: HTTP/2 (negotiated by ALPN) for that client too. Off by default: 240 requests a

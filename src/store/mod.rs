@@ -5,7 +5,8 @@
 //!
 //! - [`FileStore`]: a file on a local disk, for CLIs and cron jobs on one machine (one login a
 //!   day instead of one a run) and for processes sharing a host.
-//! - `RedisStore` (cargo feature `redis`): a Redis server, for replicas on several hosts.
+//! - `RedisStore` (cargo feature `redis`): a Redis server or a Redis Cluster, over TCP, TLS
+//!   (feature `redis-tls`) or a Unix socket, for replicas on several hosts.
 //! - Your own: implement [`TokenStore`] (four operations on opaque bytes).
 //!
 //! ```no_run
@@ -52,7 +53,8 @@
 //! # What is stored
 //!
 //! Under a key made from the login URL's origin and the account's email, hashed with SHA-256
-//! (`patchworks-auth:v1:<hex>`), the entry holds the token, when it was obtained and how long it
+//! (`patchworks-auth:v1:<hex>`; in Redis `patchworks-auth:{v1:<hex>}:token`, as
+//! `RedisStore`'s key table says), the entry holds the token, when it was obtained and how long it
 //! lives, sealed with XChaCha20-Poly1305. The sealing key is derived from the email and
 //! password with Argon2id (19 MiB, 2 passes) and a random salt stored with the entry, or is a
 //! key you give ([`AuthLayer::store_key`](crate::AuthLayer::store_key)). No byte of the store
@@ -66,8 +68,11 @@
 //!
 //! An entry expires from the store when the layer would stop sending its token (a tenth of its
 //! lifetime, at most 5 s, before it expires), so a store never hands out a token the layer
-//! would not send. Tokens are shared by wall-clock time: hosts sharing a store need clocks in
-//! sync to within seconds (NTP), as the token's own expiry already does.
+//! would not send. A process that takes a token from Redis reads its expiry on the store's
+//! clock (how long the store keeps the entry), so hosts whose clocks differ agree on it; a
+//! [`FileStore`], on one host, shares its clock. A store of your own that says nothing of the
+//! time left ([`TokenStore::load_expiring`]) dates the entry by the hosts' wall clocks, which
+//! then need to agree to within seconds (NTP).
 //!
 //! # Which store
 //!
@@ -75,6 +80,8 @@
 //! |---|---|---|
 //! | Shared by | processes on one host (one user) | processes on any host |
 //! | Lock | an OS file lock, let go by the OS when its holder dies | `SET NX PX` with a random owner, let go by compare-and-delete |
+//! | Budget's margin | fixed (a twentieth of the window, at least 250 ms) | measured: each unit re-dated on the server once answered |
+//! | Clock | the host's | the server's (`TIME`, and each key's time to live) |
 //! | Lock lifetime | until its holder lets go or dies; waiters give up after the login timeout | the login timeout |
 //! | Good for | CLIs, cron jobs, several workers on one machine | replicas behind a load balancer, serverless |
 
