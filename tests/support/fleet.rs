@@ -615,6 +615,24 @@ impl RedisCluster {
         *port
     }
 
+    /// The units of the account's budget that the node on `port` holds (its `:units` set's
+    /// members, by `ZRANGE`): they change when a member takes one there.
+    pub fn units_on(&self, port: u16) -> String {
+        let port = port.to_string();
+        let keys = cli(&[
+            "-p",
+            &port,
+            "--scan",
+            "--pattern",
+            "patchworks-auth:*:units",
+        ])
+        .unwrap_or_default();
+        match keys.lines().next() {
+            Some(key) => cli(&["-p", &port, "zrange", key, "0", "-1"]).unwrap_or_default(),
+            None => String::new(),
+        }
+    }
+
     /// The master of the account's keys now, by the cluster's own account of it.
     pub fn the_accounts_master(&self) -> Option<u16> {
         self.nodes
