@@ -375,15 +375,28 @@ async fn one_429_with_retry_after_pauses_every_process_of_the_fleet() {
     }
     let before = fake.seen().len();
     fake.fail_api_calls(1, StatusCode::TOO_MANY_REQUESTS, Some(2));
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Until the 429 was answered, then until every process resumed after its 2 s pause (the
+    // time this test is about, as the fake sees it): a request each, at least, after it.
+    let failed = || {
+        let seen = fake.seen();
+        seen[before..]
+            .iter()
+            .find(|s| s.path == "/api/v1/flows")
+            .map(|s| s.received_at)
+    };
+    fleet::until_within("the 429", WITHIN, || failed().is_some()).await;
+    let failed = failed().unwrap();
+    fleet::until_within("every process resumed", WITHIN, || {
+        let seen = fake.seen();
+        let resumed = seen
+            .iter()
+            .filter(|s| s.received_at > failed + Duration::from_secs(2));
+        resumed.count() >= 2 * FLEET
+    })
+    .await;
     let reports = finish(members).await;
 
     let seen = fake.seen();
-    let failed = seen[before..]
-        .iter()
-        .find(|s| s.path == "/api/v1/flows")
-        .unwrap()
-        .received_at;
     let during: Vec<Duration> = seen[before..]
         .iter()
         .map(|s| s.received_at.saturating_duration_since(failed))
@@ -414,12 +427,20 @@ async fn redis_stopped_mid_run_fails_no_request() {
     for member in &mut members {
         tokio::task::block_in_place(|| member.wait_ready(WITHIN));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Running (every request takes a unit from Redis), then down: until the fleet sent 50
+    // requests a member through the outage.
+    let count = || fake.seen().len();
+    let running = count();
+    fleet::until_within("running", WITHIN, || count() >= running + 4 * 10).await;
     redis.stop();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stopped = count();
+    fleet::until_within("running on through the outage", WITHIN, || {
+        count() >= stopped + 4 * 50
+    })
+    .await;
     let reports = finish(members).await;
     let sum = total(&reports);
-    assert!(sum.requests >= 4 * 50, "{reports:?}");
+    assert!(sum.requests >= 4 * 60, "{reports:?}");
     assert_eq!(sum.failures, 0, "{reports:?}");
 }
 
@@ -603,7 +624,8 @@ async fn the_rust_and_the_lua_sliding_logs_agree() {
     assert!(wait <= window, "{wait:?}");
     // Another account's log is its own.
     assert_eq!(step("b").await, None);
-    // Once the window slid past them, three more, and no fourth.
+    // Once the window slid past them, three more, and no fourth. The one sleep here stands for
+    // the window on the Redis server's clock, which no test clock moves.
     tokio::time::sleep(wait + Duration::from_millis(50)).await;
     for _ in 0..limit {
         assert_eq!(step("a").await, None);

@@ -244,10 +244,22 @@ async fn two_revocations_in_a_row_fail_no_request(store: String, flush: impl Fn(
     })
     .await
     .unwrap();
+    let (refused_before, logins_before) = (fake.unauthorized(), fake.logins());
     fake.revoke_tokens();
-    // The fleet runs on through the second revocation (its members send every 50 ms): the
-    // time this test is about. Every request in it must be answered.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The fleet runs on through the second revocation (its members send every 50 ms): every
+    // process sees it, the fleet logs in again, and then sends on with the new token (three
+    // requests each). Every request in it must be answered.
+    until_within("all 9 saw the second revocation", WITHIN, || {
+        fake.unauthorized() - refused_before >= 9 && fake.logins() > logins_before
+    })
+    .await;
+    let after = fake.seen().len();
+    until_within("the fleet sends on after it", WITHIN, || {
+        let seen = fake.seen();
+        let ok = seen[after..].iter().filter(|s| s.path == "/api/v1/flows");
+        ok.count() >= 3 * 9
+    })
+    .await;
     let all: Vec<_> = members.into_iter().chain(newcomer).collect();
     let reports = tokio::task::spawn_blocking(|| finish(all)).await.unwrap();
     assert_eq!(total(&reports).failures, 0, "{reports:?}");
@@ -331,8 +343,9 @@ async fn renewals_cost_the_fleet_one_login_each_and_no_expired_token_is_sent() {
     })
     .await
     .unwrap();
-    // Two or three renewals' worth of running: the time this test is about.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Two renewals (the first token's after about 2 s, the next's 2 s later): the time this
+    // test is about, as the fake counts it.
+    until_within("two renewals", WITHIN, || fake.logins() >= 3).await;
     let reports = tokio::task::spawn_blocking(|| finish(members))
         .await
         .unwrap();
@@ -340,10 +353,11 @@ async fn renewals_cost_the_fleet_one_login_each_and_no_expired_token_is_sent() {
     let sum = total(&reports);
     assert_eq!(sum.failures, 0, "{reports:?}");
     assert_eq!(fake.expired_tokens_seen(), 0);
-    // A renewal every 2 s or so: 2 or 3 of them in 5 s, one login each for the fleet. Eight
-    // processes renewing by themselves would have logged in 8 times a round.
+    // A renewal every 2 s or so, one login each for the fleet (one more may have begun as the
+    // members stopped). Eight processes renewing by themselves would have logged in 8 times a
+    // round.
     let logins = fake.logins();
-    assert!((2..=5).contains(&logins), "{logins} logins");
+    assert!((3..=4).contains(&logins), "{logins} logins");
     assert_eq!(sum.logins as usize, logins);
 }
 
@@ -367,9 +381,21 @@ async fn redis_stopped_mid_run_fails_no_request_and_the_fleet_converges_when_it_
     redis.stop();
     fake.revoke_tokens();
     // The fleet runs on through the outage (its members send every 50 ms), each seeing the
-    // revocation and logging in by itself: the time this test is about. (Counting 401s is no
-    // event for it: a member's 401 comes before its login.)
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // revocation and logging in by itself: until every member saw it, and the fleet then sent
+    // three requests a member with tokens from after it (a member's 401 comes before its
+    // login, so 401s alone are no event for it).
+    let refused_before = fake.unauthorized();
+    until_within("every member saw the revocation", WITHIN, || {
+        fake.unauthorized() - refused_before >= FLEET
+    })
+    .await;
+    let after = fake.seen().len();
+    until_within("the fleet sends on", WITHIN, || {
+        let seen = fake.seen();
+        let ok = seen[after..].iter().filter(|s| s.path == "/api/v1/flows");
+        ok.count() >= 3 * FLEET
+    })
+    .await;
     let logins_while_down = fake.logins() - 1;
     assert!(
         (1..=FLEET).contains(&logins_while_down),
@@ -380,6 +406,8 @@ async fn redis_stopped_mid_run_fails_no_request_and_the_fleet_converges_when_it_
     // and no login was needed for that.
     redis.start_again();
     let back = std::time::Instant::now();
+    // Looked at every 500 ms: a condition over the last 400 ms of requests, not a sleep for
+    // synchronisation.
     let converged = loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let since = tokio::time::Instant::now() - Duration::from_millis(400);
