@@ -163,7 +163,9 @@ impl RedisStore {
     }
 
     /// Trusts the certificate authorities in `pem` (PEM) for `rediss://`, instead of the public
-    /// roots (webpki-roots): for a private CA or a self-signed server.
+    /// roots (webpki-roots): for a private CA or a self-signed server. (redis-rs's
+    /// `rediss://host:port/#insecure`, which verifies no certificate, works too, for a provider
+    /// that gives no CA to trust; the store warns when made with one.)
     ///
     /// # Errors
     ///
@@ -172,6 +174,12 @@ impl RedisStore {
     #[cfg(feature = "redis-tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis-tls")))]
     pub fn root_certificates(self, pem: &[u8]) -> Result<Self, Error> {
+        if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+            return Err(Error::config(
+                "the Redis root certificates hold no PEM certificate \
+                 (-----BEGIN CERTIFICATE-----)",
+            ));
+        }
         let certificates = redis::TlsCertificates {
             client_tls: None,
             root_cert: Some(pem.to_vec()),
@@ -257,10 +265,16 @@ async fn invoke<T: redis::FromRedisValue>(
     invocation.invoke_async(connection).await
 }
 
+/// A cluster client bounded as a single server's connection is, whose retries (after a node
+/// went away, once it has found the new master) fit in that bound: redis-rs's default waits
+/// over a second before the first.
 fn cluster(urls: &[String]) -> redis::cluster::ClusterClientBuilder {
     ClusterClient::builder(urls.iter().map(String::as_str))
         .connection_timeout(BOUND)
         .response_timeout(BOUND)
+        .retries(3)
+        .min_retry_wait(10)
+        .max_retry_wait(100)
 }
 
 /// `url`, if this build can use it.
@@ -270,6 +284,13 @@ fn check(url: &str) -> Result<&str, Error> {
             "a rediss:// (TLS) Redis URL needs the crate's `redis-tls` feature: turn it on in \
              Cargo.toml, or use redis://",
         ));
+    }
+    if url.starts_with("rediss:") && url.ends_with("#insecure") {
+        tracing::warn!(
+            target: "patchworks_auth",
+            "a rediss:// URL with #insecure: the Redis server's certificate is not verified; \
+             prefer RedisStore::root_certificates with its CA"
+        );
     }
     Ok(url)
 }
@@ -441,6 +462,20 @@ mod tests {
         assert!(!format!("{store:?}").contains("hunter2"), "{store:?}");
         let store = RedisStore::cluster(&["redis://:hunter2@node:7000/"]).unwrap();
         assert!(!format!("{store:?}").contains("hunter2"), "{store:?}");
+    }
+
+    #[cfg(feature = "redis-tls")]
+    #[test]
+    fn rediss_urls_single_and_cluster_with_or_without_verification() {
+        for url in ["rediss://:pw@cache:6380/", "rediss://cache:6380/#insecure"] {
+            RedisStore::new(url).unwrap();
+            RedisStore::cluster(&[url, url]).unwrap();
+        }
+        let error = RedisStore::new("rediss://cache:6380/")
+            .unwrap()
+            .root_certificates(b"not a certificate")
+            .unwrap_err();
+        assert!(error.is_config(), "{error}");
     }
 
     #[test]
