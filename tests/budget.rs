@@ -585,6 +585,78 @@ async fn a_frozen_store_refuses_and_fails_no_request() {
     assert_eq!(state.refused, 0, "{state:?}");
 }
 
+/// The measured margin in Redis: a unit whose request was answered ages out sooner, by as much
+/// as the layer says, on the server; a unit never sent goes back at once; another process's
+/// unit, or one already gone, is left alone.
+#[tokio::test]
+async fn redis_re_dates_a_unit_once_answered_and_takes_back_one_never_sent() {
+    use patchworks_auth::store::{RedisStore, TokenStore};
+    let Some(redis) = Redis::start() else { return };
+    let store = RedisStore::new(&redis.url()).unwrap();
+    let (limit, window) = (2, Duration::from_secs(60));
+    let take = async |name: &str| store.take_budget("k", limit, window, name).await.unwrap();
+    assert_eq!(take("p-0").await, None);
+    assert_eq!(take("p-1").await, None);
+    let full = take("p-2").await.expect("the window is full");
+    assert!(full > Duration::from_secs(59), "{full:?}");
+
+    // Answered: p-0 ages out 30 s sooner, so a unit is free in about 30 s, not 60.
+    store
+        .redate_budget("k", "p-0", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let wait = take("p-3").await.expect("still full");
+    assert!(
+        wait > Duration::from_secs(29) && wait <= Duration::from_secs(30),
+        "{wait:?}"
+    );
+    // Unknown units change nothing.
+    store.redate_budget("k", "q-0", window).await.unwrap();
+    store.redate_budget("other", "p-1", window).await.unwrap();
+    assert!(take("p-4").await.is_some());
+
+    // Never sent: p-1 goes back (re-dated by its whole window), and a unit is free at once.
+    store
+        .redate_budget("k", "p-1", Duration::MAX)
+        .await
+        .unwrap();
+    assert_eq!(take("p-5").await, None);
+    assert!(take("p-6").await.is_some());
+}
+
+/// A layer on Redis re-dates its units once answered: a unit of a one-minute window ages out a
+/// few milliseconds after the minute, not after the default margin of 3 s (a twentieth).
+#[tokio::test]
+async fn a_layer_on_redis_dates_its_answered_units_by_their_answers() {
+    let Some(redis) = Redis::start() else { return };
+    let fake = FakePatchworks::start().await.unwrap();
+    let store = patchworks_auth::store::RedisStore::new(&redis.url()).unwrap();
+    let client = support::layer(&fake)
+        .store(store)
+        .budget(Budget::new(10, Duration::from_secs(60)).max_wait(WITHIN))
+        .layer(fake.client());
+    for _ in 0..3 {
+        let response = client
+            .clone()
+            .oneshot(get(&fake, "/api/v1/flows"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    // The login's unit and three requests', each re-dated on a task of its own: each ages out
+    // less than 61 s after the last answer (63 s with the default margin).
+    let answered = std::time::Instant::now();
+    fleet::until_within("four units re-dated", WITHIN, || {
+        let left = redis.units_age_out_in();
+        let after_the_answer = |left: &Duration| *left + answered.elapsed();
+        left.len() == 4
+            && left
+                .iter()
+                .all(|left| after_the_answer(left) < Duration::from_secs(61))
+    })
+    .await;
+}
+
 /// The sliding log is written twice: in Rust (a process's own budget, and a `FileStore`'s file,
 /// which keeps it under the file's lock) and in Lua (Redis's script, run by the server in one
 /// step). One sequence of takes and pauses through both gives the same verdicts, and waits that

@@ -174,13 +174,38 @@ async fn the_accounts_master_killed_mid_run_fails_no_request_and_logins_stay_sin
             std::thread::sleep(Duration::from_millis(100));
         }
         cluster.wait_until_ok();
+        // Every member is on the new master: each took a unit there since it took over (a
+        // unit is named by its process, `<owner>-<n>`; the ones replicated before are left out).
+        let new = cluster.the_accounts_master().unwrap();
+        let before = cluster.units_on(new);
+        let owners = || {
+            let units = cluster.units_on(new);
+            let mut owners: Vec<&str> = units
+                .lines()
+                .filter(|unit| !before.lines().any(|old| old == *unit))
+                .filter_map(|unit| unit.rsplit_once('-').map(|(owner, _)| owner))
+                .collect();
+            owners.sort_unstable();
+            owners.dedup();
+            owners.len()
+        };
+        while owners() < FLEET {
+            assert!(
+                Instant::now() < deadline,
+                "not every member reached the new master"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         (members, cluster)
     })
     .await
     .unwrap();
     assert_eq!(fake.logins(), 1);
 
-    // Every process sees a revocation once the replica took over: one login for the fleet.
+    // Every process sees a revocation once the fleet is on the new master: one login for the
+    // fleet. (In the moment the cluster is up and a process has not yet found the new master,
+    // its store operations fail and it would log in by itself: the store never fails a
+    // request.)
     let refused_before = fake.unauthorized();
     fake.revoke_tokens();
     fleet::until_within("every member saw the revocation", WITHIN, || {

@@ -409,6 +409,45 @@ impl Redis {
         command(&mut stream, &[b"FLUSHALL"]);
     }
 
+    /// How long until each unit of every account's budget ages out, by the server's clock.
+    pub fn units_age_out_in(&self) -> Vec<Duration> {
+        let mut stream = std::os::unix::net::UnixStream::connect(self.socket()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let bulk = |resp: &Resp| match resp {
+            Resp::Bulk(Some(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+            other => panic!("expected a bulk string, got {other:?}"),
+        };
+        let now = match command(&mut stream, &[b"TIME"]) {
+            Resp::Array(time) => {
+                let (s, us): (u64, u64) = (
+                    bulk(&time[0]).parse().unwrap(),
+                    bulk(&time[1]).parse().unwrap(),
+                );
+                s * 1_000_000 + us
+            }
+            other => panic!("TIME answered {other:?}"),
+        };
+        let Resp::Array(keys) = command(&mut stream, &[b"KEYS", b"*:units"]) else {
+            panic!("KEYS failed")
+        };
+        let mut left = Vec::new();
+        for key in keys.iter().map(bulk) {
+            let Resp::Array(scored) = command(
+                &mut stream,
+                &[b"ZRANGE", key.as_bytes(), b"0", b"-1", b"WITHSCORES"],
+            ) else {
+                panic!("ZRANGE failed")
+            };
+            for pair in scored.chunks(2) {
+                let score: f64 = bulk(&pair[1]).parse().unwrap();
+                left.push(Duration::from_micros((score as u64).saturating_sub(now)));
+            }
+        }
+        left
+    }
+
     /// Every key and value in the server, as bytes.
     pub fn dump(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut stream = std::os::unix::net::UnixStream::connect(self.socket()).unwrap();
