@@ -57,17 +57,6 @@ async fn layer_error(client: &Authed, fake: &FakePatchworks) -> patchworks_auth:
     *error.downcast::<patchworks_auth::Error>().unwrap()
 }
 
-/// The share of the budget used: the time `n` requests (logins included: they take units too)
-/// would take at best under `limit` a window of `per` (the first `limit` at once, then `limit`
-/// more each window), over the time from the first the fake saw to the last.
-fn throughput(fake: &FakePatchworks, limit: usize, per: Duration) -> f64 {
-    let seen = fake.seen();
-    let first = seen.iter().map(|s| s.received_at).min().unwrap();
-    let last = seen.iter().map(|s| s.received_at).max().unwrap();
-    let best = per * ((seen.len() - 1) / limit) as u32;
-    best.as_secs_f64() / last.duration_since(first).as_secs_f64()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_requests_keep_within_the_budget() {
     let _one = one_at_a_time().await;
@@ -81,7 +70,7 @@ async fn a_thousand_concurrent_requests_keep_within_the_budget() {
     assert_eq!(fake.api_calls(), 1000);
     // The share of the budget used is a figure, not a promise a busy machine can keep: told
     // here, measured in BENCHMARKS.md ("The budget's share") with `cargo run --example fleet`.
-    let share = throughput(&fake, limit, per);
+    let share = fleet::share(&fake, limit, per);
     eprintln!("{:.0}% of the budget used", share * 100.0);
     let state = client.budget_state();
     assert!(state.waited >= 700, "{state:?}");
@@ -341,7 +330,7 @@ async fn eight_processes_keep_within_the_budget(store: String, fake: FakePatchwo
     assert_eq!(sum.failures, 0, "{reports:?}");
     assert_eq!(fake.too_many(), 0, "no 429");
     // A figure (BENCHMARKS.md, "The budget's share"), not an assertion.
-    let share = throughput(&fake, 100, Duration::from_secs(2));
+    let share = fleet::share(&fake, 100, Duration::from_secs(2));
     eprintln!("{:.0}% of the budget used", share * 100.0);
 }
 
@@ -636,12 +625,7 @@ async fn a_layer_on_redis_dates_its_answered_units_by_their_answers() {
         .budget(Budget::new(10, Duration::from_secs(60)).max_wait(WITHIN))
         .layer(fake.client());
     for _ in 0..3 {
-        let response = client
-            .clone()
-            .oneshot(get(&fake, "/api/v1/flows"))
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
+        support::expect_status(&client, &fake, "/api/v1/flows", StatusCode::OK).await;
     }
     // The login's unit and three requests', each re-dated on a task of its own: each ages out
     // less than 61 s after the last answer (63 s with the default margin).

@@ -7,7 +7,7 @@
 #[path = "support/fleet.rs"]
 mod fleet;
 
-use fleet::{total, Member, Redis, RedisCluster, RedisTls, Report, Spec};
+use fleet::{one_at_a_time, total, Member, Redis, RedisCluster, RedisTls, Report, Spec};
 use patchworks_auth::test_util::FakePatchworks;
 use std::{
     path::PathBuf,
@@ -36,12 +36,6 @@ const MEMBER_ARGS: &[&str] = &[
     "-q",
 ];
 
-/// One scenario at a time.
-async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
-    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    LOCK.lock().await
-}
-
 fn spec(fake: &FakePatchworks, store: String, requests: Option<u64>) -> Spec {
     Spec {
         login_url: fake.login_url().to_string(),
@@ -67,16 +61,6 @@ async fn finish(members: Vec<Member>) -> Vec<Report> {
     tokio::task::spawn_blocking(|| members.into_iter().map(|m| m.finish(WITHIN)).collect())
         .await
         .unwrap()
-}
-
-/// The share of the budget used: the time the requests the fake saw would take at best under
-/// `limit` a window of `per`, over the time from the first to the last.
-fn share(fake: &FakePatchworks, limit: usize, per: Duration) -> f64 {
-    let seen = fake.seen();
-    let first = seen.iter().map(|s| s.received_at).min().unwrap();
-    let last = seen.iter().map(|s| s.received_at).max().unwrap();
-    let best = per * ((seen.len() - 1) / limit) as u32;
-    best.as_secs_f64() / last.duration_since(first).as_secs_f64()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,7 +96,7 @@ async fn a_fleet_keeps_within_the_budget(store: String, ca: Option<PathBuf>) -> 
     let sum = total(&reports);
     assert_eq!((sum.requests, sum.failures), (400, 0), "{reports:?}");
     assert_eq!(fake.too_many(), 0, "no 429");
-    let share = share(&fake, 100, Duration::from_secs(2));
+    let share = fleet::share(&fake, 100, Duration::from_secs(2));
     eprintln!("{:.0}% of the budget used", share * 100.0);
     share
 }

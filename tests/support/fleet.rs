@@ -281,6 +281,27 @@ pub fn total(reports: &[Report]) -> Report {
     })
 }
 
+/// The share of the budget used: the time `n` requests (logins included: they take units too)
+/// would take at best under `limit` a window of `per` (the first `limit` at once, then `limit`
+/// more each window), over the time from the first the fake saw to the last.
+pub fn share(
+    fake: &patchworks_auth::test_util::FakePatchworks,
+    limit: usize,
+    per: Duration,
+) -> f64 {
+    let seen = fake.seen();
+    let first = seen.iter().map(|s| s.received_at).min().unwrap();
+    let last = seen.iter().map(|s| s.received_at).max().unwrap();
+    let best = per * ((seen.len() - 1) / limit) as u32;
+    best.as_secs_f64() / last.duration_since(first).as_secs_f64()
+}
+
+/// One scenario at a time in a test binary: each has the machine's two cores to itself.
+pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
 /// A fresh temporary directory, removed when dropped.
 pub struct TempDir(pub PathBuf);
 
