@@ -66,7 +66,7 @@ async fn finish(members: Vec<Member>) -> Vec<Report> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_processes_cold_on_a_cluster_log_in_once() {
     let _one = one_at_a_time().await;
-    let Some(cluster) = tokio::task::spawn_blocking(|| RedisCluster::start(true))
+    let Some(cluster) = tokio::task::spawn_blocking(|| RedisCluster::start(true, false))
         .await
         .unwrap()
     else {
@@ -104,7 +104,7 @@ async fn a_fleet_keeps_within_the_budget(store: String, ca: Option<PathBuf>) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_on_a_cluster_keeps_within_the_budget() {
     let _one = one_at_a_time().await;
-    let Some(cluster) = tokio::task::spawn_blocking(|| RedisCluster::start(false))
+    let Some(cluster) = tokio::task::spawn_blocking(|| RedisCluster::start(false, false))
         .await
         .unwrap()
     else {
@@ -130,10 +130,33 @@ async fn a_fleet_over_tls_keeps_within_the_budget_and_logs_in_once() {
     a_fleet_keeps_within_the_budget(format!("redis:{}", redis.url()), Some(redis.ca())).await;
 }
 
+/// A managed cluster that speaks only TLS (its bus and replication too): 8 processes cold log
+/// in once, and a fleet keeps within the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_on_a_tls_cluster_logs_in_once_and_keeps_within_the_budget() {
+    let _one = one_at_a_time().await;
+    let Some(cluster) = tokio::task::spawn_blocking(|| RedisCluster::start(false, true))
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let fake = FakePatchworks::start().await.unwrap();
+    let store = format!("redis-cluster:{}", cluster.urls());
+    let mut cold = spec(&fake, store.clone(), Some(5));
+    cold.ca = Some(cluster.ca());
+    let reports = finish(spawn(&cold, FLEET)).await;
+    let sum = total(&reports);
+    assert_eq!((sum.failures, sum.outages), (0, 0), "{reports:?}");
+    assert_eq!(fake.logins(), 1, "one login for {FLEET} processes");
+
+    a_fleet_keeps_within_the_budget(store, Some(cluster.ca())).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_accounts_master_killed_mid_run_fails_no_request_and_logins_stay_single() {
     let _one = one_at_a_time().await;
-    let Some(mut cluster) = tokio::task::spawn_blocking(|| RedisCluster::start(true))
+    let Some(mut cluster) = tokio::task::spawn_blocking(|| RedisCluster::start(true, false))
         .await
         .unwrap()
     else {

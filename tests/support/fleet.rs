@@ -568,18 +568,74 @@ fn redis_server(dir: &Path, port: u16, args: &[&str]) -> Child {
         .expect("start redis-server")
 }
 
+/// A certificate authority of the test's own and a server certificate for `127.0.0.1` it
+/// signed, made with `openssl` in `dir` (`ca.pem`, `cert.pem`, `key.pem`): a TLS Redis's. The
+/// arguments that make a `redis-server` speak TLS with them on `port`.
+fn tls(dir: &Path, port: u16) -> Vec<String> {
+    if !dir.join("cert.pem").exists() {
+        let openssl = |args: &[&str]| {
+            let status = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success(), "openssl {args:?}");
+        };
+        let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+        let ec: Vec<&str> = ec.split(' ').collect();
+        let ca = "-keyout ca.key -out ca.pem -days 1 -subj /CN=test-ca";
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &ca.split(' ').collect::<Vec<_>>(),
+            ]
+            .concat(),
+        );
+        let csr = "-keyout key.pem -out server.csr -subj /CN=127.0.0.1";
+        openssl(&[&["req"][..], &ec, &csr.split(' ').collect::<Vec<_>>()].concat());
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        let sign = "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+                    -out cert.pem -days 1 -extfile san.ext";
+        openssl(&sign.split_whitespace().collect::<Vec<_>>());
+    }
+    let file = |name: &str| dir.join(name).display().to_string();
+    let args = [
+        "--port",
+        "0",
+        "--tls-port",
+        &port.to_string(),
+        "--tls-cert-file",
+        &file("cert.pem"),
+        "--tls-key-file",
+        &file("key.pem"),
+        "--tls-ca-cert-file",
+        &file("ca.pem"),
+        "--tls-auth-clients",
+        "no",
+        "--tls-cluster",
+        "yes",
+        "--tls-replication",
+        "yes",
+    ];
+    args.iter().map(|arg| arg.to_string()).collect()
+}
+
 /// A real Redis Cluster on loopback: three masters, each with a replica when asked, made with
-/// `redis-cli --cluster create`; every node stopped when dropped.
+/// `redis-cli --cluster create`, over plain TCP or TLS only; every node stopped when dropped.
 pub struct RedisCluster {
     dir: TempDir,
     nodes: Vec<(u16, Option<Child>)>,
+    tls: bool,
 }
 
 impl RedisCluster {
-    /// Starts one and waits until it serves every slot, or `None` if `redis-server` is not
-    /// installed (outside CI only).
-    pub fn start(replicas: bool) -> Option<RedisCluster> {
-        if !installed("redis-server") {
+    /// Starts one and waits until it serves every slot, or `None` if `redis-server` (or, for
+    /// `tls`, `openssl`) is not installed (outside CI only).
+    pub fn start(replicas: bool, tls: bool) -> Option<RedisCluster> {
+        if !installed("redis-server") || (tls && !installed("openssl")) {
             return None;
         }
         let dir = TempDir::new("cluster");
@@ -587,31 +643,40 @@ impl RedisCluster {
             .map(|_| {
                 let port = free_port(true);
                 let conf = format!("nodes-{port}.conf");
-                let args = ["--cluster-enabled", "yes", "--cluster-config-file", &conf];
-                let child = redis_server(
-                    &dir.0,
-                    port,
-                    &[
-                        &args[..],
-                        &[
-                            "--cluster-node-timeout",
-                            "1000",
-                            "--repl-diskless-sync-delay",
-                            "0",
-                        ],
-                    ]
-                    .concat(),
-                );
-                (port, Some(child))
+                let mut args: Vec<String> = [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &conf,
+                    "--cluster-node-timeout",
+                    "1000",
+                    "--repl-diskless-sync-delay",
+                    "0",
+                ]
+                .iter()
+                .map(|arg| arg.to_string())
+                .collect();
+                let port_arg = if tls {
+                    args.extend(self::tls(&dir.0, port));
+                    0
+                } else {
+                    port
+                };
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                (port, Some(redis_server(&dir.0, port_arg, &args)))
             })
             .collect();
-        for (port, _) in &nodes {
+        let cluster = RedisCluster { dir, nodes, tls };
+        for (port, _) in &cluster.nodes {
             let port = port.to_string();
             wait_for("a node answering", Duration::from_secs(10), || {
-                cli(&["-p", &port, "ping"]).is_some_and(|out| out.contains("PONG"))
+                cluster
+                    .cli(&["-p", &port, "ping"])
+                    .is_some_and(|out| out.contains("PONG"))
             });
         }
-        let addrs: Vec<String> = nodes
+        let addrs: Vec<String> = cluster
+            .nodes
             .iter()
             .map(|(port, _)| format!("127.0.0.1:{port}"))
             .collect();
@@ -622,18 +687,32 @@ impl RedisCluster {
             if replicas { "1" } else { "0" },
             "--cluster-yes",
         ]);
-        cli(&args).expect("redis-cli --cluster create");
-        let cluster = RedisCluster { dir, nodes };
+        cluster.cli(&args).expect("redis-cli --cluster create");
         cluster.wait_until_ok();
         Some(cluster)
     }
 
+    /// `redis-cli` with `args`, over TLS for a TLS cluster.
+    fn cli(&self, args: &[&str]) -> Option<String> {
+        if !self.tls {
+            return cli(args);
+        }
+        let ca = self.ca().display().to_string();
+        cli(&[&["--tls", "--cacert", &ca][..], args].concat())
+    }
+
+    /// The PEM of the certificate authority a TLS cluster's certificates are signed by.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.0.join("ca.pem")
+    }
+
     /// The seed URLs, comma-separated: every node's.
     pub fn urls(&self) -> String {
+        let scheme = if self.tls { "rediss" } else { "redis" };
         let urls: Vec<String> = self
             .nodes
             .iter()
-            .map(|(port, _)| format!("redis://127.0.0.1:{port}/"))
+            .map(|(port, _)| format!("{scheme}://127.0.0.1:{port}/"))
             .collect();
         urls.join(",")
     }
@@ -645,50 +724,57 @@ impl RedisCluster {
             if child.is_some() {
                 let port = port.to_string();
                 wait_for("the cluster up", Duration::from_secs(30), || {
-                    let ok = cli(&["-p", &port, "cluster", "info"])
+                    let ok = self
+                        .cli(&["-p", &port, "cluster", "info"])
                         .is_some_and(|info| info.contains("cluster_state:ok"));
-                    let synced = cli(&["-p", &port, "info", "replication"]).is_some_and(|info| {
-                        info.contains("role:master") || info.contains("master_link_status:up")
-                    });
+                    let synced =
+                        self.cli(&["-p", &port, "info", "replication"])
+                            .is_some_and(|info| {
+                                info.contains("role:master")
+                                    || info.contains("master_link_status:up")
+                            });
                     ok && synced
                 });
             }
         }
     }
 
+    /// Whether the node on `port` is a master holding the account's keys.
+    fn holds(&self, port: u16) -> bool {
+        let port = port.to_string();
+        let role = self.cli(&["-p", &port, "role"]).unwrap_or_default();
+        let keys = self.cli(&["-p", &port, "--scan", "--pattern", "patchworks-auth:*"]);
+        role.starts_with("master") && keys.is_some_and(|keys| !keys.trim().is_empty())
+    }
+
     /// Kills (SIGKILL) the master that holds the account's keys; its port.
     pub fn kill_the_accounts_master(&mut self) -> u16 {
-        let holds = |port: &u16| {
-            let port = port.to_string();
-            let role = cli(&["-p", &port, "role"]).unwrap_or_default();
-            let keys = cli(&["-p", &port, "--scan", "--pattern", "patchworks-auth:*"]);
-            role.starts_with("master") && keys.is_some_and(|keys| !keys.trim().is_empty())
-        };
-        let (port, child) = self
-            .nodes
-            .iter_mut()
-            .find(|(port, child)| child.is_some() && holds(port))
+        let port = self
+            .the_accounts_master()
             .expect("a master holding the account's keys");
+        let (_, child) = self.nodes.iter_mut().find(|(p, _)| *p == port).unwrap();
         let mut child = child.take().unwrap();
         let _ = child.kill();
         let _ = child.wait();
-        *port
+        port
     }
 
     /// The units of the account's budget that the node on `port` holds (its `:units` set's
     /// members, by `ZRANGE`): they change when a member takes one there.
     pub fn units_on(&self, port: u16) -> String {
         let port = port.to_string();
-        let keys = cli(&[
+        let pattern = [
             "-p",
             &port,
             "--scan",
             "--pattern",
             "patchworks-auth:*:units",
-        ])
-        .unwrap_or_default();
+        ];
+        let keys = self.cli(&pattern).unwrap_or_default();
         match keys.lines().next() {
-            Some(key) => cli(&["-p", &port, "zrange", key, "0", "-1"]).unwrap_or_default(),
+            Some(key) => self
+                .cli(&["-p", &port, "zrange", key, "0", "-1"])
+                .unwrap_or_default(),
             None => String::new(),
         }
     }
@@ -698,12 +784,8 @@ impl RedisCluster {
         self.nodes
             .iter()
             .filter(|(_, child)| child.is_some())
-            .find_map(|(port, _)| {
-                let port_s = port.to_string();
-                let role = cli(&["-p", &port_s, "role"])?;
-                let keys = cli(&["-p", &port_s, "--scan", "--pattern", "patchworks-auth:*"])?;
-                (role.starts_with("master") && !keys.trim().is_empty()).then_some(*port)
-            })
+            .map(|(port, _)| *port)
+            .find(|port| self.holds(*port))
     }
 }
 
@@ -715,7 +797,6 @@ impl Drop for RedisCluster {
                 let _ = child.wait();
             }
         }
-        let _ = &self.dir;
     }
 }
 
@@ -734,89 +815,10 @@ impl RedisTls {
             return None;
         }
         let dir = TempDir::new("tls");
-        let openssl = |args: &[&str]| {
-            let status = Command::new("openssl")
-                .args(args)
-                .current_dir(&dir.0)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .unwrap();
-            assert!(status.success(), "openssl {args:?}");
-        };
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        openssl(
-            &[
-                &["req", "-x509"][..],
-                &ec,
-                &[
-                    "-keyout",
-                    "ca.key",
-                    "-out",
-                    "ca.pem",
-                    "-days",
-                    "1",
-                    "-subj",
-                    "/CN=patchworks-auth test CA",
-                ],
-            ]
-            .concat(),
-        );
-        openssl(
-            &[
-                &["req"][..],
-                &ec,
-                &[
-                    "-keyout",
-                    "key.pem",
-                    "-out",
-                    "server.csr",
-                    "-subj",
-                    "/CN=127.0.0.1",
-                ],
-            ]
-            .concat(),
-        );
-        std::fs::write(dir.0.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "cert.pem",
-            "-days",
-            "1",
-            "-extfile",
-            "san.ext",
-        ]);
         let port = free_port(false);
-        let file = |name: &str| dir.0.join(name).display().to_string();
-        let (cert, key, ca) = (file("cert.pem"), file("key.pem"), file("ca.pem"));
-        let tls = [
-            "--tls-port",
-            &port.to_string(),
-            "--tls-cert-file",
-            &cert,
-            "--tls-key-file",
-            &key,
-            "--tls-ca-cert-file",
-            &ca,
-            "--tls-auth-clients",
-            "no",
-        ];
-        let child = redis_server(&dir.0, 0, &tls);
+        let args = tls(&dir.0, port);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let child = redis_server(&dir.0, 0, &args);
         wait_for("redis-server on TLS", Duration::from_secs(10), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
