@@ -230,6 +230,40 @@ async fn the_accounts_master_killed_mid_run_fails_no_request_and_logins_stay_sin
     drop(cluster);
 }
 
+/// The master holding the account's keys frozen (SIGSTOP: it keeps its connections and
+/// answers nothing) for longer than the cluster's node timeout, so that a replica takes over,
+/// then let go on: no request fails, and none waits on the frozen node past the store's bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_accounts_master_frozen_mid_run_fails_no_request() {
+    let _one = one_at_a_time().await;
+    let Some(cluster) = tokio::task::spawn_blocking(|| RedisCluster::start(true, false))
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let fake = FakePatchworks::start().await.unwrap();
+    let mut spec = spec(&fake, format!("redis-cluster:{}", cluster.urls()), None);
+    (spec.budget, spec.interval_ms) = (Some((1_000, 2_000)), 20);
+    let mut members = spawn(&spec, 4);
+    for member in &mut members {
+        tokio::task::block_in_place(|| member.wait_ready(WITHIN));
+    }
+    let frozen = cluster.the_accounts_master().unwrap();
+    cluster.signal(frozen, "-STOP");
+    // The fleet runs on while the node is frozen and a replica takes over: until the fake saw
+    // 50 more requests a member.
+    let count = || fake.seen().len();
+    let from = count();
+    fleet::until_within("running on", WITHIN, || count() >= from + 4 * 50).await;
+    cluster.signal(frozen, "-CONT");
+    let from = count();
+    fleet::until_within("running on after", WITHIN, || count() >= from + 4 * 20).await;
+    let reports = finish(members).await;
+    assert_eq!(total(&reports).failures, 0, "{reports:?}");
+    assert_eq!(fake.logins(), 1);
+}
+
 /// Hosts whose wall clocks are 30 s apart (libfaketime in the members) agree on when the
 /// token they share expires: its expiry is read on the store's clock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -759,6 +759,14 @@ impl RedisCluster {
         port
     }
 
+    /// Sends `signal` (`-STOP`, `-CONT`) to the node on `port`.
+    pub fn signal(&self, port: u16, signal: &str) {
+        let (_, child) = self.nodes.iter().find(|(p, _)| *p == port).unwrap();
+        let id = child.as_ref().expect("a running node").id().to_string();
+        let status = Command::new("kill").args([signal, &id]).status().unwrap();
+        assert!(status.success(), "kill {signal}");
+    }
+
     /// The units of the account's budget that the node on `port` holds (its `:units` set's
     /// members, by `ZRANGE`): they change when a member takes one there.
     pub fn units_on(&self, port: u16) -> String {
