@@ -244,13 +244,14 @@ async fn two_revocations_in_a_row_fail_no_request(store: String, flush: impl Fn(
     })
     .await
     .unwrap();
-    let (refused_before, logins_before) = (fake.unauthorized(), fake.logins());
+    let logins_before = fake.logins();
     fake.revoke_tokens();
-    // The fleet runs on through the second revocation (its members send every 50 ms): every
-    // process sees it, the fleet logs in again, and then sends on with the new token (three
-    // requests each). Every request in it must be answered.
-    until_within("all 9 saw the second revocation", WITHIN, || {
-        fake.unauthorized() - refused_before >= 9 && fake.logins() > logins_before
+    // The fleet runs on through the second revocation (its members send every 50 ms): until
+    // the fleet logged in again and then sent on, three requests a member. (Not every member
+    // need see a 401: one still recovering from the first revocation may come by a token
+    // issued after the second.) Every request in it must be answered.
+    until_within("a login after the second revocation", WITHIN, || {
+        fake.logins() > logins_before
     })
     .await;
     let after = fake.seen().len();
