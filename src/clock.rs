@@ -1,10 +1,13 @@
 //! A cheap monotonic clock for the request path.
 //!
-//! Tokio's timers age a token (so a paused test clock ages it too), but a timer only runs when
-//! its runtime is driven: a runtime that was dropped, left idle (a `current_thread` runtime
-//! between two `block_on`s) or kept busy runs it late or never. So every request also compares
-//! this clock with the token's deadlines, and an expired token is never sent, whatever became of
-//! its timer.
+//! The driver's one timer ages a token when the core says ([`Core::poll_timeout`]; a paused
+//! test clock drives it too), but a timer only runs when its runtime is driven: a runtime that
+//! was dropped, left idle (a `current_thread` runtime between two `block_on`s) or kept busy
+//! runs it late or never. So every request also compares this clock with the token's
+//! deadlines, and an expired token is never sent, whatever became of the timer. It is the one
+//! clock the request path reads.
+//!
+//! [`Core::poll_timeout`]: crate::token::Core::poll_timeout
 //!
 //! Hand-written because std has no coarse clock: `Instant::now()` costs about 40 ns on the
 //! project's machine (a full `clock_gettime` through the vDSO), `CLOCK_MONOTONIC_COARSE` about

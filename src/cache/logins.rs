@@ -103,17 +103,10 @@ impl Cache {
         }
     }
 
-    /// Ages a token on Tokio's clock (see [`age`]).
-    pub(super) fn keep_aged(&self, token: &Arc<Token>, renew_at: Instant, send_by: Instant) {
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let timer = runtime.spawn(age(Arc::downgrade(token), renew_at, send_by));
-            let _ = token.timer.set(timer.abort_handle());
-        }
-    }
-
-    /// Makes `obtained` current as the core's `generation`, aged until `send_by`.
+    /// Makes `obtained` current as the core's `generation`, aged until `send_by` by the
+    /// driver's timer.
     pub(super) fn install(
-        &self,
+        self: &Arc<Self>,
         obtained: &Obtained,
         generation: u64,
         renew_at: Instant,
@@ -126,7 +119,7 @@ impl Cache {
                 .saturating_sub(obtained.obtained_at.elapsed()),
         );
         self.current.store(Some(token.clone()));
-        self.keep_aged(&token, renew_at, send_by);
+        self.rearm();
         token
     }
 }
@@ -165,8 +158,9 @@ impl Claim {
             // renewal is tried again after the back-off.
             (Ended::Failed { retry_at, .. }, _) => {
                 if let Some(token) = cache.current.load_full() {
-                    retry_renewal_at(&token, *retry_at);
+                    back_off(&token, *retry_at);
                 }
+                cache.rearm();
                 None
             }
             _ => None,

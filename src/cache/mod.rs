@@ -4,7 +4,8 @@
 //! `ArcSwap` for the request path, and a `watch` channel that every change of the core is
 //! announced on: a request that waits for a login subscribes, then asks the core, so no change
 //! between the two is missed. It runs logins (through "a function that logs in", [`LoginFn`],
-//! which the adapters make) and the shared [store](crate::store), and ages tokens with timers.
+//! which the adapters make) and the shared [store](crate::store), and ages tokens with one
+//! timer that asks the core when it next needs to run ([`Core::poll_timeout`]).
 //!
 //! Work in flight is owned by a guard: a login is run by a [`Claim`], and a claim dropped
 //! unfinished (with its task, its future or its runtime) hands the login back to the core, so
@@ -23,8 +24,8 @@ use crate::{
     login::LoginFn,
     store::{Owner, Shared, STORE_TIMEOUT},
     token::{
-        Attempts, Checked, Core, Ended, Endpoint, Failure, Need, Obtained, Reason, Renew, Start,
-        Step, Timings, TokenState, Unauthorized,
+        Attempts, Checked, Core, Due, Ended, Endpoint, Failure, Need, Obtained, Reason, Renew,
+        Start, Step, Timings, TokenState, Unauthorized,
     },
 };
 use arc_swap::ArcSwapOption;
@@ -35,14 +36,13 @@ use std::{
     pin::pin,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering},
-        Arc, OnceLock, Weak,
+        Arc, Weak,
     },
     task::Poll,
     time::Duration,
 };
 use tokio::{
-    sync::watch,
-    task::AbortHandle,
+    sync::{watch, Notify},
     time::{sleep, sleep_until, Instant},
 };
 use tower::util::rng::{HasherRng, Rng};
@@ -56,7 +56,7 @@ mod token;
 use answers::Checking;
 pub(crate) use answers::{Again, CheckFn};
 pub(crate) use replays::Transport;
-use token::{age, retry_renewal_at};
+use token::back_off;
 pub(crate) use token::{Phase, Token};
 
 // The model check (src/checks/driver_model.rs, a unit test under `--cfg shuttle`) swaps the
@@ -155,6 +155,10 @@ pub(crate) struct Cache {
     untrusted_told: AtomicU64,
     /// Whether the configuration's error was logged.
     config_told: AtomicBool,
+    /// Wakes the driver's one timer when the core's deadlines changed, or the cache is gone.
+    timer: Arc<Notify>,
+    /// The timer's task, while one runs.
+    timer_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Cache {
@@ -217,6 +221,8 @@ impl Cache {
             check: std::sync::Mutex::new(None),
             untrusted_told: AtomicU64::new(0),
             config_told: AtomicBool::new(false),
+            timer: Arc::default(),
+            timer_task: std::sync::Mutex::new(None),
         })
     }
 
@@ -484,7 +490,8 @@ impl Cache {
         match decision {
             Renew::Nothing => None,
             Renew::Later(at) => {
-                retry_renewal_at(token, at);
+                back_off(token, at);
+                self.rearm();
                 None
             }
             Renew::Start(start) => {
@@ -508,6 +515,13 @@ impl Cache {
                 })
             }
         }
+    }
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        // The timer's task ends.
+        self.timer.notify_one();
     }
 }
 

@@ -168,7 +168,7 @@ impl Cache {
 
     /// Makes the fleet's token `shared` current, found in the store after an outage, unless it
     /// is due for renewal already. Returns whether it was adopted.
-    fn adopt(&self, shared: &Obtained) -> bool {
+    fn adopt(self: &Arc<Self>, shared: &Obtained) -> bool {
         let mut core = self.lock();
         let (renew_at, _) = timings(&self.config).schedule(shared.obtained_at, shared.lifetime);
         if Instant::now() >= renew_at {

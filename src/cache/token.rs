@@ -1,4 +1,5 @@
-//! The token as the request path reads it, and its aging on Tokio's clock.
+//! The token as the request path reads it, and the driver's one timer, which ages it when the
+//! core says.
 
 use super::*;
 
@@ -19,9 +20,10 @@ pub(crate) enum Phase {
 
 /// A token the core made current, as the request path reads it.
 ///
-/// Its age is kept twice: a Tokio timer moves its phase forward (which a paused test clock
-/// drives too), and every request compares the coarse monotonic clock with its deadlines, so a
-/// timer that did not run (its runtime dropped, idle or late) never lets an expired token out.
+/// Its age is kept twice: the driver's timer moves its phase forward when the core's deadlines
+/// pass ([`Cache::rearm`]; a paused test clock drives it too), and every request compares the
+/// coarse monotonic clock with its deadlines, so a timer that did not run (its runtime dropped,
+/// idle or late) never lets an expired token out.
 pub(crate) struct Token {
     /// `Bearer <token>`, marked sensitive.
     pub(crate) header: HeaderValue,
@@ -37,8 +39,6 @@ pub(crate) struct Token {
     pub(super) renew_by: Coarse,
     pub(super) send_by: Coarse,
     pub(super) retry_by: AtomicU64,
-    /// The timer task that ages this token; aborted when the token is dropped.
-    pub(super) timer: OnceLock<AbortHandle>,
     /// The OAuth 2 scope it was granted, if known.
     pub(super) scope: Option<Arc<str>>,
 }
@@ -60,7 +60,6 @@ impl Token {
             renew_by: deadlines.map_or(Coarse::NEVER, |(renew, _)| at(renew)),
             send_by: deadlines.map_or(Coarse::NEVER, |(_, send)| at(send)),
             retry_by: AtomicU64::new(u64::MAX),
-            timer: OnceLock::new(),
             scope: obtained.scope.clone(),
         }
     }
@@ -127,14 +126,6 @@ impl Token {
     }
 }
 
-impl Drop for Token {
-    fn drop(&mut self) {
-        if let Some(timer) = self.timer.get() {
-            timer.abort();
-        }
-    }
-}
-
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Token")
@@ -145,40 +136,78 @@ impl fmt::Debug for Token {
     }
 }
 
-/// Moves a token whose renewal failed back to `Due` once the back-off ends: by a timer, and by
-/// the coarse clock on the request path for when the timer's runtime is gone.
-pub(super) fn retry_renewal_at(token: &Arc<Token>, at: Instant) {
-    if token.timer_phase() != Phase::Renewing {
-        return;
-    }
+/// A renewal of `token` failed, or may not start yet: it is due again at `at`, by the
+/// driver's timer (the core's deadline) and by the coarse clock on the request path for when
+/// the timer's runtime is gone.
+pub(super) fn back_off(token: &Token, at: Instant) {
     let coarse = Coarse::now().after(at.saturating_duration_since(Instant::now()));
     token.retry_by.store(coarse.nanos(), Ordering::Relaxed);
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        let token = Arc::downgrade(token);
-        runtime.spawn(async move {
-            sleep_until(at).await;
-            if let Some(token) = token.upgrade() {
-                token.advance(Phase::Renewing, Phase::Due);
+}
+
+impl Cache {
+    /// Has the driver's one timer ask the core again when it next needs to run
+    /// ([`Core::poll_timeout`]): after a token is made current, or a renewal backs off. Starts
+    /// the timer on this runtime if none runs (none yet, or its runtime went).
+    pub(super) fn rearm(self: &Arc<Self>) {
+        let mut task = self.timer_task.lock().unwrap_or_else(|e| e.into_inner());
+        if task
+            .as_ref()
+            .is_none_or(tokio::task::JoinHandle::is_finished)
+        {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let wake = self.timer.clone();
+                *task = Some(runtime.spawn(drive(Arc::downgrade(self), wake)));
             }
-        });
+        }
+        self.timer.notify_one();
+    }
+
+    /// Carries out what came due at `now` ([`Core::timeout`]) on the current token.
+    fn timed_out(&self, now: Instant) {
+        let mut core = self.lock();
+        while let Some(due) = core.timeout(now) {
+            let current = self.current.load_full();
+            let Some(token) = current.filter(|token| token.generation == due.generation()) else {
+                continue;
+            };
+            match due {
+                Due::Renewal(_) => _ = token.advance(Phase::Fresh, Phase::Due),
+                Due::Retry(_) => {
+                    token.retry_by.store(u64::MAX, Ordering::Relaxed);
+                    token.advance(Phase::Renewing, Phase::Due);
+                }
+                Due::Expired(_) => token.phase.store(Phase::Expired as u8, Ordering::Release),
+            }
+        }
     }
 }
 
-/// Ages a token on Tokio's clock: due for renewal at `renew_at`, expired at `send_by`.
-///
-/// If the task is dropped before that (its runtime shut down while the token lives on, say in a
-/// client shared between runtimes), the token is aged by the coarse clock alone: it stays usable
-/// for as long as it is valid.
-pub(super) async fn age(token: Weak<Token>, renew_at: Instant, send_by: Instant) {
-    if renew_at < send_by {
-        sleep_until(renew_at).await;
-        match token.upgrade() {
-            Some(token) => token.advance(Phase::Fresh, Phase::Due),
+/// The driver's one timer: sleeps until the core's next deadline, or until woken because the
+/// deadlines changed ([`Cache::rearm`]), and carries out what came due. Ends once the cache is
+/// gone (its drop wakes it).
+async fn drive(cache: Weak<Cache>, wake: Arc<Notify>) {
+    loop {
+        let deadline = match cache.upgrade() {
+            Some(cache) => cache.lock().poll_timeout(),
             None => return,
         };
-    }
-    sleep_until(send_by).await;
-    if let Some(token) = token.upgrade() {
-        token.phase.store(Phase::Expired as u8, Ordering::Release);
+        let mut notified = pin!(wake.notified());
+        let mut sleep = pin!(deadline.map(sleep_until));
+        poll_fn(|cx| {
+            let timed_out = match sleep.as_mut().as_pin_mut() {
+                Some(sleep) => sleep.poll(cx).is_ready(),
+                None => false,
+            };
+            if timed_out || notified.as_mut().poll(cx).is_ready() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        match cache.upgrade() {
+            Some(cache) => cache.timed_out(Instant::now()),
+            None => return,
+        }
     }
 }

@@ -35,6 +35,7 @@ use tokio::time::Instant;
 mod attempts;
 mod decisions;
 mod state;
+mod timer;
 
 pub(crate) use attempts::{Attempts, Step};
 /// The core's name for [`LoginReason`].
@@ -42,6 +43,7 @@ pub(crate) use decisions::LoginReason as Reason;
 pub use decisions::LoginReason;
 pub(crate) use decisions::*;
 pub use state::TokenState;
+pub(crate) use timer::Due;
 
 /// Back-off after a login the endpoint refused or could not answer usefully: 5 s doubling to
 /// 5 min, so that rejected credentials cost the account a handful of attempts an hour.
@@ -68,8 +70,10 @@ struct Current {
     generation: u64,
     header: HeaderValue,
     obtained_at: Instant,
+    renew_at: Instant,
     send_by: Instant,
     shared: bool,
+    deadlines: timer::Deadlines,
 }
 
 /// Where logins are: one of three, never two at once.
@@ -150,8 +154,10 @@ impl Core {
                 generation: 0,
                 header,
                 obtained_at: now,
+                renew_at: now,
                 send_by: now,
                 shared: false,
+                deadlines: timer::Deadlines::default(),
             }),
             discarded: None,
             login: Login::Idle,
@@ -273,7 +279,11 @@ impl Core {
         }
         match &self.login {
             Login::Running { .. } => Renew::Nothing,
-            Login::Failed(failure) if now < failure.retry_at => Renew::Later(failure.retry_at),
+            Login::Failed(failure) if now < failure.retry_at => {
+                let retry_at = failure.retry_at;
+                self.renew_again_at(retry_at);
+                Renew::Later(retry_at)
+            }
             _ => Renew::Start(self.start(Reason::Renewal)),
         }
     }
@@ -320,6 +330,7 @@ impl Core {
                 let (error, retry_at) = (failure.error.clone(), failure.retry_at);
                 self.login = Login::Failed(failure);
                 self.last_failed = Some((id, error.clone()));
+                self.renew_again_at(retry_at);
                 Ended::Failed { error, retry_at }
             }
         }
@@ -337,8 +348,10 @@ impl Core {
             generation: self.generation,
             header: obtained.header,
             obtained_at: obtained.obtained_at,
+            renew_at,
             send_by,
             shared: obtained.shared,
+            deadlines: timer::Deadlines::default(),
         });
         (self.generation, renew_at, send_by)
     }

@@ -1,6 +1,6 @@
 //! The core's decisions as tables of rows, read directly: which stored token a login may take
-//! (`Core::takes`), and when a token the fleet shares is adopted outside a login
-//! (`Core::adopt`).
+//! (`Core::takes`), when a token the fleet shares is adopted outside a login (`Core::adopt`),
+//! and the deadlines its driver's one timer asks for (`Core::poll_timeout`, `Core::timeout`).
 
 use super::*;
 
@@ -197,4 +197,54 @@ fn when_a_shared_token_is_adopted() {
             assert_eq!(core.usable(t0), before, "{what}: unchanged");
         }
     }
+}
+
+/// The deadlines the driver's one timer asks for (`Core::poll_timeout`) over a token's life,
+/// and what comes due at each (`Core::timeout`): its renewal window, a failed renewal's
+/// back-off, its expiry; nothing for an API key.
+#[test]
+fn the_core_says_when_its_timer_next_runs_and_what_came_due() {
+    let t0 = Instant::now();
+    let at = |secs: u64| t0 + Duration::from_secs(secs);
+    let mut core = Core::new(TIMINGS, None, t0);
+    assert_eq!(core.poll_timeout(), None, "no token, nothing timed");
+    let Need::Start(first) = core.need(t0, None, 0) else {
+        panic!("a first login")
+    };
+    let Ended::Installed { generation, .. } =
+        core.login_ended(first.id, t0, Ok(obtained("Bearer a", t0)))
+    else {
+        panic!("installed")
+    };
+    assert_eq!(core.poll_timeout(), Some(at(50)));
+    assert_eq!(core.timeout(at(49)), None);
+    assert_eq!(core.timeout(at(50)), Some(Due::Renewal(generation)));
+    assert_eq!(core.timeout(at(50)), None, "told once");
+    assert_eq!(core.poll_timeout(), Some(at(95)), "then its expiry");
+
+    // The renewal fails: due again when its back-off ends.
+    let Renew::Start(renewal) = core.renew(at(50), generation) else {
+        panic!("a renewal")
+    };
+    let failure = Failure {
+        error: Error::config("down"),
+        retry_at: at(60),
+        attempts: 1,
+    };
+    core.login_ended(renewal.id, at(51), Err(failure));
+    assert_eq!(core.poll_timeout(), Some(at(60)));
+    // A request that sees it due meanwhile is told to wait for the same end.
+    assert!(matches!(core.renew(at(55), generation), Renew::Later(end) if end == at(60)));
+    assert_eq!(core.poll_timeout(), Some(at(60)));
+    assert_eq!(core.timeout(at(59)), None);
+    assert_eq!(core.timeout(at(60)), Some(Due::Retry(generation)));
+    assert_eq!(core.poll_timeout(), Some(at(95)));
+
+    // Past its expiry, all at once: expired, and nothing more is timed.
+    assert_eq!(core.timeout(at(120)), Some(Due::Expired(generation)));
+    assert_eq!(core.timeout(at(120)), None);
+    assert_eq!(core.poll_timeout(), None);
+
+    let api_key = Core::new(TIMINGS, Some(header("key")), t0);
+    assert_eq!(api_key.poll_timeout(), None, "an API key is never timed");
 }

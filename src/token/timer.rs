@@ -1,0 +1,87 @@
+//! The core's deadlines, as quinn-proto's `Connection::poll_timeout` has them: when the driver's
+//! one timer next needs to run, and what came due when it does.
+
+use super::*;
+
+/// What came due at one of the core's deadlines, for the token of a generation: what the
+/// driver's timer does to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Due {
+    /// Its renewal window opened: the first request to see it starts the renewal.
+    Renewal(u64),
+    /// A failed renewal's back-off ended: the next request to see it renews again.
+    Retry(u64),
+    /// It may no longer be sent.
+    Expired(u64),
+}
+
+impl Due {
+    pub(crate) fn generation(self) -> u64 {
+        match self {
+            Due::Renewal(generation) | Due::Retry(generation) | Due::Expired(generation) => {
+                generation
+            }
+        }
+    }
+}
+
+/// Which of the current token's deadlines are still to come.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Deadlines {
+    renewal_told: bool,
+    expiry_told: bool,
+    /// The end of a failed (or refused) renewal's back-off, until told.
+    pub(super) retry_at: Option<Instant>,
+}
+
+impl Core {
+    /// When the driver's timer next needs to run: the current token's renewal window, the end
+    /// of a failed renewal's back-off, or its expiry, whichever comes first. `None`: nothing is
+    /// timed (no token, or an API key).
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        let current = self.current.as_ref().filter(|_| !self.api_key)?;
+        let timed = &current.deadlines;
+        let renewal = (!timed.renewal_told).then_some(current.renew_at);
+        let expiry = (!timed.expiry_told).then_some(current.send_by);
+        [renewal, timed.retry_at, expiry]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The timer ran at `now`: what came due, one at a time (ask again until `None`).
+    pub(crate) fn timeout(&mut self, now: Instant) -> Option<Due> {
+        if self.api_key {
+            return None;
+        }
+        let current = self.current.as_mut()?;
+        let (generation, timed) = (current.generation, &mut current.deadlines);
+        if !timed.expiry_told && now >= current.send_by {
+            *timed = Deadlines {
+                renewal_told: true,
+                expiry_told: true,
+                retry_at: None,
+            };
+            return Some(Due::Expired(generation));
+        }
+        if !timed.renewal_told && now >= current.renew_at {
+            timed.renewal_told = true;
+            return Some(Due::Renewal(generation));
+        }
+        if timed.retry_at.is_some_and(|at| now >= at) {
+            timed.retry_at = None;
+            return Some(Due::Retry(generation));
+        }
+        None
+    }
+
+    /// A renewal of the current token failed, or may not start before `at`: it is due again
+    /// then.
+    pub(super) fn renew_again_at(&mut self, at: Instant) {
+        if let Some(current) = self.current.as_mut() {
+            if !current.deadlines.expiry_told {
+                current.deadlines.retry_at = Some(at);
+            }
+        }
+    }
+}
