@@ -63,26 +63,45 @@ async fn finish(members: Vec<Member>) -> Vec<Report> {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn eight_processes_cold_on_a_cluster_log_in_once() {
-    let _one = one_at_a_time().await;
-    let Some(cluster) = tokio::task::spawn_blocking(|| RedisCluster::start(true, false))
+/// A real Redis Cluster (see [`RedisCluster::start`]), started off the test's runtime.
+async fn cluster(replicas: bool, tls: bool) -> Option<RedisCluster> {
+    tokio::task::spawn_blocking(move || RedisCluster::start(replicas, tls))
         .await
         .unwrap()
-    else {
-        return;
-    };
-    let fake = FakePatchworks::start().await.unwrap();
-    let store = format!("redis-cluster:{}", cluster.urls());
-    let reports = finish(spawn(&spec(&fake, store, Some(5)), FLEET)).await;
+}
+
+/// 8 processes started together on `store` (trusting `ca`), 5 requests each: one login for
+/// all, no failure, the store answering every operation.
+async fn eight_cold_processes_log_in_once(fake: &FakePatchworks, store: &str, ca: Option<PathBuf>) {
+    let mut cold = spec(fake, store.to_owned(), Some(5));
+    cold.ca = ca;
+    let reports = finish(spawn(&cold, FLEET)).await;
     let sum = total(&reports);
     assert_eq!(
         (sum.requests, sum.failures),
         (5 * FLEET as u64, 0),
         "{reports:?}"
     );
-    assert_eq!(fake.logins(), 1, "one login for {FLEET} processes");
-    assert_eq!(sum.outages, 0, "the cluster answered every operation");
+    assert_eq!(
+        sum.outages, 0,
+        "the store answered every operation: {reports:?}"
+    );
+    assert_eq!(
+        fake.logins(),
+        1,
+        "one login for {FLEET} processes on {store}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_processes_cold_on_a_cluster_log_in_once() {
+    let _one = one_at_a_time().await;
+    let Some(cluster) = cluster(true, false).await else {
+        return;
+    };
+    let fake = FakePatchworks::start().await.unwrap();
+    let store = format!("redis-cluster:{}", cluster.urls());
+    eight_cold_processes_log_in_once(&fake, &store, None).await;
 }
 
 /// 8 processes × 50 requests under `Budget::new(100, 2 s)` against a fake allowing 100 in any
@@ -104,10 +123,7 @@ async fn a_fleet_keeps_within_the_budget(store: String, ca: Option<PathBuf>) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_on_a_cluster_keeps_within_the_budget() {
     let _one = one_at_a_time().await;
-    let Some(cluster) = tokio::task::spawn_blocking(|| RedisCluster::start(false, false))
-        .await
-        .unwrap()
-    else {
+    let Some(cluster) = cluster(false, false).await else {
         return;
     };
     a_fleet_keeps_within_the_budget(format!("redis-cluster:{}", cluster.urls()), None).await;
@@ -120,14 +136,10 @@ async fn a_fleet_over_tls_keeps_within_the_budget_and_logs_in_once() {
         return;
     };
     let fake = FakePatchworks::start().await.unwrap();
-    let mut cold = spec(&fake, format!("redis:{}", redis.url()), Some(5));
-    cold.ca = Some(redis.ca());
-    let reports = finish(spawn(&cold, FLEET)).await;
-    let sum = total(&reports);
-    assert_eq!((sum.failures, sum.outages), (0, 0), "{reports:?}");
-    assert_eq!(fake.logins(), 1, "one login for {FLEET} processes over TLS");
+    let store = format!("redis:{}", redis.url());
+    eight_cold_processes_log_in_once(&fake, &store, Some(redis.ca())).await;
 
-    a_fleet_keeps_within_the_budget(format!("redis:{}", redis.url()), Some(redis.ca())).await;
+    a_fleet_keeps_within_the_budget(store, Some(redis.ca())).await;
 }
 
 /// A managed cluster that speaks only TLS (its bus and replication too): 8 processes cold log
@@ -135,20 +147,12 @@ async fn a_fleet_over_tls_keeps_within_the_budget_and_logs_in_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_on_a_tls_cluster_logs_in_once_and_keeps_within_the_budget() {
     let _one = one_at_a_time().await;
-    let Some(cluster) = tokio::task::spawn_blocking(|| RedisCluster::start(false, true))
-        .await
-        .unwrap()
-    else {
+    let Some(cluster) = cluster(false, true).await else {
         return;
     };
     let fake = FakePatchworks::start().await.unwrap();
     let store = format!("redis-cluster:{}", cluster.urls());
-    let mut cold = spec(&fake, store.clone(), Some(5));
-    cold.ca = Some(cluster.ca());
-    let reports = finish(spawn(&cold, FLEET)).await;
-    let sum = total(&reports);
-    assert_eq!((sum.failures, sum.outages), (0, 0), "{reports:?}");
-    assert_eq!(fake.logins(), 1, "one login for {FLEET} processes");
+    eight_cold_processes_log_in_once(&fake, &store, Some(cluster.ca())).await;
 
     a_fleet_keeps_within_the_budget(store, Some(cluster.ca())).await;
 }
@@ -156,10 +160,7 @@ async fn a_fleet_on_a_tls_cluster_logs_in_once_and_keeps_within_the_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_accounts_master_killed_mid_run_fails_no_request_and_logins_stay_single() {
     let _one = one_at_a_time().await;
-    let Some(mut cluster) = tokio::task::spawn_blocking(|| RedisCluster::start(true, false))
-        .await
-        .unwrap()
-    else {
+    let Some(mut cluster) = cluster(true, false).await else {
         return;
     };
     let fake = FakePatchworks::start().await.unwrap();
@@ -236,10 +237,7 @@ async fn the_accounts_master_killed_mid_run_fails_no_request_and_logins_stay_sin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_accounts_master_frozen_mid_run_fails_no_request() {
     let _one = one_at_a_time().await;
-    let Some(cluster) = tokio::task::spawn_blocking(|| RedisCluster::start(true, false))
-        .await
-        .unwrap()
-    else {
+    let Some(cluster) = cluster(true, false).await else {
         return;
     };
     let fake = FakePatchworks::start().await.unwrap();
