@@ -298,3 +298,49 @@ async fn hosts_whose_clocks_differ_by_30_s_agree_on_when_the_stored_token_expire
         latest.duration_since(*earliest)
     );
 }
+
+/// A store used from one runtime after another (a CLI or a test that makes a runtime per call):
+/// redis-rs's connection lives on the runtime that first used it, and once that runtime is
+/// gone the store connects again on the next one. At most the first operation on a new runtime
+/// fails (and the layer goes on without the store for it). On one server and on a cluster.
+#[test]
+fn a_redis_store_outlives_the_runtime_that_first_used_it() {
+    use patchworks_auth::store::{RedisStore, TokenStore};
+    let Some(redis) = Redis::start() else { return };
+    let Some(cluster) = RedisCluster::start(false, false) else {
+        return;
+    };
+    let urls = cluster.urls();
+    let urls: Vec<&str> = urls.split(',').collect();
+    let stores = [
+        RedisStore::new(&redis.url()).unwrap(),
+        RedisStore::cluster(&urls).unwrap(),
+    ];
+    for store in stores {
+        for round in 0..3 {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let value = format!("round {round}");
+            let failed = runtime.block_on(async {
+                let mut failed = 0;
+                for _ in 0..3 {
+                    let saved = store.save("k", value.as_bytes(), Duration::from_secs(60));
+                    match saved.await {
+                        Ok(()) => break,
+                        Err(_) => failed += 1,
+                    }
+                }
+                let loaded = store.load("k").await.unwrap();
+                assert_eq!(
+                    loaded.as_deref(),
+                    Some(value.as_bytes()),
+                    "{store:?} {round}"
+                );
+                failed
+            });
+            assert!(failed <= 1, "{store:?} round {round}: {failed} failures");
+        }
+    }
+}

@@ -9,7 +9,7 @@ use redis::{
     Client, Script,
 };
 use std::{fmt, sync::Arc, time::Duration};
-use tokio::sync::OnceCell;
+use tokio::sync::Mutex;
 
 /// How long the store may take to connect, and then to answer a command: the layer goes on
 /// without it past that ([`crate::store`], "How the fleet shares a login").
@@ -87,7 +87,8 @@ return 0";
 ///
 /// The connection is redis-rs's: a [`ConnectionManager`] for one server, a cluster connection
 /// (which follows `MOVED` and `ASK` and finds the new master after a failover) for a cluster.
-/// It is made on first use, on the Tokio runtime of that use, and made again after an error.
+/// It is made on first use, on the Tokio runtime of that use: the manager reconnects after an
+/// error, and a cluster connection is made again once dropped (its runtime gone, say).
 /// Connecting and each command are bounded to 250 ms: a store that is down or frozen is skipped,
 /// and no request fails for it.
 ///
@@ -113,7 +114,9 @@ pub struct RedisStore {
 
 struct Inner {
     target: Target,
-    connection: OnceCell<Connection>,
+    /// The connection, once made. A cluster's is made again once it is dropped (its task went
+    /// with the runtime that made it); a `ConnectionManager` reconnects by itself.
+    connection: Mutex<Option<Connection>>,
     unlock: Script,
     load: Script,
     take: Script,
@@ -201,7 +204,7 @@ impl RedisStore {
         RedisStore {
             inner: Arc::new(Inner {
                 target,
-                connection: OnceCell::new(),
+                connection: Mutex::new(None),
                 unlock: Script::new(UNLOCK),
                 load: Script::new(LOAD),
                 take: Script::new(TAKE),
@@ -212,27 +215,35 @@ impl RedisStore {
     }
 
     async fn connection(&self) -> redis::RedisResult<Connection> {
-        let connect = || async {
-            Ok(match &self.inner.target {
-                Target::Server(client) => {
-                    let config = ConnectionManagerConfig::new()
-                        .set_connection_timeout(Some(BOUND))
-                        .set_response_timeout(Some(BOUND))
-                        .set_number_of_retries(1);
-                    Connection::Server(
-                        ConnectionManager::new_with_config(client.clone(), config).await?,
-                    )
-                }
-                Target::Cluster(client, _) => {
-                    Connection::Cluster(client.get_async_connection().await?)
-                }
-            })
+        let mut connection = self.inner.connection.lock().await;
+        if let Some(connection) = &*connection {
+            return Ok(connection.clone());
+        }
+        let made = match &self.inner.target {
+            Target::Server(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(BOUND))
+                    .set_response_timeout(Some(BOUND))
+                    .set_number_of_retries(1);
+                let manager = ConnectionManager::new_with_config(client.clone(), config).await?;
+                Connection::Server(manager)
+            }
+            Target::Cluster(client, _) => Connection::Cluster(client.get_async_connection().await?),
         };
-        self.inner
-            .connection
-            .get_or_try_init(connect)
-            .await
-            .cloned()
+        Ok(connection.insert(made).clone())
+    }
+
+    /// `result` of an operation; a cluster connection that was dropped is made again next time.
+    async fn settle<T>(&self, result: redis::RedisResult<T>) -> Result<T, tower::BoxError> {
+        if let Err(error) = &result {
+            if error.is_connection_dropped() {
+                let mut connection = self.inner.connection.lock().await;
+                if matches!(*connection, Some(Connection::Cluster(_))) {
+                    *connection = None;
+                }
+            }
+        }
+        Ok(result?)
     }
 
     /// Runs `command`.
@@ -240,10 +251,11 @@ impl RedisStore {
         &self,
         command: &redis::Cmd,
     ) -> Result<T, tower::BoxError> {
-        Ok(match self.connection().await? {
-            Connection::Server(mut connection) => command.query_async(&mut connection).await?,
-            Connection::Cluster(mut connection) => command.query_async(&mut connection).await?,
-        })
+        let result = match self.connection().await? {
+            Connection::Server(mut connection) => command.query_async(&mut connection).await,
+            Connection::Cluster(mut connection) => command.query_async(&mut connection).await,
+        };
+        self.settle(result).await
     }
 
     /// Runs `invocation` of a script.
@@ -251,10 +263,11 @@ impl RedisStore {
         &self,
         invocation: redis::ScriptInvocation<'_>,
     ) -> Result<T, tower::BoxError> {
-        Ok(match self.connection().await? {
-            Connection::Server(mut connection) => invoke(invocation, &mut connection).await?,
-            Connection::Cluster(mut connection) => invoke(invocation, &mut connection).await?,
-        })
+        let result = match self.connection().await? {
+            Connection::Server(mut connection) => invoke(invocation, &mut connection).await,
+            Connection::Cluster(mut connection) => invoke(invocation, &mut connection).await,
+        };
+        self.settle(result).await
     }
 }
 
