@@ -183,6 +183,18 @@ impl RedisStore {
                  (-----BEGIN CERTIFICATE-----)",
             ));
         }
+        let tls = match &self.inner.target {
+            Target::Server(client) => matches!(
+                client.get_connection_info().addr(),
+                redis::ConnectionAddr::TcpTls { .. }
+            ),
+            Target::Cluster(_, urls) => urls.iter().all(|url| url.starts_with("rediss:")),
+        };
+        if !tls {
+            return Err(Error::config(
+                "Redis root certificates are for rediss:// (TLS) URLs, and this store's are not",
+            ));
+        }
         let certificates = redis::TlsCertificates {
             client_tls: None,
             root_cert: Some(pem.to_vec()),
@@ -489,6 +501,14 @@ mod tests {
             .root_certificates(b"not a certificate")
             .unwrap_err();
         assert!(error.is_config(), "{error}");
+        let pem = b"-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n";
+        for store in [
+            RedisStore::new("redis://cache:6379/"),
+            RedisStore::cluster(&["redis://node:7000/"]),
+        ] {
+            let error = store.unwrap().root_certificates(pem).unwrap_err();
+            assert!(error.to_string().contains("rediss://"), "{error}");
+        }
     }
 
     #[test]
