@@ -22,7 +22,7 @@ const WITHIN: Duration = Duration::from_secs(60);
 #[ignore = "run by the managed Redis tests as a member process"]
 fn managed_redis_member() {
     assert!(
-        fleet::run_member_if_asked(),
+        fleet::run_member_trusting(|store, ca| store.root_certificates(ca).unwrap()),
         "run by the managed Redis tests, with {} set",
         fleet::MEMBER_VAR
     );

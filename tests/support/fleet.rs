@@ -69,6 +69,19 @@ pub struct Report {
 
 /// Runs this process as a member if [`MEMBER_VAR`] says so; `false` if it does not.
 pub fn run_member_if_asked() -> bool {
+    run_member(None)
+}
+
+/// Makes a `RedisStore` trust a certificate authority's PEM: `RedisStore::root_certificates`,
+/// which only a build with the `redis-tls` feature has (the example's may not).
+pub type Trust = fn(RedisStore, &[u8]) -> RedisStore;
+
+/// [`run_member_if_asked`], for a member whose store may need to trust [`Spec::ca`].
+pub fn run_member_trusting(trust: Trust) -> bool {
+    run_member(Some(trust))
+}
+
+fn run_member(trust: Option<Trust>) -> bool {
     let Ok(spec) = std::env::var(MEMBER_VAR) else {
         return false;
     };
@@ -77,11 +90,11 @@ pub fn run_member_if_asked() -> bool {
         .enable_all()
         .build()
         .unwrap()
-        .block_on(member(spec));
+        .block_on(member(spec, trust));
     true
 }
 
-async fn member(spec: Spec) {
+async fn member(spec: Spec, trust: Option<Trust>) {
     let layer = AuthLayer::new(Credentials::new(EMAIL, PASSWORD))
         .login_url(spec.login_url.parse().unwrap())
         .login_timeout(Duration::from_millis(spec.login_timeout_ms));
@@ -91,10 +104,10 @@ async fn member(spec: Spec) {
     };
     let layer = match spec.store.split_once(':') {
         Some(("file", path)) => layer.store(FileStore::new(path)),
-        Some(("redis", url)) => layer.store(trusting(RedisStore::new(url).unwrap(), &spec)),
+        Some(("redis", url)) => layer.store(trusting(RedisStore::new(url).unwrap(), &spec, trust)),
         Some(("redis-cluster", urls)) => {
             let urls: Vec<&str> = urls.split(',').collect();
-            layer.store(trusting(RedisStore::cluster(&urls).unwrap(), &spec))
+            layer.store(trusting(RedisStore::cluster(&urls).unwrap(), &spec, trust))
         }
         _ => panic!("unknown store {}", spec.store),
     };
@@ -149,12 +162,11 @@ async fn member(spec: Spec) {
 }
 
 /// `store`, trusting the spec's certificate authority if it has one.
-fn trusting(store: RedisStore, spec: &Spec) -> RedisStore {
-    match &spec.ca {
-        Some(ca) => store
-            .root_certificates(&std::fs::read(ca).unwrap())
-            .unwrap(),
-        None => store,
+fn trusting(store: RedisStore, spec: &Spec, trust: Option<Trust>) -> RedisStore {
+    match (&spec.ca, trust) {
+        (Some(ca), Some(trust)) => trust(store, &std::fs::read(ca).unwrap()),
+        (Some(_), None) => panic!("a member with a CA to trust is run with run_member_trusting"),
+        (None, _) => store,
     }
 }
 
