@@ -21,6 +21,22 @@ pub(super) struct Checking {
     generation: u64,
     started: Instant,
     answer: watch::Receiver<Option<Checked>>,
+    /// Its task, ended at the check's deadline ([`Due::Check`]).
+    task: Option<tokio::task::AbortHandle>,
+}
+
+/// Where a check's answer goes: if its task ends without one (at its deadline, or with its
+/// runtime), the check cannot tell.
+struct Answer(watch::Sender<Option<Checked>>);
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        self.0.send_if_modified(|answer| {
+            let unanswered = answer.is_none();
+            answer.get_or_insert(Checked::CannotTell);
+            unanswered
+        });
+    }
 }
 
 /// The shortest time between two checks of one token.
@@ -156,7 +172,7 @@ impl Cache {
     /// one's answer if it started less than a second ago, or a new one. It runs on a task of
     /// its own, so that the 401s waiting for it may give up.
     pub(super) fn checking(
-        &self,
+        self: &Arc<Self>,
         generation: u64,
         probe: &Endpoint,
         send: CheckFn,
@@ -170,32 +186,50 @@ impl Cache {
         if let Some(check) = last.filter(recent) {
             return check.answer.clone();
         }
-        let started = now;
         let (answered, answer) = watch::channel(None);
         // Replaced meanwhile: the token is not current, so its 401 renews.
-        match self
+        let task = match self
             .current
             .load_full()
             .filter(|t| t.generation == generation)
         {
-            None => answered.send_replace(Some(Checked::Revoked)),
-            Some(token) => {
-                let probe = probe.clone();
-                // The check's deadline: the login timeout, what a caller waits for a token.
-                let deadline = self.config.login_timeout;
-                tokio::spawn(async move {
-                    let checked = tokio::time::timeout(deadline, send(probe, token)).await;
-                    answered.send_replace(Some(checked.unwrap_or(Checked::CannotTell)));
-                });
+            None => {
+                answered.send_replace(Some(Checked::Revoked));
                 None
+            }
+            Some(token) => {
+                let (probe, answered) = (probe.clone(), Answer(answered));
+                // Its deadline is the core's, which the driver's timer keeps.
+                self.lock().check_started(generation, now);
+                let cache = Arc::downgrade(self);
+                let task = tokio::spawn(async move {
+                    answered.0.send_replace(Some(send(probe, token).await));
+                    if let Some(cache) = cache.upgrade() {
+                        cache.lock().check_ended(generation);
+                    }
+                });
+                Some(task.abort_handle())
             }
         };
         *slot = Some(Checking {
             generation,
-            started,
+            started: now,
             answer: answer.clone(),
+            task,
         });
+        drop(slot);
+        self.rearm();
         answer
+    }
+
+    /// The check of token `generation` did not answer by its deadline: its task ends, and it
+    /// cannot tell ([`Answer`]).
+    pub(super) fn check_timed_out(&self, generation: u64) {
+        let slot = self.check.lock().unwrap_or_else(|e| e.into_inner());
+        let check = slot.as_ref().filter(|check| check.generation == generation);
+        if let Some(task) = check.and_then(|check| check.task.as_ref()) {
+            task.abort();
+        }
     }
 
     /// The core's judgement of a 401 to token `generation` (see [`Core::unauthorized`]),

@@ -162,10 +162,18 @@ impl Cache {
         self.timer.notify_one();
     }
 
-    /// Carries out what came due at `now` ([`Core::timeout`]) on the current token.
+    /// Carries out what came due at `now` ([`Core::timeout`]): on the current token, or on the
+    /// check in flight.
     fn timed_out(&self, now: Instant) {
-        let mut core = self.lock();
-        while let Some(due) = core.timeout(now) {
+        let dues: Vec<Due> = {
+            let mut core = self.lock();
+            std::iter::from_fn(|| core.timeout(now)).collect()
+        };
+        for due in dues {
+            if let Due::Check(generation) = due {
+                self.check_timed_out(generation);
+                continue;
+            }
             let current = self.current.load_full();
             let Some(token) = current.filter(|token| token.generation == due.generation()) else {
                 continue;
@@ -177,6 +185,7 @@ impl Cache {
                     token.advance(Phase::Renewing, Phase::Due);
                 }
                 Due::Expired(_) => token.phase.store(Phase::Expired as u8, Ordering::Release),
+                Due::Check(_) => {}
             }
         }
     }

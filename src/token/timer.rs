@@ -1,5 +1,7 @@
 //! The core's deadlines, as quinn-proto's `Connection::poll_timeout` has them: when the driver's
-//! one timer next needs to run, and what came due when it does.
+//! one timer next needs to run, and what came due when it does. The current token's renewal
+//! window, a failed renewal's back-off, its expiry, and the deadline of the check that settles
+//! a bare 401.
 
 use super::*;
 
@@ -13,14 +15,17 @@ pub(crate) enum Due {
     Retry(u64),
     /// It may no longer be sent.
     Expired(u64),
+    /// The check of it did not answer in time: it cannot tell.
+    Check(u64),
 }
 
 impl Due {
     pub(crate) fn generation(self) -> u64 {
         match self {
-            Due::Renewal(generation) | Due::Retry(generation) | Due::Expired(generation) => {
-                generation
-            }
+            Due::Renewal(generation)
+            | Due::Retry(generation)
+            | Due::Expired(generation)
+            | Due::Check(generation) => generation,
         }
     }
 }
@@ -36,14 +41,17 @@ pub(super) struct Deadlines {
 
 impl Core {
     /// When the driver's timer next needs to run: the current token's renewal window, the end
-    /// of a failed renewal's back-off, or its expiry, whichever comes first. `None`: nothing is
-    /// timed (no token, or an API key).
+    /// of a failed renewal's back-off, its expiry, or a check's deadline, whichever comes
+    /// first. `None`: nothing is timed (no token and no check, or an API key).
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        let current = self.current.as_ref().filter(|_| !self.api_key)?;
+        let check = self.check_until.map(|(_, until)| until);
+        let Some(current) = self.current.as_ref().filter(|_| !self.api_key) else {
+            return check;
+        };
         let timed = &current.deadlines;
         let renewal = (!timed.renewal_told).then_some(current.renew_at);
         let expiry = (!timed.expiry_told).then_some(current.send_by);
-        [renewal, timed.retry_at, expiry]
+        [renewal, timed.retry_at, expiry, check]
             .into_iter()
             .flatten()
             .min()
@@ -51,6 +59,12 @@ impl Core {
 
     /// The timer ran at `now`: what came due, one at a time (ask again until `None`).
     pub(crate) fn timeout(&mut self, now: Instant) -> Option<Due> {
+        if let Some((generation, until)) = self.check_until {
+            if now >= until {
+                self.check_until = None;
+                return Some(Due::Check(generation));
+            }
+        }
         if self.api_key {
             return None;
         }
@@ -73,6 +87,22 @@ impl Core {
             return Some(Due::Retry(generation));
         }
         None
+    }
+
+    /// The check of token `generation` that settles a bare 401 started at `now`: it answers
+    /// within the login timeout (what a caller waits for a token), or it cannot tell.
+    pub(crate) fn check_started(&mut self, generation: u64, now: Instant) {
+        self.check_until = Some((generation, now + self.timings.login_timeout));
+    }
+
+    /// The check of token `generation` answered.
+    pub(crate) fn check_ended(&mut self, generation: u64) {
+        if self
+            .check_until
+            .is_some_and(|(checked, _)| checked == generation)
+        {
+            self.check_until = None;
+        }
     }
 
     /// A renewal of the current token failed, or may not start before `at`: it is due again
