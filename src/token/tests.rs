@@ -248,3 +248,31 @@ fn the_core_says_when_its_timer_next_runs_and_what_came_due() {
     let api_key = Core::new(TIMINGS, Some(header("key")), t0);
     assert_eq!(api_key.poll_timeout(), None, "an API key is never timed");
 }
+
+/// The check that settles a bare 401 has its deadline in the core: the login timeout after it
+/// started, unless it answered first.
+#[test]
+fn a_checks_deadline_is_the_cores() {
+    let t0 = Instant::now();
+    let at = |secs: u64| t0 + Duration::from_secs(secs);
+    let mut core = Core::new(TIMINGS, None, t0);
+    core.check_started(7, at(10));
+    assert_eq!(
+        core.poll_timeout(),
+        Some(at(40)),
+        "the login timeout (30 s) after it"
+    );
+    assert_eq!(core.timeout(at(39)), None);
+    assert_eq!(core.timeout(at(40)), Some(Due::Check(7)));
+    assert_eq!(core.poll_timeout(), None, "told once");
+
+    core.check_started(8, at(50));
+    core.check_ended(7);
+    assert_eq!(
+        core.poll_timeout(),
+        Some(at(80)),
+        "another token's answer ends nothing"
+    );
+    core.check_ended(8);
+    assert_eq!(core.poll_timeout(), None, "answered in time");
+}
