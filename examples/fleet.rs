@@ -46,17 +46,7 @@ async fn coordinate() {
         None => format!("file:{}", dir.0.join("token").display()),
     };
     let fake = FakePatchworks::start().await.unwrap();
-    let spec = Spec {
-        login_url: fake.login_url().to_string(),
-        api_url: fake.uri("/api/v1/flows").to_string(),
-        store: store.clone(),
-        requests: None,
-        interval_ms: 50,
-        login_timeout_ms: 2_000,
-        budget: None,
-        ca: None,
-        clock_offset_s: 0,
-    };
+    let spec = Spec::against(&fake, store.clone(), None);
     println!(
         "fleet: {FLEET} processes on {}",
         if redis.is_some() {
@@ -110,15 +100,10 @@ async fn coordinate() {
         let fake = FakePatchworks::start().await.unwrap();
         fake.limit_rate(100, Duration::from_secs(2));
         let spec = Spec {
-            login_url: fake.login_url().to_string(),
-            api_url: fake.uri("/api/v1/flows").to_string(),
-            store: store.clone(),
-            requests: Some(50),
             interval_ms: 0,
             login_timeout_ms: 10_000,
             budget,
-            ca: None,
-            clock_offset_s: 0,
+            ..Spec::against(&fake, store.clone(), Some(50))
         };
         let members: Vec<Member> = (0..8).map(|_| Member::spawn(&exe(), &[], &spec)).collect();
         let reports: Vec<Report> =

@@ -298,15 +298,10 @@ fn exe() -> PathBuf {
 
 fn spec(fake: &FakePatchworks, store: String, requests: Option<u64>) -> Spec {
     Spec {
-        login_url: fake.login_url().to_string(),
-        api_url: fake.uri("/api/v1/flows").to_string(),
-        store,
-        requests,
         interval_ms: 0,
         login_timeout_ms: 10_000,
         budget: Some((100, 2_000)),
-        ca: None,
-        clock_offset_s: 0,
+        ..Spec::against(fake, store, requests)
     }
 }
 

@@ -43,15 +43,8 @@ async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
 
 fn spec(fake: &FakePatchworks, store: String, requests: Option<u64>) -> Spec {
     Spec {
-        login_url: fake.login_url().to_string(),
-        api_url: fake.uri("/api/v1/flows").to_string(),
-        store,
-        requests,
-        interval_ms: 50,
         login_timeout_ms: LOGIN_TIMEOUT.as_millis() as u64,
-        budget: None,
-        ca: None,
-        clock_offset_s: 0,
+        ..Spec::against(fake, store, requests)
     }
 }
 
@@ -510,15 +503,13 @@ async fn the_standalone_fake_serves_a_fleet_of_processes() {
     assert!(base.starts_with("http://127.0.0.1:"), "{base}");
     let dir = TempDir::new("standalone");
     let spec = Spec {
-        login_url: format!("{base}{}", patchworks_auth::test_util::LOGIN_PATH),
-        api_url: format!("{base}/api/v1/flows"),
-        store: format!("file:{}", dir.0.join("token").display()),
-        requests: Some(5),
-        interval_ms: 50,
         login_timeout_ms: LOGIN_TIMEOUT.as_millis() as u64,
-        budget: None,
-        ca: None,
-        clock_offset_s: 0,
+        ..Spec::new(
+            format!("{base}{}", patchworks_auth::test_util::LOGIN_PATH),
+            format!("{base}/api/v1/flows"),
+            format!("file:{}", dir.0.join("token").display()),
+            Some(5),
+        )
     };
     let members = spawn(&spec, 4);
     let reports = tokio::task::spawn_blocking(|| finish(members))

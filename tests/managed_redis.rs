@@ -38,15 +38,8 @@ const MEMBER_ARGS: &[&str] = &[
 
 fn spec(fake: &FakePatchworks, store: String, requests: Option<u64>) -> Spec {
     Spec {
-        login_url: fake.login_url().to_string(),
-        api_url: fake.uri("/api/v1/flows").to_string(),
-        store,
-        requests,
         interval_ms: 0,
-        login_timeout_ms: 2_000,
-        budget: None,
-        ca: None,
-        clock_offset_s: 0,
+        ..Spec::against(fake, store, requests)
     }
 }
 

@@ -56,6 +56,35 @@ pub struct Spec {
     pub clock_offset_s: i64,
 }
 
+impl Spec {
+    /// A member logging in at `login_url` and sending `GET api_url` through `store`:
+    /// `requests` of them (`None`: until stdin closes), every 50 ms, with a 2 s login timeout,
+    /// no budget, no CA to trust, and the host's clock.
+    pub fn new(login_url: String, api_url: String, store: String, requests: Option<u64>) -> Spec {
+        Spec {
+            login_url,
+            api_url,
+            store,
+            requests,
+            interval_ms: 50,
+            login_timeout_ms: 2_000,
+            budget: None,
+            ca: None,
+            clock_offset_s: 0,
+        }
+    }
+
+    /// [`Spec::new`] against `fake`'s login and its `/api/v1/flows`.
+    pub fn against(
+        fake: &patchworks_auth::test_util::FakePatchworks,
+        store: String,
+        requests: Option<u64>,
+    ) -> Spec {
+        let (login, api) = (fake.login_url(), fake.uri("/api/v1/flows"));
+        Spec::new(login.to_string(), api.to_string(), store, requests)
+    }
+}
+
 /// What a member reports when it exits.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Report {
