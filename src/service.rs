@@ -159,50 +159,6 @@ impl<S> Auth<S> {
     }
 }
 
-impl<S: Clone> Auth<S> {
-    /// Lets go of what `poll_ready` reserved in `self.inner` (a `ConcurrencyLimit` permit, a
-    /// `Buffer` slot) for a request that will wait: a fresh clone, not ready, takes its place.
-    fn unreserve(&mut self) {
-        let unreserved = self.inner.clone();
-        drop(std::mem::replace(&mut self.inner, unreserved));
-    }
-
-    /// A request that waits for a login first.
-    ///
-    /// `poll_ready` may have reserved capacity in `self.inner` (a `ConcurrencyLimit` permit, a
-    /// `Buffer` slot) that the login itself needs: it is let go here, not held across the wait.
-    /// The request drives a clone ready once it has its token.
-    #[cold]
-    #[inline(never)]
-    fn cold<ReqBody, ResBody>(&mut self, request: Request<ReqBody>) -> ResponseFuture<S, ReqBody>
-    where
-        S: HttpService<ReqBody, ResBody = ResBody>,
-        ReqBody: RequestBody,
-        ResBody: ResponseBody,
-    {
-        self.unreserve();
-        self.shared.ready(&self.inner);
-        ResponseFuture::cold(self.inner.clone(), self.shared.clone(), request)
-    }
-
-    /// A request that sends with the current token and then waits for the renewal it took up
-    /// (see [`Cache::check`]).
-    #[cold]
-    #[inline(never)]
-    fn joined<ReqBody, ResBody>(
-        &mut self,
-        request: Request<ReqBody>,
-        renewal: BoxFuture<()>,
-    ) -> ResponseFuture<S, ReqBody>
-    where
-        S: HttpService<ReqBody, ResBody = ResBody>,
-        ReqBody: RequestBody,
-        ResBody: ResponseBody,
-    {
-        ResponseFuture::joined(self.cold(request), renewal)
-    }
-}
-
 impl<S: Clone> Clone for Auth<S> {
     fn clone(&self) -> Self {
         Auth {
@@ -253,20 +209,15 @@ where
         let current = cache.current();
         let token = match cache.check(current.as_ref(), || login::login_fn(&cache.config, inner)) {
             Check::Send(token) => token,
-            Check::Wait => return self.cold_or_budgeted(request),
-            Check::Join(_, renewal) if self.budgeted => {
-                // Its unit is taken when its token is, in the budgeted path.
-                let budgeted = self.budgeted(request);
-                return ResponseFuture::joined(budgeted, renewal);
-            }
-            Check::Join(_, renewal) => return self.joined(request, renewal),
+            Check::Wait => return self.slow(request, None),
+            Check::Join(_, renewal) => return self.slow(request, Some(renewal)),
         };
-        // Under a budget, a unit now or the budgeted path's wait for one; held by its guard,
-        // which gives it back if the request is dropped before it is sent.
+        // Under a budget, a unit now or the slow path's wait for one; held by its guard, which
+        // gives it back if the request is dropped before it is sent.
         let spent = if self.budgeted {
             match self.shared.cache.take_now() {
                 Some(spent) => spent,
-                None => return self.budgeted(request),
+                None => return self.slow(request, None),
             }
         } else {
             crate::budget::Spent::none()
@@ -280,27 +231,32 @@ where
 }
 
 impl<S: Clone> Auth<S> {
-    /// A request under an API budget that must wait for its token or its turn (or ask the store
-    /// for it): its token, then its unit (held by its guard), then a clone driven ready sends it
-    /// as the warm path does. Lets go of `self.inner`'s reservation as [`Auth::cold`] does.
+    /// A request that must wait for its token, its turn in the budget, or the renewal it took
+    /// up (`renewal`): its token (a login if one is needed), then its unit (held by its guard
+    /// until the request is handed to the service below), then a clone driven ready sends it
+    /// as the warm path does, and the request returns once the renewal and the saving of its
+    /// login's token are over too.
+    ///
+    /// `poll_ready` may have reserved capacity in `self.inner` (a `ConcurrencyLimit` permit, a
+    /// `Buffer` slot) that the login itself needs: it is let go here, not held across the wait.
     #[cold]
     #[inline(never)]
-    fn budgeted<ReqBody, ResBody>(
+    fn slow<ReqBody, ResBody>(
         &mut self,
         request: Request<ReqBody>,
+        renewal: Option<BoxFuture<()>>,
     ) -> ResponseFuture<S, ReqBody>
     where
         S: HttpService<ReqBody, ResBody = ResBody>,
         ReqBody: RequestBody,
         ResBody: ResponseBody,
     {
-        self.unreserve();
+        let unreserved = self.inner.clone();
+        drop(std::mem::replace(&mut self.inner, unreserved));
         self.shared.ready(&self.inner);
         let (mut inner, replayer) = (self.inner.clone(), self.shared.clone());
         let login = login::login_fn(&replayer.cache.config, &inner);
         ResponseFuture::slow(Box::pin(async move {
-            // The token first (a login if one is needed), then the unit, held by its guard
-            // until the request is handed to the service below, then the service made ready.
             let cache = replayer.cache.clone();
             let (_, first) = cache.acquire(login.clone()).await?;
             let spent = cache.spend().await?;
@@ -313,27 +269,10 @@ impl<S: Clone> Auth<S> {
             let token = (token.header.clone(), token.generation);
             let ready = Ready::Owned(inner);
             let response = ResponseFuture::warm(ready, replayer, request, token, spent).await;
-            for after in [first, after].into_iter().flatten() {
+            for after in [renewal, first, after].into_iter().flatten() {
                 after.await;
             }
             response
         }))
-    }
-
-    /// A request with no token to send: it waits for a login, then (under a budget) its unit.
-    fn cold_or_budgeted<ReqBody, ResBody>(
-        &mut self,
-        request: Request<ReqBody>,
-    ) -> ResponseFuture<S, ReqBody>
-    where
-        S: HttpService<ReqBody, ResBody = ResBody>,
-        ReqBody: RequestBody,
-        ResBody: ResponseBody,
-    {
-        if self.budgeted {
-            self.budgeted(request)
-        } else {
-            self.cold(request)
-        }
     }
 }

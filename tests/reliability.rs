@@ -516,9 +516,9 @@ async fn completes_then_panics_when_polled_again<F: std::future::Future>(future:
     );
 }
 
-/// Every state a `ResponseFuture` passes through or ends in: passed through, waiting for a
-/// login and readying (cold), sent (warm), buffering a body, slow (budgeted), failed; each then
-/// `Done`, where a poll panics.
+/// Every state a `ResponseFuture` passes through or ends in: passed through, slow (waiting for
+/// a login, or for a unit of the budget), sent (warm), buffering a body, failed; each then
+/// `Done`, where a poll panics. (A 401's recovery is slow too.)
 #[tokio::test]
 async fn a_response_future_polled_after_completion_panics_the_same_way_in_every_state() {
     let get = |uri: &str| Request::get(uri).body(Full::<Bytes>::default()).unwrap();
@@ -526,7 +526,7 @@ async fn a_response_future_polled_after_completion_panics_the_same_way_in_every_
         AuthLayer::new(Credentials::new("ops@example.com", "pw")).layer(Recorder::default());
     // Passed through: another origin.
     completes_then_panics_when_polled_again(client.call(get("https://example.com/"))).await;
-    // Cold, then sent with the token.
+    // Slow: waiting for the login, then sent with the token.
     completes_then_panics_when_polled_again(
         client.call(get("https://core.wearepatchworks.com/api/v1/flows")),
     )
@@ -541,7 +541,7 @@ async fn a_response_future_polled_after_completion_panics_the_same_way_in_every_
         .body(Full::from("{}"))
         .unwrap();
     completes_then_panics_when_polled_again(client.call(post)).await;
-    // Slow: a request under an API budget that waits for its token, then its unit.
+    // Slow under an API budget: waiting for its token, then its unit.
     let mut budgeted = AuthLayer::new(Credentials::new("ops@example.com", "pw"))
         .budget(patchworks_auth::budget::Budget::per_minute(240))
         .layer(Recorder::default());

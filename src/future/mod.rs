@@ -10,7 +10,7 @@ use crate::{
     bounds::BoxFuture,
     bounds::{HttpService, RequestBody, ResponseBody},
     budget::Spent,
-    cache::{After, Cache, Token},
+    cache::Cache,
     error::{Error, Kind},
     login::login_fn,
     token::Endpoint,
@@ -71,14 +71,7 @@ pin_project! {
             ctx: Ctx<S>,
             replay: Replay,
         },
-        // No usable token: waiting for the login.
-        Waiting {
-            login: BoxFuture<Result<(Arc<Token>, After), Error>>,
-            cold: Box<Cold<S, ReqBody>>,
-        },
-        // The token came: driving the inner service ready again.
-        Readying { cold: Box<Cold<S, ReqBody>>, token: Arc<Token>, after: After },
-        // Recovering from a 401.
+        // Waiting for a token, a unit or readiness (`Auth::slow`), or recovering from a 401.
         Slow { future: BoxFuture<Result<S::Response, BoxError>> },
         // The layer cannot be used (its configuration is refused).
         Failed { error: Error },
@@ -92,8 +85,6 @@ pin_project! {
 enum Event<Response> {
     Buffered(Bytes),
     Unauthorized(Response),
-    LoggedIn(Arc<Token>, After),
-    Ready,
     Failed,
 }
 
@@ -162,13 +153,6 @@ pub(crate) enum Ready<'a, S> {
     Borrowed(&'a mut S),
 }
 
-/// A request waiting for a token: `inner` is a clone, not ready.
-struct Cold<S, ReqBody> {
-    inner: S,
-    replayer: Arc<Replayer<S>>,
-    request: Request<ReqBody>,
-}
-
 /// A request waiting for its body to be buffered: `sender` is ready. Boxed in the future.
 struct Pending<S> {
     sender: S,
@@ -213,44 +197,11 @@ where
         Self::new(warm(ready, ctx, request, header))
     }
 
-    /// A request that waits for a login first: `inner` is a clone, not ready.
-    ///
-    /// The wait for the login and the request are boxed: a rare state kept out of the future's
-    /// size, which every request moves.
-    #[cold]
-    #[inline(never)]
-    pub(crate) fn cold(inner: S, replayer: Arc<Replayer<S>>, request: Request<ReqBody>) -> Self {
-        let cache = &replayer.cache;
-        Self::new(State::Waiting {
-            login: Box::pin(cache.token(login_fn(&cache.config, &inner))),
-            cold: Box::new(Cold {
-                inner,
-                replayer,
-                request,
-            }),
-        })
-    }
-
-    /// A request whose whole course is a boxed future (see [`Auth::budgeted`]).
-    ///
-    /// [`Auth::budgeted`]: crate::Auth
+    /// A request whose whole course is a boxed future: one that waits (`Auth::slow`).
     #[cold]
     #[inline(never)]
     pub(crate) fn slow(future: BoxFuture<Result<Response<ResBody>, BoxError>>) -> Self {
         Self::new(State::Slow { future })
-    }
-
-    /// `future`, then the renewal it took up.
-    #[cold]
-    #[inline(never)]
-    pub(crate) fn joined(future: Self, renewal: BoxFuture<()>) -> Self {
-        Self::new(State::Slow {
-            future: Box::pin(async move {
-                let output = future.await;
-                renewal.await;
-                output
-            }),
-        })
     }
 
     #[inline]
@@ -407,14 +358,6 @@ where
                 }
                 Event::Unauthorized(response)
             }
-            StateProj::Waiting { login, .. } => {
-                let (token, after) = end_on_error!(state, ready!(login.as_mut().poll(cx)));
-                Event::LoggedIn(token, after)
-            }
-            StateProj::Readying { cold, .. } => {
-                end_on_error!(state, ready!(cold.inner.poll_ready(cx)));
-                Event::Ready
-            }
             StateProj::Slow { future } => {
                 let output = ready!(future.as_mut().poll(cx));
                 state.set(State::Done);
@@ -445,27 +388,6 @@ where
             (Event::Unauthorized(response), StateOwned::Sent { ctx, replay, .. }) => {
                 let future = Box::pin(recover(ctx, replay, response));
                 State::Slow { future }
-            }
-            (Event::LoggedIn(token, after), StateOwned::Waiting { cold, .. }) => {
-                State::Readying { cold, token, after }
-            }
-            (Event::Ready, StateOwned::Readying { cold, token, after }) => {
-                let (header, generation) = (token.header.clone(), token.generation);
-                let Cold {
-                    inner,
-                    replayer,
-                    request,
-                } = *cold;
-                let ctx = Ctx {
-                    replayer,
-                    generation,
-                    spent: Spent::none(),
-                };
-                let warm = warm(Ready::Owned(inner), ctx, request, header);
-                match after {
-                    None => warm,
-                    Some(after) => ResponseFuture::joined(ResponseFuture::new(warm), after).state,
-                }
             }
             (Event::Failed, StateOwned::Failed { error }) => return Poll::Ready(Err(error.into())),
             _ => unreachable!("each event is made by the state it ends"),
