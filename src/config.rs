@@ -1,7 +1,7 @@
 //! What a layer was built with.
 
 use crate::{
-    budget::{Budget, Gate},
+    budget::Budget,
     credentials::{api_key_header, Credentials, Form, Secret},
     error::Error,
     scope::{Redacted, Scope},
@@ -10,7 +10,8 @@ use crate::{
 use http::Uri;
 use std::{fmt, sync::Arc, time::Duration};
 
-/// What the layer was built with. Cloned only by the builder methods.
+/// What the layer was built with, as the builder methods were given it. Judged once, when the
+/// layer is built ([`Config::judge`]). Cloned only by the builder methods.
 #[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) credentials: Credentials,
@@ -19,9 +20,6 @@ pub(crate) struct Config {
     pub(crate) login_url_given: bool,
     /// Origins trusted with the token besides the login URL's and Patchworks hosts.
     pub(crate) trusted: Vec<Uri>,
-    /// Which requests get the token; the configuration's error if any input is refused
-    /// ([`Config::judge`]).
-    pub(crate) scope: Result<Scope, Error>,
     pub(crate) refresh_before: Duration,
     pub(crate) login_timeout: Duration,
     pub(crate) replay_body_limit: usize,
@@ -31,12 +29,18 @@ pub(crate) struct Config {
     pub(crate) store_key: Option<[u8; 32]>,
     /// What the store may take of one login.
     pub(crate) store_timeout: Duration,
-    /// The API budget: `None` until the builder says, `Some(None)` for none.
-    pub(crate) budget: Option<Option<Budget>>,
-    /// The budget as the layer keeps it, made by `Cache::new` (with the store's key).
-    pub(crate) gate: Option<Arc<Gate>>,
-    /// Whether a scope narrower than asked was told (once for a layer's logins).
-    pub(crate) narrowed: Arc<std::sync::atomic::AtomicBool>,
+    /// The API budget, as the builder chose it.
+    pub(crate) budget: BudgetChoice,
+}
+
+/// The API budget as the builder chose it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum BudgetChoice {
+    /// Not chosen: none, or the ready client's default.
+    Unset,
+    /// None ([`AuthLayer::no_budget`](crate::AuthLayer::no_budget)).
+    Off,
+    On(Budget),
 }
 
 impl Config {
@@ -86,7 +90,7 @@ impl Config {
                  AuthLayer::store_timeout a few hundred milliseconds, or use no store",
             ));
         }
-        if let Some(Some(budget)) = &self.budget {
+        if let BudgetChoice::On(budget) = &self.budget {
             budget.check()?;
         }
         Scope::new(&self.login_url, &self.trusted)

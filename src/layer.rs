@@ -3,7 +3,7 @@
 use crate::{
     budget::Budget,
     cache::Cache,
-    config::Config,
+    config::{BudgetChoice, Config},
     credentials::{Credentials, Form, Secret},
     scope::Scope,
     service::Auth,
@@ -99,7 +99,6 @@ impl AuthLayer {
         });
         AuthLayer::from_config(Config {
             credentials,
-            scope: Err(crate::Error::config("not judged yet")),
             login_url,
             login_url_given: false,
             trusted: Vec::new(),
@@ -109,19 +108,15 @@ impl AuthLayer {
             store: None,
             store_key: None,
             store_timeout: crate::store::STORE_TIMEOUT,
-            budget: None,
-            gate: None,
-            narrowed: Arc::default(),
+            budget: BudgetChoice::Unset,
         })
     }
 
-    /// The layer for `config`, judged by the one configuration rule ([`Config::judge`]). Its
-    /// error is logged when the layer is put to use ([`Cache::tell_config`]): a builder chain
-    /// passes through states that are not wrong (client credentials before their
-    /// `login_url`).
-    fn from_config(mut config: Config) -> Self {
-        config.scope = config.judge();
-        config.narrowed = Arc::default();
+    /// The layer for `config`, judged by the one configuration rule ([`Config::judge`]) in
+    /// [`Cache::new`]. Its error is logged when the layer is put to use
+    /// ([`Cache::tell_config`]): a builder chain passes through states that are not wrong
+    /// (client credentials before their `login_url`).
+    fn from_config(config: Config) -> Self {
         AuthLayer {
             cache: Cache::new(config),
         }
@@ -143,12 +138,7 @@ impl AuthLayer {
     /// The configuration's [`Error`](crate::Error), for which
     /// [`is_config`](crate::Error::is_config) is `true`.
     pub fn check_config(&self) -> Result<(), crate::Error> {
-        self.cache
-            .config
-            .scope
-            .as_ref()
-            .map(|_| ())
-            .map_err(Clone::clone)
+        self.cache.judged.as_ref().map(|_| ()).map_err(Clone::clone)
     }
 
     fn map_config(self, f: impl FnOnce(&mut Config)) -> Self {
@@ -328,22 +318,22 @@ impl AuthLayer {
     /// [`budget`](crate::budget). Default: none, except in
     /// `https_client()` (feature `rustls`), which applies `Budget::per_minute(240)`.
     pub fn budget(self, budget: Budget) -> Self {
-        self.map_config(|config| config.budget = Some(Some(budget)))
+        self.map_config(|config| config.budget = BudgetChoice::On(budget))
     }
 
     /// `budget` unless the builder chose one (or none).
     #[cfg_attr(not(feature = "rustls"), allow(dead_code))]
     pub(crate) fn budget_or(self, budget: Budget) -> Self {
         match self.cache.config.budget {
-            None => self.budget(budget),
-            Some(_) => self,
+            BudgetChoice::Unset => self.budget(budget),
+            BudgetChoice::Off | BudgetChoice::On(_) => self,
         }
     }
 
     /// No API budget, not even the ready client's default: for an account whose limit is
     /// kept some other way.
     pub fn no_budget(self) -> Self {
-        self.map_config(|config| config.budget = Some(None))
+        self.map_config(|config| config.budget = BudgetChoice::Off)
     }
 }
 

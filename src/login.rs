@@ -5,8 +5,9 @@
 
 use crate::{
     bounds::{HttpService, ResponseBody},
+    budget::Gate,
     config::Config,
-    credentials::{Form, Secret},
+    credentials::{Credentials, Form, Secret},
     error::{Error, Kind},
     oauth::{basic_auth, oauth_error, warn_if_narrower, with_query},
     token::Obtained,
@@ -20,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{error::Category, value::RawValue};
 use std::{
     future::Future,
-    sync::{Arc, Mutex},
+    sync::{atomic::AtomicBool, Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 use tokio::time::Instant;
@@ -51,8 +52,29 @@ pub(crate) struct Issued {
     pub(crate) scope: Option<String>,
 }
 
+/// What every login of a layer sends and spends: made once, with the layer.
+pub(crate) struct Login {
+    url: Uri,
+    credentials: Credentials,
+    /// The API budget a login takes a unit of.
+    gate: Option<Arc<Gate>>,
+    /// Whether a scope narrower than asked was told (once for the layer's logins).
+    narrowed: AtomicBool,
+}
+
+impl Login {
+    pub(crate) fn new(config: &Config, gate: Option<Arc<Gate>>) -> Self {
+        Login {
+            url: config.login_url.clone(),
+            credentials: config.credentials.clone(),
+            gate,
+            narrowed: AtomicBool::new(false),
+        }
+    }
+}
+
 /// The function the login driver logs in with: one attempt through a clone of `inner`.
-pub(crate) fn login_fn<S, B, RB>(config: &Config, inner: &S) -> LoginFn
+pub(crate) fn login_fn<S, B, RB>(login: &Arc<Login>, inner: &S) -> LoginFn
 where
     S: HttpService<B, ResBody = RB>,
     B: From<Bytes> + Send + 'static,
@@ -61,7 +83,7 @@ where
     // A mutex only to make the service (`Send`, maybe not `Sync`) shareable: it is cloned out
     // once per attempt.
     let inner = Mutex::new(inner.clone());
-    login_through(config, move || {
+    login_through(login, move || {
         let mut inner = inner.lock().unwrap_or_else(|e| e.into_inner()).clone();
         move |request| async move {
             let transport = |err: S::Error| Error::with_source(Kind::Transport, err);
@@ -73,7 +95,7 @@ where
 
 /// A [`LoginFn`] whose attempts send the login request with the sender `make` makes for each:
 /// the one piece that differs between a tower service and another client.
-pub(crate) fn login_through<M, F, Fut, B, RB>(config: &Config, make: M) -> LoginFn
+pub(crate) fn login_through<M, F, Fut, B, RB>(login: &Arc<Login>, make: M) -> LoginFn
 where
     M: Fn() -> F + Send + Sync + 'static,
     F: FnOnce(Request<B>) -> Fut + Send + 'static,
@@ -81,13 +103,16 @@ where
     B: From<Bytes>,
     RB: ResponseBody,
 {
-    let (login_url, credentials) = (config.login_url.clone(), config.credentials.clone());
-    let narrowed = config.narrowed.clone();
-    let shared = Arc::new((login_url, credentials, config.gate.clone(), narrowed));
+    let login = login.clone();
     Arc::new(move || {
-        let (shared, send) = (shared.clone(), make());
+        let (login, send) = (login.clone(), make());
         Box::pin(async move {
-            let (login_url, credentials, gate, narrowed) = &*shared;
+            let Login {
+                url: login_url,
+                credentials,
+                gate,
+                narrowed,
+            } = &*login;
             let Secret::Login {
                 account,
                 password,

@@ -67,7 +67,7 @@ impl AuthMiddleware {
     /// It shares its token with `layer` and every service the layer made.
     pub fn new(layer: AuthLayer, client: reqwest::Client) -> Self {
         let cache = layer.cache();
-        let login = login_fn(&cache.config, client.clone());
+        let login = login_fn(&cache.login, client.clone());
         AuthMiddleware {
             cache,
             login,
@@ -252,8 +252,8 @@ impl fmt::Debug for AuthMiddleware {
 }
 
 /// Logs in once through `client`.
-fn login_fn(config: &crate::config::Config, client: reqwest::Client) -> LoginFn {
-    login::login_through(config, move || {
+fn login_fn(login: &Arc<login::Login>, client: reqwest::Client) -> LoginFn {
+    login::login_through(login, move || {
         let client = client.clone();
         move |request: http::Request<reqwest::Body>| async move {
             let transport = |error| Error::with_source(Kind::Transport, error);

@@ -52,7 +52,7 @@ pub struct Auth<S> {
 impl<S> Auth<S> {
     pub(crate) fn new(inner: S, cache: Arc<Cache>) -> Self {
         Auth {
-            budgeted: cache.config.gate.is_some(),
+            budgeted: cache.gate.is_some(),
             shared: Replayer::new(cache),
             inner,
         }
@@ -117,7 +117,7 @@ impl<S> Auth<S> {
     /// Whether requests to `uri` get the token.
     #[cfg(feature = "rustls")]
     pub(crate) fn trusts(&self, uri: &http::Uri) -> bool {
-        let scope = self.shared.cache.config.scope.as_ref();
+        let scope = self.shared.cache.judged.as_ref();
         scope.is_ok_and(|scope| scope.contains(uri))
     }
 
@@ -147,10 +147,10 @@ impl<S> Auth<S> {
         S: HttpService<ReqBody>,
         ReqBody: RequestBody,
     {
-        if let Err(error) = &self.shared.cache.config.scope {
+        if let Err(error) = &self.shared.cache.judged {
             return Err(error.clone());
         }
-        let login = login::login_fn(&self.shared.cache.config, &self.inner);
+        let login = login::login_fn(&self.shared.cache.login, &self.inner);
         let (_, after) = self.shared.cache.token(login).await?;
         if let Some(saved) = after {
             saved.await;
@@ -207,7 +207,7 @@ where
         // and what is counted is what is sent.
         let (cache, inner) = (&self.shared.cache, &self.inner);
         let current = cache.current();
-        let token = match cache.check(current.as_ref(), || login::login_fn(&cache.config, inner)) {
+        let token = match cache.check(current.as_ref(), || login::login_fn(&cache.login, inner)) {
             Check::Send(token) => token,
             Check::Wait => return self.slow(request, None),
             Check::Join(_, renewal) => return self.slow(request, Some(renewal)),
@@ -255,7 +255,7 @@ impl<S: Clone> Auth<S> {
         drop(std::mem::replace(&mut self.inner, unreserved));
         self.shared.ready(&self.inner);
         let (mut inner, replayer) = (self.inner.clone(), self.shared.clone());
-        let login = login::login_fn(&replayer.cache.config, &inner);
+        let login = login::login_fn(&replayer.cache.login, &inner);
         ResponseFuture::slow(Box::pin(async move {
             let cache = replayer.cache.clone();
             let (_, first) = cache.acquire(login.clone()).await?;

@@ -91,7 +91,7 @@ impl Cache {
             self.throttled(headers);
         }
         // With a budget, every answer comes here: the core's lock only if it wants answers.
-        if self.config.gate.is_some() && !self.core_wants.load(Ordering::Relaxed) {
+        if self.gate.is_some() && !self.core_wants.load(Ordering::Relaxed) {
             return;
         }
         let endpoint = endpoint();
@@ -105,7 +105,7 @@ impl Cache {
     pub(super) fn hint(&self, core: &Core) {
         let wants = core.wants_answers();
         self.core_wants.store(wants, Ordering::Relaxed);
-        let gate = self.config.gate.is_some();
+        let gate = self.gate.is_some();
         self.wants_answers.store(wants || gate, Ordering::Relaxed);
     }
 

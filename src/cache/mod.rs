@@ -18,10 +18,11 @@ use crate::{
     budget::Purpose,
     challenge::{self, Verdict},
     clock::Coarse,
-    config::Config,
+    config::{BudgetChoice, Config},
     credentials::{api_key_header, Secret},
     error::Error,
-    login::LoginFn,
+    login::{Login, LoginFn},
+    scope::Scope,
     store::{Owner, Shared, STORE_TIMEOUT},
     token::{
         Attempts, Checked, Core, Due, Ended, Endpoint, Failure, Need, Obtained, Reason, Renew,
@@ -128,6 +129,13 @@ pub(crate) enum Check<'a> {
 /// what it was built with, the current token, and the shared store if any.
 pub(crate) struct Cache {
     pub(crate) config: Config,
+    /// The one configuration rule's verdict ([`Config::judge`]): which requests get the token,
+    /// or the first input refused, which every call then fails with.
+    pub(crate) judged: Result<Scope, Error>,
+    /// The API budget as the layer keeps it (with the store's key), if it has one.
+    pub(crate) gate: Option<Arc<crate::budget::Gate>>,
+    /// What every login of the layer sends and spends.
+    pub(crate) login: Arc<Login>,
     core: Mutex<Core>,
     /// The token requests carry; `None` before the first login and after a 401 discarded it.
     /// Written only under the `core` lock, with the core's own view of it.
@@ -162,7 +170,7 @@ pub(crate) struct Cache {
 }
 
 impl Cache {
-    pub(crate) fn new(mut config: Config) -> Arc<Cache> {
+    pub(crate) fn new(config: Config) -> Arc<Cache> {
         let timings = timings(&config);
         let (api_key, store) = match &config.credentials.secret {
             Secret::Login {
@@ -183,19 +191,22 @@ impl Cache {
             // (A key that is not a header value is the configuration's error: `Config::judge`.)
             Secret::ApiKey(key) => (api_key_header(key), None),
         };
-        if let Some(Some(budget)) = config.budget {
-            // Login tokens and API keys share one limit: an API key's budget is shared through
-            // the store too, under its hash, though the key itself is never stored.
-            let shared = match (&store, &config.store, &config.credentials.secret) {
-                (Some(store), ..) => Some(store.budget()),
-                (None, Some(store), Secret::ApiKey(key)) => {
-                    Some((store.clone(), crate::store::api_key_budget_key(key)))
-                }
-                _ => None,
-            };
-            config.gate = Some(Arc::new(crate::budget::Gate::new(budget, shared)));
-        }
-        let budgeted = config.gate.is_some();
+        let gate = match config.budget {
+            BudgetChoice::On(budget) => {
+                // Login tokens and API keys share one limit: an API key's budget is shared
+                // through the store too, under its hash, though the key itself is never stored.
+                let shared = match (&store, &config.store, &config.credentials.secret) {
+                    (Some(store), ..) => Some(store.budget()),
+                    (None, Some(store), Secret::ApiKey(key)) => {
+                        Some((store.clone(), crate::store::api_key_budget_key(key)))
+                    }
+                    _ => None,
+                };
+                Some(Arc::new(crate::budget::Gate::new(budget, shared)))
+            }
+            BudgetChoice::Unset | BudgetChoice::Off => None,
+        };
+        let budgeted = gate.is_some();
         let now = Instant::now();
         let current = api_key.clone().map(|header| {
             let obtained = Obtained {
@@ -208,6 +219,9 @@ impl Cache {
             Arc::new(Token::new(&obtained, 0, None))
         });
         Arc::new(Cache {
+            judged: config.judge(),
+            login: Arc::new(Login::new(&config, gate.clone())),
+            gate,
             config,
             core: Mutex::new(Core::new(timings, api_key, now)),
             current: ArcSwapOption::new(current),
@@ -259,7 +273,7 @@ impl Cache {
     ///
     /// [`login_through`]: crate::login::login_through
     pub(crate) async fn spend(&self) -> Result<crate::budget::Spent, Error> {
-        match &self.config.gate {
+        match &self.gate {
             Some(gate) => gate.take(Purpose::Request).await,
             None => Ok(crate::budget::Spent::none()),
         }
@@ -268,7 +282,7 @@ impl Cache {
     /// Logs the configuration's error at ERROR, once, where the layer is put to use: a service
     /// made with it, a middleware, the ready client.
     pub(crate) fn tell_config(&self) {
-        if let Err(error) = &self.config.scope {
+        if let Err(error) = &self.judged {
             if !self.config_told.swap(true, Ordering::Relaxed) {
                 tracing::error!(target: "patchworks_auth", %error, "invalid configuration");
             }
@@ -279,7 +293,7 @@ impl Cache {
     /// and pass-through rule of both adapters.
     #[inline]
     pub(crate) fn route(&self, headers: &HeaderMap, uri: Option<&http::Uri>) -> Route {
-        let scope = match &self.config.scope {
+        let scope = match &self.judged {
             Ok(scope) => scope,
             Err(error) => return Route::Refused(error.clone()),
         };
@@ -331,7 +345,7 @@ impl Cache {
     #[cold]
     #[inline(never)]
     pub(crate) fn throttled(&self, headers: &http::HeaderMap) {
-        if let Some(gate) = &self.config.gate {
+        if let Some(gate) = &self.gate {
             gate.too_many(headers);
         }
     }
@@ -341,7 +355,7 @@ impl Cache {
     ///
     /// [`Gate::take_now`]: crate::budget::Gate::take_now
     pub(crate) fn take_now(&self) -> Option<crate::budget::Spent> {
-        match &self.config.gate {
+        match &self.gate {
             Some(gate) => gate.take_now(),
             None => Some(crate::budget::Spent::none()),
         }
@@ -384,7 +398,7 @@ impl Cache {
 
     /// What the API budget counted (all zero without one).
     pub(crate) fn budget_state(&self) -> crate::budget::BudgetState {
-        let gate = self.config.gate.as_deref();
+        let gate = self.gate.as_deref();
         gate.map_or_else(Default::default, crate::budget::Gate::state)
     }
 

@@ -14,10 +14,9 @@
 use crate::{
     cache::{After, Cache},
     challenge::Verdict,
-    config::Config,
+    config::{BudgetChoice, Config},
     credentials::Credentials,
     error::Error,
-    scope::Scope,
     token::{Endpoint, Obtained, Start, Unauthorized},
 };
 use http::{HeaderValue, Method, Uri};
@@ -33,7 +32,6 @@ fn cache() -> Arc<Cache> {
     let login_url = Uri::from_static("https://svc-fabric.pwks.co/api/v1/login");
     Cache::new(Config {
         credentials: Credentials::new("ops@example.com", "hunter2"),
-        scope: Scope::new(&login_url, &[]),
         trusted: Vec::new(),
         login_url,
         login_url_given: true,
@@ -43,9 +41,7 @@ fn cache() -> Arc<Cache> {
         store: None,
         store_key: None,
         store_timeout: Duration::from_millis(300),
-        budget: None,
-        gate: None,
-        narrowed: Arc::default(),
+        budget: BudgetChoice::Unset,
     })
 }
 

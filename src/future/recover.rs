@@ -79,7 +79,7 @@ where
     let cache = &replayer.cache;
     let (endpoint, origin) = (replay.endpoint(), Some(replay.uri.clone()));
     let (for_login, for_check) = (inner.clone(), inner.clone());
-    let login = move || login_fn(&cache.config, &for_login);
+    let login = move || login_fn(&cache.login, &for_login);
     let check = move || cache.check_fn(Sender::new(for_check.clone()), probe(origin.clone()));
     let replays = || replay.request::<ReqBody>();
     let mut sender = Sender::new(inner);
