@@ -33,11 +33,13 @@ impl Spent {
 
     /// The request is handed to the service below, ready: from now on it may reach
     /// Patchworks, and its unit is spent.
+    #[inline]
     pub(crate) fn sending(&mut self) {
         self.sent = true;
     }
 
     /// The request's answer (any answer, or an error after it was sent) came.
+    #[inline]
     pub(crate) fn answered(&mut self) {
         self.sent = true;
         if let Some((gate, unit)) = self.unit.take() {
@@ -47,6 +49,7 @@ impl Spent {
 }
 
 impl Drop for Spent {
+    #[inline]
     fn drop(&mut self) {
         if let (false, Some((gate, unit))) = (self.sent, self.unit.take()) {
             gate.give_back(unit);

@@ -345,18 +345,25 @@ where
                 ctx,
                 replay,
             } => {
-                let response = ready!(future.poll(cx));
+                let output = ready!(future.poll(cx));
                 ctx.spent.answered();
-                let response = end_on_error!(state, response);
-                if response.status() != StatusCode::UNAUTHORIZED {
-                    // Evidence that the token is good, and that this endpoint does not refuse.
-                    // Read in place: moving the replay copy out costs a `memcpy` per request.
-                    let answer = (response.status(), response.headers());
-                    (ctx.replayer.cache).answered(ctx.generation, answer, || replay.endpoint());
+                let refused = matches!(&output, Ok(response) if response.status() == StatusCode::UNAUTHORIZED);
+                if !refused {
+                    if let Ok(response) = &output {
+                        // Evidence that the token is good, and that this endpoint does not
+                        // refuse. Read in place: moving the replay copy or the response costs a
+                        // `memcpy` per request.
+                        let answer = (response.status(), response.headers());
+                        let cache = &ctx.replayer.cache;
+                        cache.answered(ctx.generation, answer, || replay.endpoint());
+                    }
                     state.set(State::Done);
-                    return Poll::Ready(Ok(response));
+                    return Poll::Ready(output.map_err(Into::into));
                 }
-                Event::Unauthorized(response)
+                match output {
+                    Ok(response) => Event::Unauthorized(response),
+                    Err(_) => unreachable!("a 401 is an answer"),
+                }
             }
             StateProj::Slow { future } => {
                 let output = ready!(future.as_mut().poll(cx));

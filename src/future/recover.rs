@@ -77,7 +77,7 @@ where
         return Ok(unauthorized);
     };
     let cache = &replayer.cache;
-    let (endpoint, origin) = (replay.endpoint(), Some(replay.uri.clone()));
+    let (endpoint, origin) = (replay.endpoint(), replay.uri());
     let (for_login, for_check) = (inner.clone(), inner.clone());
     let login = move || login_fn(&cache.login, &for_login);
     let check = move || cache.check_fn(Sender::new(for_check.clone()), probe(origin.clone()));
