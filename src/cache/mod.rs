@@ -25,8 +25,8 @@ use crate::{
     scope::Scope,
     store::{Owner, Shared, STORE_TIMEOUT},
     token::{
-        Attempts, Checked, Core, Due, Ended, Endpoint, Failure, Need, Obtained, Reason, Renew,
-        Start, Step, Timings, TokenState, Unauthorized,
+        resync_at, Attempts, Checked, Core, Due, Ended, Endpoint, Failure, Need, Obtained, Reason,
+        Renew, Start, Step, Timings, TokenState, Unauthorized,
     },
 };
 use arc_swap::ArcSwapOption;
@@ -44,7 +44,7 @@ use std::{
 };
 use tokio::{
     sync::{watch, Notify},
-    time::{sleep, sleep_until, Instant},
+    time::{sleep_until, Instant},
 };
 use tower::util::rng::{HasherRng, Rng};
 
@@ -68,13 +68,6 @@ use shuttle::sync::{Mutex, MutexGuard};
 #[cfg(not(all(test, shuttle)))]
 use std::sync::{Mutex, MutexGuard};
 
-/// How often a process waiting for another's login polls the store (plus up to half again).
-const STORE_POLL: Duration = Duration::from_millis(100);
-/// How often a process that logged in while the store was down tries to share its token again,
-/// or take the fleet's (plus up to half again): every 500 ms at first, doubling to every 30 s
-/// while the store stays down.
-const RESYNC: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
-
 /// The timings the core ages tokens by, from what the layer was built with (constant: read
 /// without the core's lock).
 fn timings(config: &Config) -> Timings {
@@ -87,11 +80,6 @@ fn timings(config: &Config) -> Timings {
 /// A draw in `[0, 1)` for the core's jittered back-offs.
 fn jitter() -> f64 {
     HasherRng::default().next_f64()
-}
-
-/// `base` plus up to half again, at random.
-fn jittered(base: Duration) -> Duration {
-    base.mul_f64(1.0 + 0.5 * jitter())
 }
 
 /// A switch point for the model check: the `watch` channel is not shuttle's, so each use of it

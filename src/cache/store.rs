@@ -58,12 +58,7 @@ impl Cache {
             let now = Instant::now();
             self.lock().takes(start, &found.0, found.1, now)
         };
-        // A lock lapses after its lifetime (the login timeout) and a waiter takes it over, so a
-        // holder that died delays the others by that much. A waiter gives up and logs in by
-        // itself only after the lifetime and one more login (its new holder's) have passed:
-        // when the lock never comes free (a file lock held by a hung process).
-        let wait_until = Instant::now() + 2 * self.config.login_timeout;
-        let owner = Owner::new();
+        let (since, owner) = (Instant::now(), Owner::new());
         let obtained = loop {
             match self
                 .load_or_lock(store, refused, takes, &owner, &mut budget)
@@ -72,13 +67,15 @@ impl Cache {
                 Ok(Found::Token(found, held)) => break (Ok(found), held.then_some(owner)),
                 Ok(Found::Locked) => break (log_in().await, Some(owner)),
                 // Another process logs in: its token will be in the store. Waiting for it is
-                // bounded by `wait_until`, not by this login's store timeout.
-                Ok(Found::Busy) if Instant::now() < wait_until => {
-                    sleep(jittered(STORE_POLL)).await;
-                    spent += self.config.store_timeout.saturating_sub(budget);
-                    budget = self.config.store_timeout;
-                }
+                // bounded by the core's `store_poll`, not by this login's store timeout.
                 Ok(Found::Busy) => {
+                    let timings = timings(&self.config);
+                    if let Some(at) = timings.store_poll(since, Instant::now(), jitter()) {
+                        sleep_until(at).await;
+                        spent += self.config.store_timeout.saturating_sub(budget);
+                        budget = self.config.store_timeout;
+                        continue;
+                    }
                     tracing::warn!(
                         target: "patchworks_auth",
                         "the store's login lock outlived its lifetime: logging in without it"
@@ -119,9 +116,9 @@ impl Cache {
         };
         let (cache, mine) = (Arc::downgrade(self), Arc::downgrade(token));
         runtime.spawn(async move {
-            let mut every = RESYNC.0;
+            let mut failed = 0;
             loop {
-                sleep(jittered(every)).await;
+                sleep_until(resync_at(Instant::now(), failed, jitter())).await;
                 let (Some(cache), Some(mine)) = (cache.upgrade(), mine.upgrade()) else {
                     return; // the layer is gone, or the token was replaced
                 };
@@ -137,7 +134,7 @@ impl Cache {
                 let (owner, mut budget) = (Owner::new(), STORE_TIMEOUT);
                 let found = cache.load_or_lock(store, None, |_| true, &owner, &mut budget);
                 match found.await {
-                    Err(()) => every = (every * 2).min(RESYNC.1),
+                    Err(()) => failed += 1,
                     Ok(Found::Busy) => {}
                     Ok(Found::Locked) => {
                         let obtained = Obtained {

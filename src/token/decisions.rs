@@ -63,6 +63,26 @@ impl Timings {
             obtained_at + (lifetime - margin),
         )
     }
+
+    /// When a login that found the store's lock held by another process (which logs in, and
+    /// will save its token there) looks in the store again: in 100 ms plus up to half again
+    /// (`jitter` in `[0, 1)`). `None` once it has waited since `since` for two login timeouts:
+    /// a lock lapses after one (its holder died) and a waiter takes it over, so a lock that
+    /// never comes free is a file lock held by a hung process, and the login goes on without it.
+    pub(crate) fn store_poll(&self, since: Instant, now: Instant, jitter: f64) -> Option<Instant> {
+        let poll = Duration::from_millis(100).mul_f64(1.0 + 0.5 * jitter);
+        (now < since + 2 * self.login_timeout).then(|| now + poll)
+    }
+}
+
+/// When a process that logged in while the store was down tries the store again (to take the
+/// fleet's token, or to share its own), after `failed` tries in a row that found it still
+/// down: in 500 ms doubling to 30 s, plus up to half again (`jitter` in `[0, 1)`).
+pub(crate) fn resync_at(now: Instant, failed: u32, jitter: f64) -> Instant {
+    let every = Duration::from_millis(500).saturating_mul(1 << failed.min(6));
+    now + every
+        .min(Duration::from_secs(30))
+        .mul_f64(1.0 + 0.5 * jitter)
 }
 
 /// How long before it expires a token of `lifetime` stops being sent: a tenth of its

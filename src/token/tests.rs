@@ -1,6 +1,8 @@
 //! The core's decisions as tables of rows, read directly: which stored token a login may take
 //! (`Core::takes`), when a token the fleet shares is adopted outside a login (`Core::adopt`),
-//! and the deadlines its driver's one timer asks for (`Core::poll_timeout`, `Core::timeout`).
+//! the deadlines its driver's one timer asks for (`Core::poll_timeout`, `Core::timeout`), and
+//! the waits of a login on another process's and of a resync (`Timings::store_poll`,
+//! `resync_at`).
 
 use super::*;
 
@@ -275,4 +277,43 @@ fn a_checks_deadline_is_the_cores() {
     );
     core.check_ended(8);
     assert_eq!(core.poll_timeout(), None, "answered in time");
+}
+
+#[test]
+fn how_long_a_login_waits_for_another_process_and_a_resync_for_the_store() {
+    let t0 = Instant::now();
+    let timings = Timings {
+        refresh_before: Duration::from_secs(300),
+        login_timeout: Duration::from_secs(30),
+    };
+    let ms = Duration::from_millis;
+    // (waited since, jitter): the next look in the store, or none (log in without the lock).
+    let rows = [
+        (ms(0), 0.0, Some(ms(100))),
+        (ms(0), 0.999, Some(ms(149))),
+        (Duration::from_secs(59), 0.5, Some(ms(125))),
+        (Duration::from_secs(60), 0.0, None),
+    ];
+    for (waited, jitter, next) in rows {
+        let now = t0 + waited;
+        let poll = timings.store_poll(t0, now, jitter);
+        let poll = poll.map(|at| at - now).map(|d| ms(d.as_millis() as u64));
+        assert_eq!(poll, next, "{waited:?} {jitter}");
+    }
+    // (tries that failed, jitter): the next try.
+    let rows = [
+        (0, 0.0, ms(500)),
+        (0, 0.5, ms(625)),
+        (1, 0.0, ms(1000)),
+        (5, 0.0, ms(16_000)),
+        (6, 0.0, ms(30_000)),
+        (40, 0.999, ms(44_985)),
+    ];
+    for (failed, jitter, next) in rows {
+        assert_eq!(
+            resync_at(t0, failed, jitter) - t0,
+            next,
+            "{failed} {jitter}"
+        );
+    }
 }

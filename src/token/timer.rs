@@ -2,6 +2,11 @@
 //! one timer next needs to run, and what came due when it does. The current token's renewal
 //! window, a failed renewal's back-off, its expiry, and the deadline of the check that settles
 //! a bare 401.
+//!
+//! The waits inside one login are the core's decisions too, and the login's own task sleeps
+//! until the instant decided, as it belongs to that login: its attempts' back-off
+//! ([`Attempts::step`]), its look in the store while another process logs in
+//! ([`Timings::store_poll`]); and so are a resync's after a store outage ([`resync_at`]).
 
 use super::*;
 
