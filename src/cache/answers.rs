@@ -19,7 +19,6 @@ pub(crate) type CheckFn = Box<dyn FnOnce(Endpoint, Arc<Token>) -> BoxFuture<Chec
 /// answer is `None` until it has one.
 pub(super) struct Checking {
     generation: u64,
-    started: Instant,
     answer: watch::Receiver<Option<Checked>>,
     /// Its task, ended at the check's deadline ([`Due::Check`]).
     task: Option<tokio::task::AbortHandle>,
@@ -38,9 +37,6 @@ impl Drop for Answer {
         });
     }
 }
-
-/// The shortest time between two checks of one token.
-const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 impl Cache {
     /// A request with token `generation` had an answer other than 401, with `status` and
@@ -169,8 +165,9 @@ impl Cache {
     }
 
     /// The check of token `generation` with a `GET` to `probe`: the one in flight, or the last
-    /// one's answer if it started less than a second ago, or a new one. It runs on a task of
-    /// its own, so that the 401s waiting for it may give up.
+    /// one's answer if it started less than a second ago, or a new one, as the core decides
+    /// ([`Core::check_due`]). It runs on a task of its own, so that the 401s waiting for it may
+    /// give up.
     pub(super) fn checking(
         self: &Arc<Self>,
         generation: u64,
@@ -180,10 +177,7 @@ impl Cache {
         let mut slot = self.check.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let last = slot.as_ref().filter(|check| check.generation == generation);
-        let recent = |check: &&Checking| {
-            check.answer.borrow().is_none() || now < check.started + CHECK_EVERY
-        };
-        if let Some(check) = last.filter(recent) {
+        if let Some(check) = last.filter(|_| !self.lock().check_due(generation, now)) {
             return check.answer.clone();
         }
         let (answered, answer) = watch::channel(None);
@@ -213,7 +207,6 @@ impl Cache {
         };
         *slot = Some(Checking {
             generation,
-            started: now,
             answer: answer.clone(),
             task,
         });

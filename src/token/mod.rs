@@ -140,8 +140,8 @@ pub(crate) struct Core {
     streak: u32,
     refused: HashMap<Endpoint, Refused>,
     cooldown: Option<Cooldown>,
-    /// The check that settles a bare 401 in flight: its token's generation and deadline.
-    check_until: Option<(u64, Instant)>,
+    /// The last check that settles a bare 401 (see [`Core::check_due`]).
+    check: Option<timer::Check>,
 }
 
 impl Core {
@@ -170,7 +170,7 @@ impl Core {
             streak: 0,
             refused: HashMap::new(),
             cooldown: None,
-            check_until: None,
+            check: None,
         }
     }
 

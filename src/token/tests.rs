@@ -280,6 +280,37 @@ fn a_checks_deadline_is_the_cores() {
 }
 
 #[test]
+fn at_most_one_check_a_second_per_token() {
+    let t0 = Instant::now();
+    let ms = |ms: u64| t0 + Duration::from_millis(ms);
+    let mut core = Core::new(TIMINGS, None, t0);
+    assert!(core.check_due(7, ms(0)), "none yet");
+    core.check_started(7, ms(0));
+    // (a bare 401 at, its token): whether it starts a check.
+    let rows = [
+        (ms(500), 7, false),   // the one in flight
+        (ms(5_000), 7, false), // still in flight: however old, not a second one
+        (ms(500), 8, true),    // another token's
+    ];
+    for (at, generation, due) in rows {
+        assert_eq!(core.check_due(generation, at), due, "{at:?} {generation}");
+    }
+    let mut core = Core::new(TIMINGS, None, t0);
+    core.check_started(7, ms(0));
+    core.check_ended(7);
+    assert!(
+        !core.check_due(7, ms(999)),
+        "answered, less than a second ago"
+    );
+    assert!(core.check_due(7, ms(1_000)), "a second after it started");
+    // Timed out (it cannot tell): the next bare 401 a second on checks again.
+    let mut core = Core::new(TIMINGS, None, t0);
+    core.check_started(7, ms(0));
+    assert_eq!(core.timeout(ms(30_000)), Some(Due::Check(7)));
+    assert!(core.check_due(7, ms(30_000)));
+}
+
+#[test]
 fn how_long_a_login_waits_for_another_process_and_a_resync_for_the_store() {
     let t0 = Instant::now();
     let timings = Timings {

@@ -44,12 +44,24 @@ pub(super) struct Deadlines {
     pub(super) retry_at: Option<Instant>,
 }
 
+/// The last check of a token that settles a bare 401.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Check {
+    generation: u64,
+    started: Instant,
+    /// Its deadline while it has no answer; `None` once it answered or timed out.
+    until: Option<Instant>,
+}
+
+/// The shortest time between two checks of one token.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
 impl Core {
     /// When the driver's timer next needs to run: the current token's renewal window, the end
     /// of a failed renewal's back-off, its expiry, or a check's deadline, whichever comes
     /// first. `None`: nothing is timed (no token and no check, or an API key).
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        let check = self.check_until.map(|(_, until)| until);
+        let check = self.check.and_then(|check| check.until);
         let Some(current) = self.current.as_ref().filter(|_| !self.api_key) else {
             return check;
         };
@@ -64,10 +76,10 @@ impl Core {
 
     /// The timer ran at `now`: what came due, one at a time (ask again until `None`).
     pub(crate) fn timeout(&mut self, now: Instant) -> Option<Due> {
-        if let Some((generation, until)) = self.check_until {
-            if now >= until {
-                self.check_until = None;
-                return Some(Due::Check(generation));
+        if let Some(check) = self.check.as_mut() {
+            if check.until.is_some_and(|until| now >= until) {
+                check.until = None;
+                return Some(Due::Check(check.generation));
             }
         }
         if self.api_key {
@@ -97,17 +109,29 @@ impl Core {
     /// The check of token `generation` that settles a bare 401 started at `now`: it answers
     /// within the login timeout (what a caller waits for a token), or it cannot tell.
     pub(crate) fn check_started(&mut self, generation: u64, now: Instant) {
-        self.check_until = Some((generation, now + self.timings.login_timeout));
+        self.check = Some(Check {
+            generation,
+            started: now,
+            until: Some(now + self.timings.login_timeout),
+        });
     }
 
     /// The check of token `generation` answered.
     pub(crate) fn check_ended(&mut self, generation: u64) {
-        if self
-            .check_until
-            .is_some_and(|(checked, _)| checked == generation)
-        {
-            self.check_until = None;
+        if let Some(check) = self.check.as_mut().filter(|c| c.generation == generation) {
+            check.until = None;
         }
+    }
+
+    /// Whether a bare 401 to token `generation` at `now` that the core wants settled
+    /// ([`Unauthorized::Check`]) starts a check ([`Core::check_started`]); if not, it takes
+    /// the answer of the check of that token in flight, or of the last one when that started
+    /// less than a second ago: at most one check a second per token.
+    pub(crate) fn check_due(&self, generation: u64, now: Instant) -> bool {
+        !self.check.is_some_and(|check| {
+            check.generation == generation
+                && (check.until.is_some() || now < check.started + CHECK_EVERY)
+        })
     }
 
     /// A renewal of the current token failed, or may not start before `at`: it is due again
