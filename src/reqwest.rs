@@ -103,16 +103,26 @@ impl AuthMiddleware {
             Route::Untouched => return next.run(request, extensions).await,
             Route::Refused(error) => return Err(middleware_error(error)),
         }
-        // The token first (a login if one is needed), then the budget's unit, at the moment of
-        // sending: a request waiting for a login holds no unit.
-        let acquired = self.cache.acquire(self.login.clone()).await;
-        let (token, renewal) = acquired.map_err(middleware_error)?;
+        // As the tower layer's requests that wait: the token first (a login if one is
+        // needed), then the budget's unit, at the moment of sending (a request waiting for a
+        // login holds no unit), then the token as it is once the unit came (the wait may have
+        // made it due, or replaced it).
+        let cache = &self.cache;
+        let (_, first) = cache
+            .acquire(self.login.clone())
+            .await
+            .map_err(middleware_error)?;
+        let spent = cache.spend().await.map_err(middleware_error)?;
+        let (token, after) = cache
+            .acquire(self.login.clone())
+            .await
+            .map_err(middleware_error)?;
         request
             .headers_mut()
             .insert(AUTHORIZATION, token.header.clone());
-        let response = self.sent(token, request, extensions, next).await;
-        if let Some(renewal) = renewal {
-            renewal.await;
+        let response = self.sent(token, request, extensions, next, spent).await;
+        for after in [first, after].into_iter().flatten() {
+            after.await;
         }
         response
     }
@@ -125,6 +135,7 @@ impl AuthMiddleware {
         request: reqwest::Request,
         extensions: &mut http::Extensions,
         next: Next<'_>,
+        spent: crate::budget::Spent,
     ) -> reqwest_middleware::Result<reqwest::Response> {
         let replay = request.try_clone();
         let url = request.url().clone();
@@ -134,7 +145,7 @@ impl AuthMiddleware {
         };
         let copy = extensions.clone();
         let mut first = Via::First(next.clone(), extensions);
-        let response = self.cache.send(&mut first, request).await?;
+        let response = self.cache.send_spent(&mut first, request, spent).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             let answer = (response.status(), response.headers());
             self.cache.answered(token.generation, answer, || endpoint);

@@ -42,7 +42,17 @@ impl Cache {
         transport: &mut T,
         request: T::Request,
     ) -> Result<T::Response, T::Error> {
-        let mut spent = self.spend().await.map_err(T::error)?;
+        let spent = self.spend().await.map_err(T::error)?;
+        self.send_spent(transport, request, spent).await
+    }
+
+    /// [`Cache::send`] with the unit `spent` already taken.
+    pub(crate) async fn send_spent<T: Transport>(
+        &self,
+        transport: &mut T,
+        request: T::Request,
+        mut spent: crate::budget::Spent,
+    ) -> Result<T::Response, T::Error> {
         transport.ready().await?;
         spent.sending();
         let response = transport.call(request).await;
