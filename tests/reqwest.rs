@@ -160,3 +160,31 @@ async fn the_budget_pauses_on_a_429_and_refuses_past_max_wait() {
     let state = middleware.budget_state();
     assert_eq!((state.pauses, state.refused), (1, 1), "{state:?}");
 }
+
+/// A request that waits for its turn in the budget past its token's life is sent with the
+/// token current once its turn came, never with the one it saw before the wait: as the tower
+/// layer's requests. (The wait is the budget's window, the time this test is about.)
+#[tokio::test]
+async fn a_token_that_expires_while_a_request_waits_for_its_turn_is_not_sent() {
+    use patchworks_auth::budget::Budget;
+    use std::time::Duration;
+
+    let fake = FakePatchworks::start().await.unwrap();
+    // Sent until 1.8 s; the window frees its first units 3 s on.
+    fake.set_token_lifetime(Duration::from_secs(2));
+    let budget = Budget::new(2, Duration::from_secs(3)).max_wait(Duration::from_secs(30));
+    let layer = AuthLayer::new(fake.credentials())
+        .refresh_before(Duration::ZERO)
+        .budget(budget);
+    let (client, _) = client(&fake, layer);
+    // The login's unit and this request's: the window is full.
+    assert_eq!(get(&client, &fake, "/api/v1/flows").await, StatusCode::OK);
+    assert_eq!(get(&client, &fake, "/api/v1/flows").await, StatusCode::OK);
+    assert_eq!(fake.expired_tokens_seen(), 0, "no expired token sent");
+    assert_eq!(fake.unauthorized(), 0);
+    assert_eq!(
+        fake.logins(),
+        2,
+        "a new login once the first token had expired"
+    );
+}
