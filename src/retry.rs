@@ -358,6 +358,33 @@ mod tests {
         }
     }
 
+    /// The retry waits what `Retry-After` asks, on Tokio's clock (paused here): not a moment
+    /// less.
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_waits_out_its_retry_after() {
+        use std::{
+            future::Future,
+            task::{Context, Waker},
+        };
+        let ready = |retry: std::pin::Pin<&mut tokio::time::Sleep>| {
+            retry
+                .poll(&mut Context::from_waker(Waker::noop()))
+                .is_ready()
+        };
+        let mut request = Request::get("/").body(()).unwrap();
+        let retry = Policy::retry(
+            &mut RetryPolicy::new(),
+            &mut request,
+            &mut answer(429, Some("2")),
+        );
+        let mut retry = std::pin::pin!(retry.expect("a 429 to a GET is retried"));
+        assert!(!ready(retry.as_mut()));
+        tokio::time::advance(Duration::from_millis(1999)).await;
+        assert!(!ready(retry.as_mut()), "before its Retry-After");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(ready(retry.as_mut()), "at its Retry-After");
+    }
+
     #[tokio::test]
     async fn a_429_is_retried_for_any_method_only_when_asked() {
         for (policy, retried) in [

@@ -81,35 +81,42 @@ async fn a_thousand_concurrent_requests_keep_within_the_budget() {
 /// first, at once, and the requests take their units as they are sent (issue 26: the login used
 /// to wait a whole window behind units the requests took before it, and they failed with a
 /// login timeout).
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_cold_burst_over_the_budget_sends_the_login_first_and_answers_every_request() {
-    let _one = one_at_a_time().await;
+    use patchworks_auth::test_util::hold_clock;
     let fake = FakePatchworks::start().await.unwrap();
+    fake.set_token_lifetime(Duration::from_secs(3600));
     let (limit, per) = (10, Duration::from_secs(2));
     fake.limit_rate(limit, per);
     let budget = Budget::new(limit as u32, per).max_wait(Duration::from_secs(60));
     let client = client(&fake, budget);
-    let started = Instant::now();
     // All 15 are called before the login's task can run (one thread): every request is there
     // before the login asks for its unit.
-    let requests = (0..15).map(|i| {
-        client
-            .clone()
-            .oneshot(get(&fake, &format!("/api/v1/flows/{i}")))
-    });
-    let responses = futures_util::future::join_all(requests).await;
-    for response in responses {
-        assert_eq!(response.unwrap().status(), StatusCode::OK);
-    }
+    let requests: Vec<_> = (0..15)
+        .map(|i| {
+            let request = get(&fake, &format!("/api/v1/flows/{i}"));
+            tokio::spawn(client.clone().oneshot(request))
+        })
+        .collect();
+    // The promise is about time, on the paused clock held still: the login goes at once, and
+    // the nine requests its unit leaves room for with it, not a window (2 s) later.
+    hold_clock(support::until("the login and nine requests", || {
+        fake.api_calls() == 9
+    }))
+    .await;
+    assert_eq!(fake.logins(), 1);
     let seen = fake.seen();
     assert_eq!(
         seen[0].path,
         patchworks_auth::test_util::LOGIN_PATH,
         "the login first"
     );
-    // The promise is about time: the login goes at once, not a window (2 s) later.
-    let login_after = seen[0].received_at - started;
-    assert!(login_after < per, "the login waited {login_after:?}");
+    // The other six a window later (and the margin a unit is kept for its answer's transit).
+    tokio::time::sleep(per + Duration::from_millis(300)).await;
+    for request in requests {
+        let response = hold_clock(request).await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
     assert_eq!((fake.logins(), fake.api_calls()), (1, 15));
     assert_eq!(fake.too_many(), 0, "no 429");
 }
@@ -227,38 +234,34 @@ async fn a_request_past_max_wait_fails_unsent_with_a_typed_error() {
     assert_eq!(client.budget_state().refused, 1);
 }
 
-#[tokio::test]
+/// On a paused clock: the request after a 429 is not sent before its `Retry-After` (2 s) has
+/// passed, and is sent once it has, well short of the budget's `max_wait` (30 s).
+#[tokio::test(start_paused = true)]
 async fn a_429_pauses_the_budget_for_its_retry_after_and_is_returned_as_it_is() {
+    use patchworks_auth::test_util::hold_clock;
     let fake = FakePatchworks::start().await.unwrap();
+    fake.set_token_lifetime(Duration::from_secs(3600));
     let client = client(&fake, Budget::per_minute(240));
-    client
-        .clone()
-        .oneshot(get(&fake, "/api/v1/flows"))
-        .await
-        .unwrap();
+    let send = || client.clone().oneshot(get(&fake, "/api/v1/flows"));
+    assert_eq!(hold_clock(send()).await.unwrap().status(), StatusCode::OK);
     fake.fail_api_calls(1, StatusCode::TOO_MANY_REQUESTS, Some(2));
-    let response = client
-        .clone()
-        .oneshot(get(&fake, "/api/v1/flows"))
-        .await
-        .unwrap();
+    let response = hold_clock(send()).await.unwrap();
     assert_eq!(
         response.status(),
         StatusCode::TOO_MANY_REQUESTS,
         "returned as it is"
     );
-    let paused = Instant::now();
-    let response = client
-        .clone()
-        .oneshot(get(&fake, "/api/v1/flows"))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let waited = paused.elapsed();
-    // The promise is about time: paused for the 429's `Retry-After` (2 s), and no longer than
-    // it takes to come back after it; well short of the budget's `max_wait` (30 s).
-    assert!(waited >= Duration::from_millis(1900), "waited {waited:?}");
-    assert!(waited < Duration::from_secs(15), "waited {waited:?}");
+    let paused = tokio::spawn(send());
+    tokio::time::sleep(Duration::from_millis(1990)).await;
+    assert!(!paused.is_finished(), "sent during the pause");
+    assert_eq!(fake.api_calls(), 2, "sent during the pause");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let response = hold_clock(paused).await.unwrap().unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "sent once the pause ended"
+    );
     assert_eq!(client.budget_state().pauses, 1);
 }
 

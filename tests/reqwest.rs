@@ -133,27 +133,33 @@ async fn rejected_credentials_are_a_typed_error() {
 
 /// The same API budget as the tower layer's: a 429 pauses it, and past `max_wait` a request
 /// fails unsent with the typed error.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_budget_pauses_on_a_429_and_refuses_past_max_wait() {
-    use patchworks_auth::budget::Budget;
-    use std::time::{Duration, Instant};
+    use patchworks_auth::{budget::Budget, test_util::hold_clock};
+    use std::time::Duration;
 
     let fake = FakePatchworks::start().await.unwrap();
+    fake.set_token_lifetime(Duration::from_secs(3600));
     let budget = Budget::new(4, Duration::from_secs(60)).max_wait(Duration::from_secs(3));
     let layer = AuthLayer::new(fake.credentials()).budget(budget);
     let (client, middleware) = client(&fake, layer);
-    assert_eq!(get(&client, &fake, "/api/v1/flows").await, StatusCode::OK);
-    fake.fail_api_calls(1, StatusCode::TOO_MANY_REQUESTS, Some(1));
-    let status = get(&client, &fake, "/api/v1/flows").await;
-    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "returned as it is");
-    let paused = Instant::now();
-    assert_eq!(get(&client, &fake, "/api/v1/flows").await, StatusCode::OK);
-    assert!(
-        paused.elapsed() >= Duration::from_millis(900),
-        "{:?}",
-        paused.elapsed()
+    let flows = fake.uri("/api/v1/flows").to_string();
+    assert_eq!(
+        hold_clock(get(&client, &fake, "/api/v1/flows")).await,
+        StatusCode::OK
     );
-    // The login and three requests took the window's four units.
+    fake.fail_api_calls(1, StatusCode::TOO_MANY_REQUESTS, Some(2));
+    let status = hold_clock(get(&client, &fake, "/api/v1/flows")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "returned as it is");
+    // On the paused clock: not sent before the 429's `Retry-After` (2 s), sent once it passed.
+    let paused = tokio::spawn(client.get(flows).send());
+    tokio::time::sleep(Duration::from_millis(1990)).await;
+    assert!(!paused.is_finished(), "sent during the pause");
+    assert_eq!(fake.api_calls(), 2, "sent during the pause");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let response = hold_clock(paused).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // The login and three requests took the window's four units: refused after `max_wait`.
     let error = layer_error(&client, &fake, "/api/v1/flows").await;
     assert!(error.is_budget_exhausted(), "{error}");
     assert_eq!(fake.api_calls(), 3, "never sent");
