@@ -141,7 +141,12 @@ impl AuthMiddleware {
         let url = request.url().clone();
         let endpoint = Endpoint {
             method: request.method().clone(),
-            path: request.url().path().to_owned(),
+            origin: crate::token::origin(
+                url.scheme(),
+                url.host_str().unwrap_or_default(),
+                url.port(),
+            ),
+            path: url.path().to_owned(),
         };
         let copy = extensions.clone();
         let mut first = Via::First(next.clone(), extensions);
@@ -282,4 +287,33 @@ fn login_fn(login: &Arc<login::Login>, client: reqwest::Client) -> LoginFn {
             Ok(http::Response::from(response))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reqwest middleware and the tower layer may share one cache: they spell an endpoint's
+    /// origin the same way.
+    #[test]
+    fn both_adapters_spell_an_origin_alike() {
+        for url in [
+            "https://Core.WeArePatchworks.com/api/v1/flows",
+            "https://core.wearepatchworks.com:443/api/v1/flows",
+            "http://127.0.0.1:4000/x",
+            "http://[::1]:3000/x",
+            "http://localhost/x",
+        ] {
+            let parsed = reqwest::Url::parse(url).unwrap();
+            let host = parsed.host_str().unwrap_or_default();
+            let reqwest = crate::token::origin(parsed.scheme(), host, parsed.port());
+            let tower = Endpoint::new(http::Method::GET, &url.parse().unwrap()).origin;
+            assert_eq!(reqwest, tower, "{url}");
+        }
+        let tower = Endpoint::new(
+            http::Method::GET,
+            &"https://core.wearepatchworks.com/".parse().unwrap(),
+        );
+        assert_eq!(tower.origin, "https://core.wearepatchworks.com:443");
+    }
 }

@@ -137,3 +137,36 @@ async fn a_path_that_answered_only_posts_is_never_checked() {
         .count();
     assert_eq!(gets, 0, "no check of a path that answered only POSTs");
 }
+
+/// A path that answered on one origin is never the check on another: a bare 401 from an origin
+/// where no `GET` answered the token is taken as that API's answer, as without a check, and
+/// nothing is sent there in its name. (A trusted API on another origin, in the cool-down.)
+#[tokio::test(start_paused = true)]
+async fn a_path_that_answered_one_origin_is_never_the_check_on_another() {
+    let fake = FakePatchworks::start().await.unwrap();
+    let other = FakePatchworks::start().await.unwrap();
+    fake.set_token_lifetime(Duration::from_secs(3600));
+    let other_origin = format!("http://{}", other.addr()).parse().unwrap();
+    let client = layer(&fake).trust_origin(other_origin).layer(fake.client());
+    hold_clock(flows_ok(&client, &fake)).await;
+    fake.revoke_tokens();
+    hold_clock(flows_ok(&client, &fake)).await;
+    assert_eq!(fake.logins(), 2);
+    // `GET /api/v1/flows` answered the new token on `fake`, not on `other`, which knows no
+    // token: its 401 is bare.
+    hold_clock(expect_status(
+        &client,
+        &other,
+        "/api/v1/reports/1",
+        StatusCode::UNAUTHORIZED,
+    ))
+    .await;
+    let checked_there = other
+        .seen()
+        .iter()
+        .filter(|s| s.path == "/api/v1/flows")
+        .count();
+    assert_eq!(checked_there, 0, "no check with another origin's path");
+    assert_eq!(fake.logins(), 2, "no login for it");
+    assert_eq!(other.api_calls(), 1);
+}

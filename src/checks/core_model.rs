@@ -373,6 +373,7 @@ fn status(refused: bool) -> StatusCode {
 fn endpoint(path: usize) -> Endpoint {
     Endpoint {
         method: Method::GET,
+        origin: String::new(),
         path: PATHS[path].to_owned(),
     }
 }
@@ -581,7 +582,7 @@ proptest! {
         generation = log_in(&mut core, now, &mut logins).unwrap_or(generation);
         for (i, gap) in gaps.iter().enumerate() {
             now += Duration::from_millis(*gap);
-            let private = Endpoint { method: Method::GET, path: format!("/private/{i}") };
+            let private = Endpoint { method: Method::GET, origin: String::new(), path: format!("/private/{i}") };
             match core.unauthorized(now, generation, &private, Verdict::Unknown) {
                 Unauthorized::Renew { .. } => {
                     generation = log_in(&mut core, now, &mut logins).unwrap_or(generation);

@@ -104,6 +104,7 @@ fn one_login_at_a_time_every_waiter_answered_and_a_stale_401_discards_nothing() 
                         // Two requests get 401 with the token they carried.
                         let endpoint = Endpoint {
                             method: Method::GET,
+                            origin: String::new(),
                             path: "/api/v1/flows".to_owned(),
                         };
                         let judged = cache.judge(token.generation, &endpoint, Verdict::Unknown);

@@ -51,13 +51,7 @@ impl Replay {
     /// The method and path the request went to.
     #[cold]
     pub(super) fn endpoint(&self) -> Endpoint {
-        Endpoint {
-            method: self.method.clone(),
-            path: self
-                .uri()
-                .map(|uri| uri.path().to_owned())
-                .unwrap_or_default(),
-        }
+        Endpoint::new(self.method.clone(), &self.uri().unwrap_or_default())
     }
 
     /// The URI the request went to.

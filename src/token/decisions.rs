@@ -31,11 +31,44 @@ impl LoginReason {
     }
 }
 
-/// A method and path (no query): what a 401's evidence applies to.
+/// A method, an origin and a path (no query): what a 401's evidence applies to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Endpoint {
     pub(crate) method: Method,
+    /// `scheme://host:port` in lower case, as [`origin`] spells it; empty for a relative URI
+    /// (resolved below the layer).
+    pub(crate) origin: String,
     pub(crate) path: String,
+}
+
+impl Endpoint {
+    /// The endpoint of a request with `method` to `uri`.
+    pub(crate) fn new(method: Method, uri: &http::Uri) -> Endpoint {
+        let origin = match (uri.scheme_str(), uri.host()) {
+            (Some(scheme), Some(host)) => origin(scheme, host, uri.port_u16()),
+            _ => String::new(),
+        };
+        Endpoint {
+            method,
+            origin,
+            path: uri.path().to_owned(),
+        }
+    }
+}
+
+/// An origin as both adapters spell it for [`Endpoint::origin`]: the scheme and host in lower
+/// case, and the port even when it is the scheme's default, so that one origin has one key.
+pub(crate) fn origin(scheme: &str, host: &str, port: Option<u16>) -> String {
+    let default = match scheme.to_ascii_lowercase().as_str() {
+        "https" => Some(443),
+        "http" => Some(80),
+        _ => None,
+    };
+    let mut origin = format!("{scheme}://{host}").to_ascii_lowercase();
+    if let Some(port) = port.or(default) {
+        origin.push_str(&format!(":{port}"));
+    }
+    origin
 }
 
 /// The timings a core ages tokens and fails fast by.

@@ -103,11 +103,12 @@ struct Cooldown {
     /// Whether the last answer to that token was a 401 kept by this rule: a second in a row
     /// is a revocation.
     kept_last: bool,
-    /// Paths that answered that token with something other than 401: a 401 from one of these
-    /// is a revocation, believed at once.
-    answered: HashSet<String>,
-    /// The last `GET` that answered that token with a 2xx: what settles a bare 401.
-    probe: Option<Endpoint>,
+    /// Paths that answered that token with something other than 401, with their origins: a
+    /// 401 from one of these is a revocation, believed at once.
+    answered: HashSet<(String, String)>,
+    /// For each origin, the last `GET` that answered that token there with a 2xx: what settles
+    /// a bare 401 from that origin. A path that answered one origin says nothing of another.
+    probes: HashMap<String, Endpoint>,
 }
 
 /// An endpoint that refused a fresh token: its 401s are returned as they are until `until`.
@@ -320,7 +321,7 @@ impl Core {
                         proven: false,
                         kept_last: false,
                         answered: HashSet::new(),
-                        probe: None,
+                        probes: HashMap::new(),
                     });
                 }
                 Ended::Installed {
@@ -421,10 +422,12 @@ impl Core {
             cooldown.proven = true;
             cooldown.kept_last = false;
             if cooldown.answered.len() < MAX_ENDPOINTS {
-                cooldown.answered.insert(endpoint.path.clone());
+                let place = (endpoint.origin.clone(), endpoint.path.clone());
+                cooldown.answered.insert(place);
             }
-            if checkable {
-                cooldown.probe = Some(endpoint);
+            let known = cooldown.probes.contains_key(&endpoint.origin);
+            if checkable && (known || cooldown.probes.len() < MAX_ENDPOINTS) {
+                cooldown.probes.insert(endpoint.origin.clone(), endpoint);
             }
         }
     }
@@ -484,7 +487,8 @@ impl Core {
     ///    obtained less than the streak's grace ago: kept.
     /// 6. Within 10 s of a login a 401 caused, once its token has answered anything but 401: a
     ///    bare 401 from a path that has not answered that token is settled by a check of the
-    ///    token (a `GET` that answered it with a 2xx, at most once a second) when there is one;
+    ///    token (a `GET` that answered it with a 2xx on the 401's origin, at most once a second)
+    ///    when there is one;
     ///    without one it is kept, unless the answer before it was such a 401 too. A 401 from a
     ///    path that has answered, or a second in a row, is a revocation.
     /// 7. Otherwise the token is discarded, and requests wait for the next login and replay.
@@ -518,9 +522,9 @@ impl Core {
                 && verdict == Verdict::Unknown
                 && now < cooldown.until
                 && !cooldown.kept_last
-                && !cooldown.answered.contains(&endpoint.path)
+                && !(cooldown.answered).contains(&(endpoint.origin.clone(), endpoint.path.clone()))
             {
-                if let Some(probe) = &cooldown.probe {
+                if let Some(probe) = cooldown.probes.get(&endpoint.origin) {
                     return Unauthorized::Check(probe.clone());
                 }
                 cooldown.kept_last = true;
