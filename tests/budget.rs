@@ -150,25 +150,47 @@ async fn a_renewal_under_a_saturated_budget_fails_no_request() {
     assert_eq!((fake.too_many(), fake.unauthorized()), (0, 0));
 }
 
-/// A budget of one unit a window: the login takes the first, each request one after it.
-#[tokio::test]
+/// A budget of one unit a window: the login takes the first, each request one after it. On a
+/// paused clock, held still while the requests are on the wire, and without a margin for their
+/// transit: each unit ages out exactly a window after it was taken.
+#[tokio::test(start_paused = true)]
 async fn a_budget_of_one_sends_the_login_at_once_then_one_request_a_window() {
+    use patchworks_auth::test_util::hold_clock;
     let fake = FakePatchworks::start().await.unwrap();
-    let budget = Budget::new(1, Duration::from_millis(500)).max_wait(Duration::from_secs(30));
+    fake.set_token_lifetime(Duration::from_secs(3600));
+    let window = Duration::from_millis(500);
+    let budget = Budget::new(1, window)
+        .margin(Duration::ZERO)
+        .max_wait(Duration::from_secs(30));
     let client = client(&fake, budget);
-    let statuses = support::concurrent_gets(&client, &fake, 2).await;
-    support::assert_all_ok(&statuses);
+    let requests: Vec<_> = (0..2)
+        .map(|i| tokio::spawn(client.clone().oneshot(get(&fake, &format!("/api/v1/{i}")))))
+        .collect();
+    hold_clock(support::until("the login", || fake.logins() == 1)).await;
+    let (start, moment) = (Instant::now(), Duration::from_millis(10));
+    for sent in 1..=2 {
+        // Not a moment before its window, and at once after it.
+        tokio::time::sleep_until(start + window * sent - moment).await;
+        assert_eq!(fake.api_calls(), sent as usize - 1, "sent within a window");
+        tokio::time::sleep_until(start + window * sent + moment).await;
+        hold_clock(support::until("the next request", || {
+            fake.api_calls() == sent as usize
+        }))
+        .await;
+    }
+    for request in requests {
+        let response = hold_clock(request).await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
     let seen = fake.seen();
-    assert_eq!(seen.len(), 3);
     assert_eq!(
         seen[0].path,
         patchworks_auth::test_util::LOGIN_PATH,
         "the login first"
     );
-    // The promise is about time: one unit a window (500 ms, and its 250 ms margin).
     for pair in seen.windows(2) {
         let gap = pair[1].received_at - pair[0].received_at;
-        assert!(gap >= Duration::from_millis(500), "{gap:?} between sends");
+        assert!(gap >= window, "{gap:?} between sends");
     }
 }
 
