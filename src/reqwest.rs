@@ -138,9 +138,10 @@ impl AuthMiddleware {
         spent: crate::budget::Spent,
     ) -> reqwest_middleware::Result<reqwest::Response> {
         let replay = request.try_clone();
-        let url = request.url().clone();
-        let endpoint = Endpoint {
-            method: request.method().clone(),
+        let (method, url) = (request.method().clone(), request.url().clone());
+        // Made only for an answer the core wants, or a 401, as the tower layer does.
+        let endpoint = || Endpoint {
+            method: method.clone(),
             origin: crate::token::origin(
                 url.scheme(),
                 url.host_str().unwrap_or_default(),
@@ -153,9 +154,10 @@ impl AuthMiddleware {
         let response = self.cache.send_spent(&mut first, request, spent).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             let answer = (response.status(), response.headers());
-            self.cache.answered(token.generation, answer, || endpoint);
+            self.cache.answered(token.generation, answer, endpoint);
             return Ok(response);
         }
+        let endpoint = endpoint();
         let (client, origin) = (&self.client, url);
         let check = move || {
             let via = Via::Client(client.clone());
