@@ -5,6 +5,9 @@ use http::StatusCode;
 use patchworks_auth::{reqwest::AuthMiddleware, test_util::FakePatchworks, AuthLayer, Credentials};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 
+mod support;
+use support::until;
+
 fn client(fake: &FakePatchworks, layer: AuthLayer) -> (ClientWithMiddleware, AuthMiddleware) {
     let reqwest = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -169,10 +172,10 @@ async fn the_budget_pauses_on_a_429_and_refuses_past_max_wait() {
 
 /// A request that waits for its turn in the budget past its token's life is sent with the
 /// token current once its turn came, never with the one it saw before the wait: as the tower
-/// layer's requests. (The wait is the budget's window, the time this test is about.)
-#[tokio::test]
+/// layer's requests. On the paused clock, held still for I/O.
+#[tokio::test(start_paused = true)]
 async fn a_token_that_expires_while_a_request_waits_for_its_turn_is_not_sent() {
-    use patchworks_auth::budget::Budget;
+    use patchworks_auth::{budget::Budget, test_util::hold_clock};
     use std::time::Duration;
 
     let fake = FakePatchworks::start().await.unwrap();
@@ -182,15 +185,79 @@ async fn a_token_that_expires_while_a_request_waits_for_its_turn_is_not_sent() {
     let layer = AuthLayer::new(fake.credentials())
         .refresh_before(Duration::ZERO)
         .budget(budget);
-    let (client, _) = client(&fake, layer);
+    let (client, middleware) = client(&fake, layer);
     // The login's unit and this request's: the window is full.
-    assert_eq!(get(&client, &fake, "/api/v1/flows").await, StatusCode::OK);
-    assert_eq!(get(&client, &fake, "/api/v1/flows").await, StatusCode::OK);
-    assert_eq!(fake.expired_tokens_seen(), 0, "no expired token sent");
+    let status = hold_clock(get(&client, &fake, "/api/v1/flows")).await;
+    assert_eq!(status, StatusCode::OK);
+    let waiting = tokio::spawn(client.get(fake.uri("/api/v1/flows").to_string()).send());
+    let response = hold_clock(async {
+        until("the request waits for its turn", || {
+            middleware.budget_state().queued == 1
+        })
+        .await;
+        tokio::time::advance(Duration::from_secs(2)).await;
+        until("the token is past its life", || !middleware.state().usable).await;
+        assert!(!waiting.is_finished(), "its turn has not come");
+        // Past the window: its turn, then a login for a new token.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let sent_expired = || fake.expired_tokens_seen() > 0;
+        until("it is answered", || waiting.is_finished() || sent_expired()).await;
+        assert!(!sent_expired(), "the token it saw before its wait was sent");
+        waiting.await.unwrap().unwrap()
+    })
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(fake.unauthorized(), 0);
     assert_eq!(
         fake.logins(),
         2,
         "a new login once the first token had expired"
     );
+}
+
+/// The settling check, sent by the middleware's client: a revocation within the cool-down
+/// whose check hangs (past its deadline, the login timeout) or answers 503 is renewed and
+/// replayed, never handed to the caller as a 401. On the paused clock, held still for I/O.
+#[tokio::test(start_paused = true)]
+async fn a_check_that_hangs_or_cannot_tell_hands_no_caller_a_401() {
+    use patchworks_auth::test_util::hold_clock;
+    use std::time::Duration;
+
+    for answer in [None, Some(StatusCode::SERVICE_UNAVAILABLE)] {
+        let fake = FakePatchworks::start().await.unwrap();
+        fake.set_token_lifetime(Duration::from_secs(3600));
+        let layer = AuthLayer::new(fake.credentials()).login_timeout(Duration::from_secs(5));
+        let (client, _) = client(&fake, layer);
+        // A revocation renewed: the cool-down, in which `GET /api/v1/flows` answered the token.
+        assert_eq!(
+            hold_clock(get(&client, &fake, "/api/v1/flows")).await,
+            StatusCode::OK
+        );
+        fake.revoke_tokens();
+        assert_eq!(
+            hold_clock(get(&client, &fake, "/api/v1/flows")).await,
+            StatusCode::OK
+        );
+        assert_eq!(fake.logins(), 2);
+        let checks = || {
+            let seen = fake.seen();
+            seen.iter().filter(|s| s.path == "/api/v1/flows").count()
+        };
+        let before = checks();
+        fake.revoke_tokens();
+        fake.gateway("/api/v1/flows", answer);
+        let orders = fake.uri("/api/v1/orders/1").to_string();
+        let request = tokio::spawn(client.get(orders).send());
+        let response = hold_clock(async {
+            until("the check is sent", || checks() == before + 1).await;
+            // Past the check's deadline, for the one that hangs.
+            tokio::time::advance(Duration::from_secs(6)).await;
+            until("it is answered", || request.is_finished()).await;
+            request.await.unwrap().unwrap()
+        })
+        .await;
+        assert_eq!(response.status(), StatusCode::OK, "{answer:?}");
+        assert_eq!(fake.logins(), 3, "{answer:?}: renewed");
+        assert_eq!(checks(), before + 1, "{answer:?}: one check");
+    }
 }
