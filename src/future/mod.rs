@@ -347,22 +347,22 @@ where
             } => {
                 let output = ready!(future.poll(cx));
                 ctx.spent.answered();
-                let refused = matches!(&output, Ok(response) if response.status() == StatusCode::UNAUTHORIZED);
-                if !refused {
-                    if let Ok(response) = &output {
-                        // Evidence that the token is good, and that this endpoint does not
-                        // refuse. Read in place: moving the replay copy or the response costs a
-                        // `memcpy` per request.
-                        let answer = (response.status(), response.headers());
-                        let cache = &ctx.replayer.cache;
-                        cache.answered(ctx.generation, answer, || replay.endpoint());
-                    }
-                    state.set(State::Done);
-                    return Poll::Ready(output.map_err(Into::into));
-                }
                 match output {
-                    Ok(response) => Event::Unauthorized(response),
-                    Err(_) => unreachable!("a 401 is an answer"),
+                    Ok(response) if response.status() == StatusCode::UNAUTHORIZED => {
+                        Event::Unauthorized(response)
+                    }
+                    output => {
+                        if let Ok(response) = &output {
+                            // Evidence that the token is good, and that this endpoint does not
+                            // refuse. Read in place: moving the replay copy or the response
+                            // costs a `memcpy` per request.
+                            let answer = (response.status(), response.headers());
+                            let cache = &ctx.replayer.cache;
+                            cache.answered(ctx.generation, answer, || replay.endpoint());
+                        }
+                        state.set(State::Done);
+                        return Poll::Ready(output.map_err(Into::into));
+                    }
                 }
             }
             StateProj::Slow { future } => {
